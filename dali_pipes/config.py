@@ -1,0 +1,163 @@
+"""The augmentation recipe: one frozen, validated config that both backends build from.
+
+A recipe is validated when it is built (``AugmentConfig(...)`` raises :class:`ConfigError` naming the field), never
+mid-epoch. Order of operations, identical on both backends:
+
+    pad-crop -> horizontal flip -> rotation -> color jitter -> policy (auto/rand/trivial) -> normalize -> erasing
+
+Geometry and colour work on uint8 HWC images (what DALI's auto_aug and torchvision v2 policies take); erasing works
+on the normalized float image, so ``erase_value`` is in normalized units (0 = the dataset mean colour), as in
+torchvision's ``RandomErasing`` placed after ``Normalize``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
+PAD_MODES = ("constant", "reflect")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation recipe. All probabilities in [0, 1]; pixel values in uint8 units (0..255)."""
+
+    crop_padding: int = 0  # pixels added on each side before the random crop back to the image size
+    pad_mode: str = "constant"  # "constant" (fill with pad_fill) | "reflect" (mirror without repeating the edge)
+    pad_fill: int = 0  # uint8 fill value for pad_mode="constant"
+    flip_p: float = 0.0  # probability of a horizontal flip
+    brightness: float = 0.0  # factor drawn from [max(0, 1-b), 1+b]
+    contrast: float = 0.0  # factor drawn from [max(0, 1-c), 1+c]; pivot = mean grey level of the image
+    saturation: float = 0.0  # factor drawn from [max(0, 1-s), 1+s]
+    hue: float = 0.0  # shift drawn from [-h, h] in turns (0.5 = 180 degrees); at most 0.5
+    rotation: float = 0.0  # degrees, angle drawn from [-r, r]; nearest neighbour, filled with pad_fill
+    policy: str = "none"  # "none" | "autoaugment" (CIFAR-10 policy) | "randaugment" | "trivialaugment"
+    randaugment_n: int = 2  # operations per image (randaugment only)
+    randaugment_m: int = 9  # magnitude bin in [0, 30] (randaugment only, 31 bins as in torchvision)
+    erase_p: float = 0.0  # probability of random erasing
+    erase_scale: tuple[float, float] = (0.02, 0.33)  # erased area as a fraction of the image
+    erase_ratio: tuple[float, float] = (0.3, 3.3)  # aspect ratio h/w range, drawn log-uniformly
+    erase_value: float = 0.0  # value written into the erased box, normalized units
+    mean: tuple[float, float, float] = CIFAR10_MEAN  # per-channel, in [0, 1] units
+    std: tuple[float, float, float] = CIFAR10_STD
+
+    def __post_init__(self) -> None:
+        # Tuples may arrive as lists (from YAML); store them as tuples so the config stays hashable and frozen.
+        for name in ("erase_scale", "erase_ratio", "mean", "std"):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+            except (TypeError, ValueError):
+                _fail(name, value, "expected a sequence of numbers")
+        _validate(self)
+
+    @property
+    def has_color_jitter(self) -> bool:
+        return any(v > 0 for v in (self.brightness, self.contrast, self.saturation, self.hue))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists for tuples) for YAML/JSON run records."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"augment: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def _fail(field: str, value: Any, rule: str) -> None:
+    raise ConfigError(f"augment.{field}={value!r} is invalid: {rule}")
+
+
+def _validate(c: AugmentConfig) -> None:
+    def number(field: str) -> float:
+        v = getattr(c, field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            _fail(field, v, "expected a finite number")
+        return float(v)
+
+    def integer(field: str, lo: int, hi: int) -> None:
+        v = getattr(c, field)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            _fail(field, v, f"expected an integer in [{lo}, {hi}]")
+
+    for field in ("flip_p", "erase_p"):
+        if not 0.0 <= number(field) <= 1.0:
+            _fail(field, getattr(c, field), "a probability must lie in [0, 1]")
+    for field in ("brightness", "contrast", "saturation", "rotation"):
+        if number(field) < 0:
+            _fail(field, getattr(c, field), "must be >= 0")
+    if not 0.0 <= number("hue") <= 0.5:
+        _fail("hue", c.hue, "must lie in [0, 0.5] (turns of the colour wheel)")
+    if number("rotation") > 180:
+        _fail("rotation", c.rotation, "must lie in [0, 180] degrees")
+    integer("crop_padding", 0, 1024)
+    integer("pad_fill", 0, 255)
+    integer("randaugment_n", 1, 16)
+    integer("randaugment_m", 0, 30)
+    if c.pad_mode not in PAD_MODES:
+        _fail("pad_mode", c.pad_mode, f"expected one of {', '.join(PAD_MODES)}")
+    if c.policy not in POLICIES:
+        _fail("policy", c.policy, f"expected one of {', '.join(POLICIES)}")
+    number("erase_value")
+    if len(c.erase_scale) != 2 or not 0.0 < c.erase_scale[0] <= c.erase_scale[1] < 1.0:
+        _fail("erase_scale", c.erase_scale, "expected (min, max) with 0 < min <= max < 1")
+    if len(c.erase_ratio) != 2 or not 0.0 < c.erase_ratio[0] <= c.erase_ratio[1]:
+        _fail("erase_ratio", c.erase_ratio, "expected (min, max) with 0 < min <= max")
+    if len(c.mean) != 3 or not all(0.0 <= m <= 1.0 for m in c.mean):
+        _fail("mean", c.mean, "expected 3 values in [0, 1]")
+    if len(c.std) != 3 or not all(s > 0 for s in c.std):
+        _fail("std", c.std, "expected 3 values > 0")
+
+
+_WEAK = dict(crop_padding=4, flip_p=0.5)
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "weak": _WEAK,
+    "standard": {**_WEAK, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.1, "erase_p": 0.5},
+    "strong": {**_WEAK, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.2, "rotation": 15.0,
+               "erase_p": 0.5},
+}
+
+
+def resolve_augment(augment: str | AugmentConfig, *, mean: tuple[float, float, float] | None = None,
+                    std: tuple[float, float, float] | None = None) -> AugmentConfig:
+    """Turn a preset name (optionally ``"<preset>+<policy>"``, e.g. ``"weak+autoaugment"``) or a config into a config.
+
+    ``mean``/``std`` (the dataset's statistics) replace the recipe's normalization when given for a preset name.
+    """
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if not isinstance(augment, str):
+        raise ConfigError(f"augment={augment!r} is invalid: expected a preset name or an AugmentConfig")
+    base, _, policy = augment.partition("+")
+    if base not in PRESETS:
+        raise ConfigError(f"augment={augment!r}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}"
+                          f" (optionally +{'|+'.join(POLICIES[1:])})")
+    values = dict(PRESETS[base])
+    if policy:
+        values["policy"] = policy
+    if mean is not None:
+        values["mean"] = mean
+    if std is not None:
+        values["std"] = std
+    return AugmentConfig(**values)
+
+
+def eval_config(train: AugmentConfig) -> AugmentConfig:
+    """The validation recipe that goes with a training recipe: its normalization and nothing random."""
+    return replace(AugmentConfig(), mean=train.mean, std=train.std)

@@ -1,0 +1,145 @@
+"""The DALI graph: one definition, the device ("gpu" | "cpu") a parameter.
+
+Graph functions only build graphs; the loader decides what runs when. Kept differences from the torchvision
+reference (tested with tolerances in tests/test_lockstep.py):
+
+- colour jitter runs in a fixed order (contrast, brightness, saturation, hue) where torchvision draws a random order
+  per image; contrast pivots on the image's mean grey level as torchvision does (DALI's default pivot is 128).
+- saturation and hue use DALI's ``hsv`` operator: a linear approximation in RGB (chroma scaled and rotated around
+  the grey axis), where torchvision converts to HSV. Saturation agrees up to rounding; hue shifts by the same angle
+  but along a different colour wheel, so single images differ while the drawn range is the same.
+- random erasing clamps a box that would not fit to the image, where torchvision redraws up to 10 times: the
+  erased-area distribution differs only for the largest scale/ratio combinations.
+- AutoAugment uses DALI's CIFAR-10 policy (the same sub-policies as torchvision's; DALI's 11 magnitude bins), with
+  translations scaled so each bin shifts as far as torchvision's does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
+import nvidia.dali.types as types
+from nvidia.dali import pipeline_def
+from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+from .config import AugmentConfig
+
+READER_NAME = "reader"  # the file reader's name, matched by the iterator for exact epoch sizes
+# torchvision's AutoAugment/RandAugment translate up to 150/331 of the image side at their top bin (of 10 or 31);
+# DALI's CIFAR-10 policy spreads its range over 11 bins, hence the 10/9 for that policy.
+_TV_TRANSLATE_REL = 150.0 / 331.0
+_GREY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale
+
+
+def _uniform(lo: float, hi: float):
+    return fn.random.uniform(range=[float(lo), float(hi)])
+
+
+def _pad_crop(images, cfg: AugmentConfig, size: tuple[int, int]):
+    """Random crop of `size` from the image padded by `crop_padding` on every side.
+
+    An integer start in [-p, p] on each axis with out-of-bounds slicing is exactly torchvision's RandomCrop with
+    padding p: the top-left corner is uniform over the 2p+1 positions of the padded image.
+    """
+    p = cfg.crop_padding
+    start = fn.random.uniform(values=list(range(-p, p + 1)), shape=[2], dtype=types.INT32)
+    policy = "constant" if cfg.pad_mode == "constant" else "reflect_101"  # np.pad/torch "reflect" = no edge repeat
+    return fn.slice(images, start=start, shape=list(size), axes=[0, 1], out_of_bounds_policy=policy,
+                    fill_values=float(cfg.pad_fill))
+
+
+def _color_jitter(images, cfg: AugmentConfig):
+    if cfg.contrast > 0 or cfg.brightness > 0:
+        extra: dict[str, Any] = {}
+        if cfg.contrast > 0:
+            mean_rgb = fn.reductions.mean(images, axes=[0, 1])
+            extra["contrast"] = _uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
+            extra["contrast_center"] = mean_rgb[0] * _GREY[0] + mean_rgb[1] * _GREY[1] + mean_rgb[2] * _GREY[2]
+        if cfg.brightness > 0:
+            extra["brightness"] = _uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
+        images = fn.brightness_contrast(images, **extra)
+    if cfg.saturation > 0 or cfg.hue > 0:
+        extra = {}
+        if cfg.saturation > 0:
+            extra["saturation"] = _uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
+        if cfg.hue > 0:
+            extra["hue"] = _uniform(-360.0 * cfg.hue, 360.0 * cfg.hue)  # DALI takes degrees, the config turns
+        images = fn.hsv(images, **extra)
+    return images
+
+
+def _policy(images, cfg: AugmentConfig, size: tuple[int, int]):
+    common = dict(shape=size, fill_value=0, interp_type=types.INTERP_NN)  # torchvision: fill 0, nearest
+    if cfg.policy == "autoaugment":
+        return auto_augment.auto_augment(images, policy_name="reduced_cifar10",
+                                         max_translate_rel=_TV_TRANSLATE_REL * 10 / 9, **common)
+    if cfg.policy == "randaugment":
+        return rand_augment.rand_augment(images, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31,
+                                         max_translate_rel=_TV_TRANSLATE_REL, **common)
+    if cfg.policy == "trivialaugment":
+        # TrivialAugmentWide translates up to 32 px over 31 bins in torchvision: the whole side of a CIFAR image.
+        return trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, max_translate_rel=32 / size[1],
+                                                    **common)
+    return images
+
+
+def _erase(images, cfg: AugmentConfig, size: tuple[int, int]):
+    """torchvision's RandomErasing on a CHW float image (box drawn in pixels, value in normalized units)."""
+    h_img, w_img = size
+    area = _uniform(*cfg.erase_scale) * float(h_img * w_img)
+    aspect = dmath.exp(_uniform(math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1])))
+    h = dmath.clamp(dmath.floor(dmath.sqrt(area * aspect) + 0.5), 1.0, float(h_img))
+    w = dmath.clamp(dmath.floor(dmath.sqrt(area / aspect) + 0.5), 1.0, float(w_img))
+    # top-left uniform over the integer positions where the box fits, as torch.randint(0, H - h + 1)
+    y = dmath.min(dmath.floor(_uniform(0.0, 1.0) * (h_img - h + 1)), h_img - h)
+    x = dmath.min(dmath.floor(_uniform(0.0, 1.0) * (w_img - w + 1)), w_img - w)
+    if fn.random.coin_flip(probability=cfg.erase_p):
+        images = fn.erase(images, anchor=fn.stack(y, x), shape=fn.stack(h, w), axis_names="HW",
+                          fill_value=float(cfg.erase_value))
+    return images
+
+
+def augment(images, cfg: AugmentConfig, size: tuple[int, int]):
+    """uint8 HWC images of `size` -> normalized float32 CHW, following the recipe's fixed order of operations."""
+    if cfg.crop_padding > 0:
+        images = _pad_crop(images, cfg, size)
+    if cfg.flip_p > 0:
+        images = fn.flip(images, horizontal=fn.random.coin_flip(probability=cfg.flip_p))
+    if cfg.rotation > 0:
+        images = fn.rotate(images, angle=_uniform(-cfg.rotation, cfg.rotation), keep_size=True,
+                           fill_value=float(cfg.pad_fill), interp_type=types.INTERP_NN)
+    if cfg.has_color_jitter:
+        images = _color_jitter(images, cfg)
+    images = _policy(images, cfg, size)
+    images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                      mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std])
+    if cfg.erase_p > 0:
+        images = _erase(images, cfg, size)
+    return images
+
+
+@pipeline_def(enable_conditionals=True)
+def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], device: str):
+    """Images and dataset indices from a batch callback over host arrays; `.gpu()` moves the uint8 batch over."""
+    images, index = fn.external_source(source=source, batch=True, batch_info=True, num_outputs=2,
+                                       layout=["HWC", ""], dtype=[types.UINT8, types.INT64])
+    if device == "gpu":
+        images = images.gpu()
+    return augment(images, cfg, size), index
+
+
+@pipeline_def(enable_conditionals=True)
+def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size: tuple[int, int], device: str):
+    """Files read in the given order (the epoch plan), decoded (nvJPEG on GPU) and resized to `size`.
+
+    The reader's labels carry dataset indices; the loader maps them to class labels, as for array datasets.
+    """
+    encoded, index = fn.readers.file(files=files, labels=indices, random_shuffle=False, pad_last_batch=True,
+                                     name=READER_NAME)
+    images = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
+    images = fn.resize(images, size=list(size), antialias=True)  # uint8 in, uint8 out (rounded)
+    return augment(images, cfg, size), fn.cast(index, dtype=types.INT64)

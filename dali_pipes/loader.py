@@ -1,0 +1,302 @@
+"""``create_loader``: the one batch contract over both backends (see DESIGN.md).
+
+The epoch plan (which indices, in which batches) comes from :mod:`dali_pipes.plan`; a backend only turns a list of
+index batches into (normalized images, dataset indices). Labels are looked up from the indices on the device here,
+so nothing downstream knows which backend produced a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
+                     AugmentConfig, eval_config, resolve_augment)
+from .errors import ConfigError
+from .plan import derive_seed, num_batches, shard_indices, split_batches
+from .sources import ArrayDataset, FolderDataset
+
+DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+BACKENDS = ("dali", "torchvision")
+SPLITS = ("train", "val")
+
+
+class _QuietRestoreFilter(logging.Filter):
+    """DALI's iterator logs a warning whenever it wraps a pipeline restored from a checkpoint without iterator
+    state; we restore pipelines only at epoch boundaries, where the iterator has no state worth saving."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Iterator data was not saved in the checkpoint")
+
+
+logging.getLogger().addFilter(_QuietRestoreFilter())
+_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+          "synthetic": (CIFAR10_MEAN, CIFAR10_STD), "folder": (IMAGENET_MEAN, IMAGENET_STD)}
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'cuda', 'cuda:N' or 'cpu' -> torch.device; CUDA requested on a machine without it is a user error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r} is invalid: use 'cuda', 'cuda:N' or 'cpu'") from None
+    if dev.type not in ("cuda", "cpu"):
+        raise ConfigError(f"device={device!r} is invalid: use 'cuda', 'cuda:N' or 'cpu'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r} but no CUDA device is visible; use device='cpu'")
+        dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+    return dev
+
+
+class _DaliBackend:
+    """Runs the DALI graph (GPU or CPU operators) over epoch plans.
+
+    One pipeline serves every epoch (a rebuild costs 0.05-2 s, more than a whole CIFAR epoch on a fast GPU). Its
+    random draws continue from epoch to epoch, so exact resume uses DALI's checkpointing: the state at the last
+    epoch boundary is what :meth:`state_dict` returns. An epoch abandoned halfway discards the pipeline; the next
+    one rebuilds it from that boundary state, so the draws still follow the uninterrupted sequence.
+    """
+
+    def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
+                 device: torch.device, batch_size: int, num_threads: int, seed: int, shard_id: int):
+        self.data, self.cfg, self.size, self.batch_size = data, cfg, size, batch_size
+        self.num_threads, self.seed, self.shard_id = num_threads, seed, shard_id
+        self.dali_device = "gpu" if device.type == "cuda" else "cpu"
+        self.device_id = device.index if device.type == "cuda" else None  # None: CPU-only DALI, no CUDA needed
+        self._batches: list[np.ndarray] = []
+        self._pipe = None
+        self._checkpoint: str | None = None  # DALI state at the last epoch boundary (None: a fresh pipeline)
+
+    def _source(self, info) -> tuple[np.ndarray, np.ndarray]:
+        # Batch mode: DALI takes a short final batch as is (per-sample mode would drop it silently).
+        if info.iteration >= len(self._batches):
+            raise StopIteration
+        index = self._batches[info.iteration]
+        return self.data.images[index], index
+
+    def _build(self):
+        from . import dali_graph
+
+        common = dict(cfg=self.cfg, size=self.size, device=self.dali_device, batch_size=self.batch_size,
+                      num_threads=self.num_threads, device_id=self.device_id, prefetch_queue_depth=2,
+                      seed=derive_seed(self.seed, self.shard_id), enable_checkpointing=True,
+                      checkpoint=self._checkpoint)
+        if isinstance(self.data, FolderDataset):
+            # The file list is the epoch plan, so a folder pipeline lives for one epoch; its RNG state carries over.
+            order = np.concatenate(self._batches)
+            pipe = dali_graph.file_pipeline(files=[self.data.files[i] for i in order], indices=order.tolist(),
+                                            **common)
+        else:
+            pipe = dali_graph.array_pipeline(source=self._source, **common)
+        pipe.build()
+        return pipe
+
+    def state_dict(self) -> dict:
+        return {"dali_checkpoint": self._checkpoint}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._checkpoint = state.get("dali_checkpoint")
+        self._pipe = None
+
+    def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        from .dali_graph import READER_NAME
+
+        if not batches:
+            return
+        self._batches = batches
+        folder = isinstance(self.data, FolderDataset)
+        pipe = self._build() if self._pipe is None or folder else self._pipe
+        self._pipe = None  # until the epoch completes, the pipeline holds a half-consumed epoch: not reusable
+        # A fresh iterator per epoch over the long-lived pipeline: it schedules nothing until the first batch.
+        iterator = DALIGenericIterator([pipe], ["images", "index"], last_batch_policy=LastBatchPolicy.PARTIAL,
+                                       auto_reset=False, prepare_first_batch=False,
+                                       **({"reader_name": READER_NAME} if folder else {}))
+        for out in iterator:
+            yield out[0]["images"], out[0]["index"].reshape(-1)
+        # Rewind the source past its StopIteration, then record the boundary state before anything is prefetched.
+        pipe.reset()
+        self._checkpoint = pipe.checkpoint()
+        self._pipe = pipe
+
+
+class _TorchvisionBackend:
+    """The reference: torchvision v2 transforms per sample in DataLoader workers."""
+
+    def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
+                 device: torch.device, num_workers: int, seed: int):
+        from .reference import ReferenceDataset
+
+        self.dataset = ReferenceDataset(data, cfg, size, seed)
+        self.num_workers, self.pin = num_workers, device.type == "cuda"
+
+    def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.dataset.epoch = epoch  # workers start per epoch and take this copy of the dataset
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches],
+                                             num_workers=self.num_workers, pin_memory=self.pin)
+        yield from loader
+
+    def state_dict(self) -> dict:
+        return {}  # per-sample seeds are functions of (seed, epoch, index): nothing to carry
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Loader:
+    """Iterable over (images, labels[, indices]) batches of one shard; see :func:`create_loader`."""
+
+    def __init__(self, data: ArrayDataset | FolderDataset, *, train: bool, cfg: AugmentConfig, backend: str,
+                 device: torch.device, batch_size: int, seed: int, shard_id: int, num_shards: int,
+                 drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int]):
+        self.data, self.train, self.cfg, self.backend_name = data, train, cfg, backend
+        self.device, self.batch_size, self.seed = device, batch_size, seed
+        self.shard_id, self.num_shards, self.drop_last, self.return_index = shard_id, num_shards, drop_last, return_index
+        self.image_size = size
+        self.epoch = 0
+        self._labels = torch.as_tensor(np.asarray(data.labels, dtype=np.int64)).to(device)
+        if backend == "dali":
+            self._backend = _DaliBackend(data, cfg, size, device, batch_size, num_threads, seed, shard_id)
+        else:
+            self._backend = _TorchvisionBackend(data, cfg, size, device, num_workers, seed)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.data.classes
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.data)
+
+    @property
+    def shard_size(self) -> int:
+        """Samples this shard holds per epoch (before drop_last)."""
+        n = len(self.data)
+        return n // self.num_shards + (1 if self.shard_id < n % self.num_shards else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: the shuffle and the augmentation draws are functions of (seed, epoch, shard)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"epoch={epoch!r} is invalid: expected an integer >= 0")
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to resume the augmentation stream exactly at the next epoch boundary."""
+        return {"epoch": self.epoch, "backend": self.backend_name, **self._backend.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("backend") != self.backend_name:
+            raise ConfigError(f"loader state was saved by backend={state.get('backend')!r}, not "
+                              f"{self.backend_name!r}; resume with the backend of the original run")
+        self.set_epoch(int(state["epoch"]))
+        self._backend.load_state_dict(state)
+
+    def __len__(self) -> int:
+        return num_batches(self.shard_size, self.batch_size, self.drop_last)
+
+    def epoch_indices(self) -> np.ndarray:
+        """This shard's dataset indices for the current epoch, in order (before drop_last)."""
+        return shard_indices(len(self.data), shuffle=self.train, seed=self.seed, epoch=self.epoch,
+                             shard_id=self.shard_id, num_shards=self.num_shards)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        batches = split_batches(self.epoch_indices(), self.batch_size, self.drop_last)
+        for images, index in self._backend.run(batches, self.epoch):
+            images = images.to(self.device, non_blocking=True)
+            index = index.to(self.device, non_blocking=True)
+            labels = self._labels[index]
+            yield (images, labels, index) if self.return_index else (images, labels)
+
+
+def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{name}={value!r} is invalid: expected an integer {bound}")
+    return int(value)
+
+
+def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(options)}")
+    return str(value)
+
+
+def load_source(dataset: str, data_dir: str | Path, split: str, *, num_samples: int | None = None,
+                download: bool = True) -> ArrayDataset | FolderDataset:
+    """The dataset split as host arrays (CIFAR, synthetic) or a validated file list (folder)."""
+    if dataset in ("cifar10", "cifar100"):
+        from .cifar import load_cifar
+
+        return load_cifar(dataset, data_dir, split, download=download)
+    if dataset == "folder":
+        from .folder import list_image_folder
+
+        return list_image_folder(data_dir, split)
+    from .synthetic import make_synthetic
+
+    # The data seed is fixed: runs with different training seeds must see the same synthetic dataset.
+    return make_synthetic(split, seed=0, num_samples=num_samples)
+
+
+def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", split: str = "train",
+                  batch_size: int = 128, backend: str = "dali", device: str | torch.device = "cuda",
+                  augment: str | AugmentConfig = "standard", seed: int = 0, shard_id: int = 0, num_shards: int = 1,
+                  drop_last: bool = False, return_index: bool = False, *, num_threads: int | None = None,
+                  num_workers: int | None = None, image_size: int | None = None, num_samples: int | None = None,
+                  download: bool = True) -> Loader:
+    """Build the loader of the batch contract (DESIGN.md).
+
+    Batches are ``(images, labels)`` (``+ indices`` with ``return_index``): images float32 NCHW normalized and
+    labels int64, both on `device`. Training splits are reshuffled per epoch from (seed, epoch) via
+    :meth:`Loader.set_epoch`; every sample of the shard appears once per epoch, the short final batch included
+    unless `drop_last`. The validation split is not shuffled or augmented: it uses the recipe's normalization only.
+
+    Extra keyword-only options: `num_threads` (DALI CPU threads, default: the cores available), `num_workers`
+    (DataLoader workers, default: the cores available), `image_size` (folder datasets are resized to it, default
+    32; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`.
+    """
+    dataset = _choice("dataset", dataset, DATASETS)
+    split = _choice("split", split, SPLITS)
+    backend = _choice("backend", backend, BACKENDS)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    num_shards = _check_int("num_shards", num_shards, 1)
+    shard_id = _check_int("shard_id", shard_id, 0, num_shards - 1)
+    threads = cpu_count() if num_threads is None else _check_int("num_threads", num_threads, 1)
+    workers = cpu_count() if num_workers is None else _check_int("num_workers", num_workers, 0)
+    if num_samples is not None:
+        _check_int("num_samples", num_samples, 1)
+    if image_size is not None:
+        _check_int("image_size", image_size, 8, 4096)
+    dev = resolve_device(device)
+    mean, std = _STATS[dataset]
+    cfg = resolve_augment(augment, mean=mean, std=std)
+    train = split == "train"
+    if not train:
+        cfg = eval_config(cfg)
+    data = load_source(dataset, data_dir, split, num_samples=num_samples, download=download)
+    if isinstance(data, FolderDataset):
+        side = image_size or 32
+    else:
+        side = int(data.images.shape[1])
+        if image_size is not None and image_size != side:
+            raise ConfigError(f"image_size={image_size} does not match the {dataset} images ({side}x{side}); "
+                              "leave it unset for array datasets")
+    return Loader(data, train=train, cfg=cfg, backend=backend, device=dev, batch_size=batch_size, seed=seed,
+                  shard_id=shard_id, num_shards=num_shards, drop_last=bool(drop_last),
+                  return_index=bool(return_index), num_threads=threads, num_workers=workers, size=(side, side))

@@ -1,0 +1,73 @@
+"""The torchvision reference: the same recipe with ``torchvision.transforms.v2`` and a ``DataLoader``.
+
+It is the CPU fallback backend and the oracle the DALI graph is tested against. Each sample is transformed under its
+own torch seed derived from (seed, epoch, dataset index), so batches do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode, v2
+
+from .config import AugmentConfig
+from .plan import derive_seed
+from .sources import ArrayDataset, FolderDataset
+
+
+def build_transform(cfg: AugmentConfig, size: tuple[int, int], *, resize: bool = False) -> v2.Compose:
+    """uint8 CHW tensor -> normalized float32 CHW tensor, in the order documented in :mod:`dali_pipes.config`."""
+    steps: list[Callable] = []
+    if resize:
+        steps.append(v2.Resize(list(size), antialias=True))
+    if cfg.crop_padding > 0:
+        steps.append(v2.RandomCrop(list(size), padding=cfg.crop_padding, padding_mode=cfg.pad_mode,
+                                   fill=cfg.pad_fill))
+    if cfg.flip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(cfg.flip_p))
+    if cfg.rotation > 0:
+        steps.append(v2.RandomRotation(cfg.rotation, interpolation=InterpolationMode.NEAREST, fill=cfg.pad_fill))
+    if cfg.has_color_jitter:
+        steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
+    if cfg.policy == "autoaugment":
+        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    elif cfg.policy == "randaugment":
+        steps.append(v2.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m, num_magnitude_bins=31))
+    elif cfg.policy == "trivialaugment":
+        steps.append(v2.TrivialAugmentWide(num_magnitude_bins=31))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    if cfg.erase_p > 0:
+        steps.append(v2.RandomErasing(cfg.erase_p, scale=cfg.erase_scale, ratio=cfg.erase_ratio,
+                                      value=cfg.erase_value))
+    return v2.Compose(steps)
+
+
+class ReferenceDataset(Dataset):
+    """Dataset index -> (normalized image, index); the epoch is set before each DataLoader iteration."""
+
+    def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int], seed: int):
+        self.data = data
+        self.is_folder = isinstance(data, FolderDataset)
+        self.transform = build_transform(cfg, size, resize=self.is_folder)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _read(self, index: int) -> torch.Tensor:
+        if self.is_folder:
+            from .folder import decode_image_rgb  # the folder module pulls in file I/O helpers only when needed
+
+            return decode_image_rgb(self.data.files[index])
+        return torch.from_numpy(np.array(self.data.images[index])).permute(2, 0, 1)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self._read(index)
+        # fork_rng keeps the caller's global RNG untouched (workers=0 runs this in the training process)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, self.epoch, index))
+            return self.transform(image), index

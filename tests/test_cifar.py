@@ -1,0 +1,293 @@
+"""CIFAR loading: exact round trips through the official layout, and one-line DataErrors for bad files."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import socket
+import tarfile
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import dali_pipes.cifar as cifar_mod
+from dali_pipes.cifar import load_cifar, write_cifar
+from dali_pipes.errors import DataError
+from dali_pipes.safe_pickle import safe_load
+
+N_TRAIN, N_TEST = 23, 7
+
+
+def _make(name: str, root: Path, seed: int = 0) -> dict[str, Any]:
+    """Write a tiny random dataset and return what was written."""
+    rng = np.random.default_rng(seed)
+    k = 10 if name == "cifar10" else 100
+    train = (rng.integers(0, 256, (N_TRAIN, 32, 32, 3), dtype=np.uint8), rng.integers(0, k, N_TRAIN))
+    test = (rng.integers(0, 256, (N_TEST, 32, 32, 3), dtype=np.uint8), rng.integers(0, k, N_TEST))
+    classes = [f"c{i}" for i in range(k)]
+    folder = write_cifar(name, root, train, test, classes)
+    return {"train": train, "val": test, "classes": classes, "folder": folder}
+
+
+def _read(path: Path) -> dict[Any, Any]:
+    with path.open("rb") as f:  # files this test wrote itself: plain pickle is fine here
+        return pickle.load(f, encoding="bytes")
+
+
+def _write(path: Path, obj: object, protocol: int = 2) -> None:
+    with path.open("wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def _no_download(*args: object, **kwargs: object) -> None:
+    raise AssertionError("download must not be attempted")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_round_trip_exact(tmp_path: Path, name: str) -> None:
+    made = _make(name, tmp_path)
+    for split in ("train", "val"):
+        ds = load_cifar(name, tmp_path, split, download=False)
+        images, labels = made[split]
+        assert ds.name == name
+        assert ds.images.shape == images.shape and ds.images.dtype == np.uint8
+        assert ds.images.flags.c_contiguous
+        assert ds.labels.dtype == np.int64
+        np.testing.assert_array_equal(ds.images, images)
+        np.testing.assert_array_equal(ds.labels, labels)
+        assert ds.classes == tuple(made["classes"])
+        assert len(ds) == len(labels)
+
+
+def test_layout_matches_official(tmp_path: Path) -> None:
+    """Bytes keys, planar rows, five near-equal CIFAR-10 batches, coarse labels for CIFAR-100."""
+    made = _make("cifar10", tmp_path / "a")
+    sizes = [len(_read(made["folder"] / f"data_batch_{i}")[b"labels"]) for i in range(1, 6)]
+    assert sum(sizes) == N_TRAIN and max(sizes) - min(sizes) <= 1
+    first = _read(made["folder"] / "data_batch_1")
+    assert first[b"data"].shape == (sizes[0], 3072) and first[b"data"].dtype == np.uint8
+    # Row layout: the first 1024 bytes are the red plane of image 0.
+    np.testing.assert_array_equal(first[b"data"][0, :1024], made["train"][0][0, :, :, 0].ravel())
+    assert isinstance(first[b"labels"], list)
+    assert _read(made["folder"] / "batches.meta")[b"label_names"][0] == b"c0"
+
+    made100 = _make("cifar100", tmp_path / "b")
+    d = _read(made100["folder"] / "train")
+    assert d[b"coarse_labels"] == [x // 5 for x in d[b"fine_labels"]]
+    assert len(_read(made100["folder"] / "meta")[b"fine_label_names"]) == 100
+
+
+def test_python2_style_pickle_loads(tmp_path: Path) -> None:
+    """Official files: Python 2 strings (bytes on load) and numpy.core.multiarray globals."""
+    made = _make("cifar10", tmp_path)
+    path = made["folder"] / "test_batch"
+    d = _read(path)
+
+    class Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+        dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+        def save_py2str(self, obj: bytes | str) -> None:
+            data = obj.encode("latin1") if isinstance(obj, str) else obj
+            if len(data) < 256:
+                self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+            else:
+                self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+            self.memoize(obj)
+
+        dispatch[bytes] = save_py2str
+        dispatch[str] = save_py2str
+
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(d)
+    raw = buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"numpy.core.multiarray" in raw and b"_codecs" not in raw
+    path.write_bytes(raw)
+    ds = load_cifar("cifar10", tmp_path, "val", download=False)
+    np.testing.assert_array_equal(ds.images, made["val"][0])
+    np.testing.assert_array_equal(ds.labels, made["val"][1])
+
+
+def test_str_keyed_derived_pickle_accepted(tmp_path: Path) -> None:
+    made = _make("cifar100", tmp_path)
+    for fname in ("train", "test", "meta"):
+        path = made["folder"] / fname
+        d = {k.decode(): ([v.decode() for v in val] if k.endswith(b"names") else val) for k, val in _read(path).items()}
+        _write(path, d, protocol=pickle.HIGHEST_PROTOCOL)
+    assert "fine_labels" in _read(made["folder"] / "train")
+    ds = load_cifar("cifar100", tmp_path, "train", download=False)
+    np.testing.assert_array_equal(ds.images, made["train"][0])
+    np.testing.assert_array_equal(ds.labels, made["train"][1])
+    assert ds.classes == tuple(made["classes"])
+
+
+class _Evil:
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.cmd,))
+
+
+def test_crafted_pickle_refused(tmp_path: Path) -> None:
+    made = _make("cifar10", tmp_path)
+    marker = tmp_path / "pwned"
+    path = made["folder"] / "data_batch_1"
+    _write(path, {b"data": _Evil(f"touch {marker}"), b"labels": []})
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", tmp_path, "train", download=False)
+    msg = str(err.value)
+    assert str(path) in msg and "refused" in msg and "system" in msg
+    assert "\n" not in msg
+    assert not marker.exists()
+
+
+def test_object_array_refused(tmp_path: Path) -> None:
+    path = tmp_path / "objs"
+    _write(path, {b"data": np.array([1, "x"], dtype=object)})
+    with pytest.raises(DataError, match="object dtype") as err:
+        safe_load(path)
+    assert str(path) in str(err.value)
+
+
+def test_codecs_other_than_latin1_refused(tmp_path: Path) -> None:
+    """_codecs.encode is allowed for Python 3 bytes, but not to reach zlib & co."""
+    path = tmp_path / "bomb"
+    path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x04\x00\x00\x00zlib\x86R.")
+    with pytest.raises(DataError, match="bomb"):
+        safe_load(path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
+def test_broken_file(tmp_path: Path, how: str) -> None:
+    made = _make("cifar10", tmp_path)
+    path = made["folder"] / "data_batch_3"
+    raw = path.read_bytes()
+    path.write_bytes({"truncated": raw[: len(raw) // 2], "garbage": os.urandom(500), "empty": b""}[how])
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", tmp_path, "train", download=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def _edit(path: Path, **changes: Any) -> None:
+    d = _read(path)
+    d.update({k.encode(): v for k, v in changes.items()})
+    _write(path, d)
+
+
+def test_wrong_shape(tmp_path: Path) -> None:
+    made = _make("cifar10", tmp_path)
+    path = made["folder"] / "data_batch_2"
+    n = len(_read(path)[b"labels"])
+    _edit(path, data=np.zeros((n, 3000), np.uint8))
+    with pytest.raises(DataError, match="3000") as err:
+        load_cifar("cifar10", tmp_path, "train", download=False)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_dtype(tmp_path: Path) -> None:
+    made = _make("cifar100", tmp_path)
+    path = made["folder"] / "test"
+    _edit(path, data=np.zeros((N_TEST, 3072), np.float32))
+    with pytest.raises(DataError, match="float32"):
+        load_cifar("cifar100", tmp_path, "val", download=False)
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    made = _make("cifar10", tmp_path)
+    path = made["folder"] / "test_batch"
+    labels = _read(path)[b"labels"]
+    labels[2] = 10
+    _edit(path, labels=labels)
+    with pytest.raises(DataError, match=r"label 10 at index 2") as err:
+        load_cifar("cifar10", tmp_path, "val", download=False)
+    assert str(path) in str(err.value)
+
+
+def test_cifar100_label_out_of_range(tmp_path: Path) -> None:
+    made = _make("cifar100", tmp_path)
+    path = made["folder"] / "train"
+    labels = _read(path)[b"fine_labels"]
+    labels[0] = -1
+    _edit(path, fine_labels=labels)
+    with pytest.raises(DataError, match="outside"):
+        load_cifar("cifar100", tmp_path, "train", download=False)
+
+
+def test_label_count_mismatch(tmp_path: Path) -> None:
+    made = _make("cifar10", tmp_path)
+    path = made["folder"] / "data_batch_5"
+    labels = _read(path)[b"labels"]
+    _edit(path, labels=labels[:-1])
+    with pytest.raises(DataError, match=f"{len(labels) - 1} entries but 'data' has {len(labels)} rows"):
+        load_cifar("cifar10", tmp_path, "train", download=False)
+
+
+def test_missing_key_and_bad_meta(tmp_path: Path) -> None:
+    made = _make("cifar10", tmp_path)
+    meta = made["folder"] / "batches.meta"
+    _write(meta, {b"label_names": [b"a", b"b"]})
+    with pytest.raises(DataError, match="2 names, expected 10"):
+        load_cifar("cifar10", tmp_path, "val", download=False)
+    _write(meta, {b"something": 1})
+    with pytest.raises(DataError, match="missing key 'label_names'") as err:
+        load_cifar("cifar10", tmp_path, "val", download=False)
+    assert str(meta) in str(err.value)
+
+
+def test_missing_folder_no_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", tmp_path, "train", download=False)
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg and str(tmp_path) in msg
+
+
+def test_missing_folder_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def offline(url: str, download_root: str, md5: str | None = None, **kw: Any) -> None:
+        seen.update(url=url, root=download_root, md5=md5, timeout=socket.getdefaulttimeout())
+        raise urllib.error.URLError("offline")
+
+    before = socket.getdefaulttimeout()
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", offline)
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar100", tmp_path, "val", download=True)
+    msg = str(err.value)
+    assert "download" in msg and "offline" in msg
+    assert "cifar-100-python" in msg and str(tmp_path) in msg and "\n" not in msg
+    assert seen["md5"] == "eb9058c3a382ffc7106e4002c42a8d85" and seen["url"].endswith("cifar-100-python.tar.gz")
+    assert seen["timeout"] is not None and seen["timeout"] <= 60  # fail fast, not the OS default
+    assert socket.getdefaulttimeout() == before  # restored
+
+
+def test_missing_batch_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+    made = _make("cifar10", tmp_path)
+    (made["folder"] / "data_batch_4").unlink()
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", tmp_path, "train", download=True)
+    assert str(made["folder"] / "data_batch_4") in str(err.value)
+    # The test split needs only test_batch and the meta file, so it still loads.
+    assert len(load_cifar("cifar10", tmp_path, "val", download=True)) == N_TEST
+
+
+def test_local_archive_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    made = _make("cifar10", src)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with tarfile.open(data_dir / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(made["folder"], arcname="cifar-10-batches-py")
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+    # Not the official archive, so its md5 fails: refused without download...
+    with pytest.raises(DataError, match="md5"):
+        load_cifar("cifar10", data_dir, "train", download=False)
+    # ...and extracted once the checksum passes.
+    monkeypatch.setattr(cifar_mod, "check_integrity", lambda path, md5: md5 == "c58f30108f718f92721af3b95e74349a")
+    ds = load_cifar("cifar10", data_dir, "train", download=False)
+    np.testing.assert_array_equal(ds.images, made["train"][0])
