@@ -135,21 +135,42 @@ class _DaliBackend:
         self._pipe = pipe
 
 
+class _EpochBatches:
+    """A batch sampler whose batches the loader replaces every epoch; items carry the epoch to the workers."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class _TorchvisionBackend:
-    """The reference: torchvision v2 transforms per sample in DataLoader workers."""
+    """The reference: torchvision v2 transforms per sample in DataLoader workers.
+
+    Workers come from a forkserver and persist across epochs: forking the training process itself is unsafe once
+    DALI's thread pools or torch's OpenMP threads run in it (the children can deadlock on a copied lock: seen in
+    this project's tests), and persistent workers pay the start-up once per loader, not once per epoch.
+    """
 
     def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
                  device: torch.device, num_workers: int, seed: int):
         from .reference import ReferenceDataset
 
-        self.dataset = ReferenceDataset(data, cfg, size, seed)
-        self.num_workers, self.pin = num_workers, device.type == "cuda"
+        self.sampler = _EpochBatches()
+        workers = dict(multiprocessing_context="forkserver", persistent_workers=True) if num_workers > 0 else {}
+        self.loader = torch.utils.data.DataLoader(ReferenceDataset(data, cfg, size, seed), batch_sampler=self.sampler,
+                                                  num_workers=num_workers, pin_memory=device.type == "cuda",
+                                                  **workers)
 
     def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.dataset.epoch = epoch  # workers start per epoch and take this copy of the dataset
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches],
-                                             num_workers=self.num_workers, pin_memory=self.pin)
-        yield from loader
+        if not batches:
+            return
+        self.sampler.batches = [[(epoch, int(i)) for i in b] for b in batches]
+        yield from self.loader
 
     def state_dict(self) -> dict:
         return {}  # per-sample seeds are functions of (seed, epoch, index): nothing to carry
@@ -169,7 +190,7 @@ class Loader:
         self.shard_id, self.num_shards, self.drop_last, self.return_index = shard_id, num_shards, drop_last, return_index
         self.image_size = size
         self.epoch = 0
-        self._labels = torch.as_tensor(np.asarray(data.labels, dtype=np.int64)).to(device)
+        self._labels = torch.tensor(np.asarray(data.labels), dtype=torch.int64, device=device)
         if backend == "dali":
             self._backend = _DaliBackend(data, cfg, size, device, batch_size, num_threads, seed, shard_id)
         else:

@@ -46,14 +46,13 @@ def build_transform(cfg: AugmentConfig, size: tuple[int, int], *, resize: bool =
 
 
 class ReferenceDataset(Dataset):
-    """Dataset index -> (normalized image, index); the epoch is set before each DataLoader iteration."""
+    """(epoch, dataset index) -> (normalized image, index); the epoch travels with the index to the workers."""
 
     def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int], seed: int):
         self.data = data
         self.is_folder = isinstance(data, FolderDataset)
         self.transform = build_transform(cfg, size, resize=self.is_folder)
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -65,9 +64,10 @@ class ReferenceDataset(Dataset):
             return decode_image_rgb(self.data.files[index])
         return torch.from_numpy(np.array(self.data.images[index])).permute(2, 0, 1)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = item
         image = self._read(index)
         # fork_rng keeps the caller's global RNG untouched (workers=0 runs this in the training process)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, self.epoch, index))
+            torch.manual_seed(derive_seed(self.seed, epoch, index))
             return self.transform(image), index

@@ -1,0 +1,170 @@
+"""The batch contract of create_loader on both backends (CPU): coverage, sharding, seeds, resume, bad arguments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dali_pipes import ConfigError, DataError, Loader, create_loader
+from dali_pipes.cifar import write_cifar
+from dali_pipes.config import resolve_augment
+from dali_pipes.sources import ArrayDataset
+
+BACKENDS = ["dali", "torchvision"]
+
+
+def tiny(n: int, num_classes: int = 10, seed: int = 0) -> ArrayDataset:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+    return ArrayDataset("tiny", images, labels, tuple(str(k) for k in range(num_classes)))
+
+
+def make(data: ArrayDataset, backend: str, *, train: bool = True, augment: str = "standard", batch_size: int = 10,
+         seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool = False, workers: int = 0) -> Loader:
+    cfg = resolve_augment(augment)
+    return Loader(data, train=train, cfg=cfg, backend=backend, device=torch.device("cpu"), batch_size=batch_size,
+                  seed=seed, shard_id=shard_id, num_shards=num_shards, drop_last=drop_last, return_index=True,
+                  num_threads=2, num_workers=workers, size=(32, 32))
+
+
+def run_epoch(loader: Loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    loader.set_epoch(epoch)
+    images, labels, index, sizes = [], [], [], []
+    for x, y, i in loader:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
+        images.append(x), labels.append(y), index.append(i), sizes.append(len(x))
+    return torch.cat(images), torch.cat(labels), torch.cat(index), sizes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_every_sample_once_per_epoch_with_a_partial_last_batch(backend: str, drop_last: bool) -> None:
+    data = tiny(103)  # 103 = 10 * 10 + 3: no batch size used here divides it
+    loader = make(data, backend, drop_last=drop_last)
+    _, labels, index, sizes = run_epoch(loader, 0)
+    assert len(sizes) == len(loader)
+    if drop_last:
+        assert sizes == [10] * 10 and len(set(index.tolist())) == 100
+    else:
+        assert sizes == [10] * 10 + [3]
+        assert sorted(index.tolist()) == list(range(103))
+    assert torch.equal(labels, torch.from_numpy(data.labels)[index])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shards_are_disjoint_and_cover_the_dataset(backend: str) -> None:
+    data = tiny(103)
+    seen = []
+    for shard in range(3):
+        loader = make(data, backend, batch_size=7, shard_id=shard, num_shards=3)
+        _, _, index, sizes = run_epoch(loader, 2)
+        assert len(sizes) == len(loader) and sum(sizes) == loader.shard_size
+        seen.append(set(index.tolist()))
+    assert seen[0].isdisjoint(seen[1]) and seen[1].isdisjoint(seen[2]) and seen[0].isdisjoint(seen[2])
+    assert set().union(*seen) == set(range(103))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_validation_sees_each_sample_once_unshuffled_and_unaugmented(backend: str) -> None:
+    data = tiny(53)
+    shards = [make(data, backend, train=False, shard_id=s, num_shards=2, augment="none") for s in range(2)]
+    epochs = [[run_epoch(loader, e) for e in (0, 1)] for loader in shards]
+    all_index = torch.cat([ep[0][2] for ep in epochs])
+    assert sorted(all_index.tolist()) == list(range(53)) and len(all_index) == 53  # no padding counted
+    assert torch.equal(epochs[0][0][2], torch.arange(0, 53, 2))  # in dataset order
+    assert torch.equal(epochs[0][0][0], epochs[0][1][0])  # same tensors every epoch
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_seed_same_batches_and_epochs_reshuffle(backend: str) -> None:
+    data = tiny(60)
+    a0, _, ia0, _ = run_epoch(make(data, backend, seed=3), 0)
+    b = make(data, backend, seed=3)
+    b0, _, ib0, _ = run_epoch(b, 0)
+    b1, _, ib1, _ = run_epoch(b, 1)
+    assert torch.equal(ia0, ib0) and torch.equal(a0, b0)
+    assert not torch.equal(ib0, ib1)  # a new order each epoch
+    _, _, ic0, _ = run_epoch(make(data, backend, seed=4), 0)
+    assert not torch.equal(ia0, ic0)
+
+
+def test_both_backends_follow_the_same_epoch_plan() -> None:
+    data = tiny(45)
+    plans = [run_epoch(make(data, backend, seed=9, batch_size=8), 1)[2] for backend in BACKENDS]
+    assert torch.equal(plans[0], plans[1])
+
+
+def test_reference_batches_do_not_depend_on_the_worker_count() -> None:
+    data = tiny(24)
+    x0 = run_epoch(make(data, "torchvision", workers=0, batch_size=8), 1)[0]
+    x2 = run_epoch(make(data, "torchvision", workers=2, batch_size=8), 1)[0]
+    assert torch.equal(x0, x2)
+
+
+def test_dali_resumes_the_augmentation_stream_exactly() -> None:
+    data = tiny(40)
+    straight = make(data, "dali", augment="strong")
+    epochs = [run_epoch(straight, e)[0] for e in range(3)]
+    assert not torch.equal(epochs[1], epochs[2])
+
+    first = make(data, "dali", augment="strong")
+    run_epoch(first, 0)
+    state = first.state_dict()
+    first.set_epoch(1)
+    next(iter(first))  # an epoch abandoned halfway (interrupted run) must not shift later draws
+    assert torch.equal(run_epoch(first, 1)[0], epochs[1])
+
+    resumed = make(data, "dali", augment="strong")
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 0
+    assert torch.equal(run_epoch(resumed, 1)[0], epochs[1])
+    assert torch.equal(run_epoch(resumed, 2)[0], epochs[2])
+
+
+def test_state_from_another_backend_is_refused() -> None:
+    state = make(tiny(8), "dali").state_dict()
+    with pytest.raises(ConfigError, match="backend"):
+        make(tiny(8), "torchvision").load_state_dict(state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cifar_and_synthetic_through_create_loader(tmp_path, backend: str) -> None:
+    rng = np.random.default_rng(1)
+    train = (rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 23))
+    test = (rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 7))
+    write_cifar("cifar10", tmp_path, train, test)
+    loader = create_loader("cifar10", tmp_path, "val", batch_size=4, backend=backend, device="cpu",
+                           augment="strong", return_index=True, num_workers=0, download=False)
+    x, y, i = next(iter(loader))
+    assert torch.equal(y, torch.as_tensor(test[1][:4], dtype=torch.int64)) and torch.equal(i, torch.arange(4))
+    assert len(loader) == 2 and loader.classes == tuple(f"class_{k}" for k in range(10))
+
+    syn = create_loader("synthetic", split="train", batch_size=16, backend=backend, device="cpu",
+                        num_samples=50, num_workers=0)
+    assert sum(len(b[0]) for b in syn) == 50
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"), ({"shard_id": 2, "num_shards": 2},
+                                                                             "shard_id"),
+    ({"num_shards": 0}, "num_shards"), ({"backend": "ffcv"}, "backend"), ({"dataset": "mnist"}, "dataset"),
+    ({"split": "test"}, "split"), ({"augment": "heavy"}, "augment"), ({"seed": -1}, "seed"),
+    ({"device": "tpu"}, "device"), ({"image_size": 64}, "image_size"), ({"num_threads": 0}, "num_threads"),
+])
+def test_bad_arguments_are_refused_naming_the_option(kwargs: dict, option: str) -> None:
+    args = dict(dataset="synthetic", device="cpu", num_samples=10) | kwargs
+    with pytest.raises(ConfigError, match=rf"{option}"):
+        create_loader(**args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where CUDA is missing")
+def test_cuda_requested_without_cuda_says_use_cpu() -> None:
+    with pytest.raises(ConfigError, match="device='cpu'"):
+        create_loader("synthetic", device="cuda", num_samples=10)
+
+
+def test_missing_cifar_offline_names_the_folder(tmp_path) -> None:
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        create_loader("cifar10", tmp_path, device="cpu", download=False)
