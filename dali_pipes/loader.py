@@ -162,9 +162,11 @@ class _TorchvisionBackend:
 
         self.sampler = _EpochBatches()
         workers = dict(multiprocessing_context="forkserver", persistent_workers=True) if num_workers > 0 else {}
+        # A private generator: the DataLoader draws its workers' base seed from it each epoch instead of from the
+        # global torch RNG, which training owns (drop path) and restores on resume. Samples are seeded per index.
         self.loader = torch.utils.data.DataLoader(ReferenceDataset(data, cfg, size, seed), batch_sampler=self.sampler,
                                                   num_workers=num_workers, pin_memory=device.type == "cuda",
-                                                  **workers)
+                                                  generator=torch.Generator().manual_seed(seed), **workers)
 
     def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not batches:

@@ -1,16 +1,148 @@
-"""`dali-train` entry point. The training loop lands with the training issue; until then this prints its status."""
+"""`dali-train` and `dali-eval`: options -> TrainConfig -> one function call. User mistakes exit with one line."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
+import yaml
+
+from dali_pipes import ConfigError, DaliTrainError, DataError
+
+from .config import AMP_DTYPES, DEVICES, TrainConfig
+
+_D = TrainConfig()  # defaults shown in --help come from the config itself
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Train a CIFAR ResNet with DALI augmentation (not implemented yet: the data layer, dali_pipes, is ready).
+def _options(f: Callable) -> Callable:
+    opts = [
+        click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "folder", "synthetic"]),
+                     default=_D.dataset, help="Dataset: official CIFAR layouts, an image folder, or synthetic."),
+        click.option("--data-dir", default=_D.data_dir, help="Where the dataset lives (CIFAR is downloaded here)."),
+        click.option("--model", type=click.Choice(["resnet18", "tv_resnet18", "resnet20"]), default=_D.model),
+        click.option("--epochs", type=int, default=_D.epochs),
+        click.option("--batch-size", type=int, default=_D.batch_size, help="Per process."),
+        click.option("--lr", type=float, default=_D.lr, help="Peak LR for batch 128; scale with the batch."),
+        click.option("--momentum", type=float, default=_D.momentum),
+        click.option("--weight-decay", type=float, default=_D.weight_decay),
+        click.option("--nesterov/--no-nesterov", default=_D.nesterov),
+        click.option("--warmup-epochs", type=float, default=_D.warmup_epochs),
+        click.option("--augment", default=_D.augment,
+                     help="none|weak|standard|strong, optionally +autoaugment|+randaugment|+trivialaugment."),
+        click.option("--mixup-alpha", type=float, default=_D.mixup_alpha, help="0 disables Mixup."),
+        click.option("--cutmix-alpha", type=float, default=_D.cutmix_alpha, help="0 disables CutMix."),
+        click.option("--mix-prob", type=float, default=_D.mix_prob, help="Probability a batch is mixed."),
+        click.option("--switch-prob", type=float, default=_D.switch_prob, help="CutMix instead of Mixup."),
+        click.option("--mix-mode", type=click.Choice(["batch", "elem"]), default=_D.mix_mode),
+        click.option("--label-smoothing", type=float, default=_D.label_smoothing),
+        click.option("--drop-path", type=float, default=_D.drop_path, help="Stochastic depth at the last block."),
+        click.option("--amp/--no-amp", default=_D.amp, help="Mixed precision (bfloat16 on the CPU)."),
+        click.option("--amp-dtype", type=click.Choice(AMP_DTYPES), default=_D.amp_dtype),
+        click.option("--channels-last/--no-channels-last", default=_D.channels_last),
+        click.option("--compile/--no-compile", default=_D.compile, help="torch.compile the model."),
+        click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=_D.backend),
+        click.option("--device", type=click.Choice(DEVICES), default=_D.device),
+        click.option("--patience", type=int, default=_D.patience, help="Early stopping; 0 disables it."),
+        click.option("--output", default=_D.output, help="Run directory [default: runs/<time>-<model>-<dataset>]."),
+        click.option("--seed", type=int, default=_D.seed),
+        click.option("--num-samples", type=int, default=_D.num_samples, help="Synthetic train size (0: 50,000)."),
+        click.option("--num-threads", type=int, default=_D.num_threads,
+                     help="DALI threads / DataLoader workers (0: all available cores)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
-    Until the training job lands, use `python benchmarks/augment_throughput.py` or `dali_pipes.create_loader`.
-    """
-    click.echo("dali-train: the training job is not implemented yet; the data layer (dali_pipes) is. "
-               "See README.md.", err=True)
-    raise SystemExit(2)
+
+def _config_file(path: str) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e.strerror}); check the path") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _run_guarded(fn: Callable[[], Any]) -> Any:
+    """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal."""
+    from .run import Interrupted
+
+    try:
+        return fn()
+    except Interrupted as e:
+        _fail(str(e), e.exit_code)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except DaliTrainError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail("aborted by a second interrupt; last.pth holds the last completed epoch", 130)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--config", "config_file", type=str, default=None, help="YAML file whose keys are option names; "
+              "options given on the command line win.")
+@click.option("--resume", type=str, default=None, help="Run directory or checkpoint to continue in place "
+              "(its saved config; only --epochs may be given to extend it).")
+@_options
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, resume: str | None, **options: Any) -> None:
+    """Train an image classifier (default: CIFAR-10 ResNet-18, the full recipe) with DALI augmentation."""
+    from click.core import ParameterSource
+
+    given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+
+    def work() -> Any:
+        from . import run
+
+        if resume is not None:
+            extra = sorted(given - {"epochs"}) + (["config"] if config_file else [])
+            if extra:
+                raise ConfigError(f"--resume continues the run with its saved config; drop "
+                                  f"{', '.join('--' + e.replace('_', '-') for e in extra)} (only --epochs may extend it)")
+            return run.resume(resume, epochs=options["epochs"] if "epochs" in given else None)
+        values = _config_file(config_file) if config_file else {}
+        values.update({k: v for k, v in options.items() if k in given or k not in values})
+        return run.fit(TrainConfig.from_dict(values, source=config_file or "options"))
+
+    _run_guarded(work)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--checkpoint", required=True, help="A last.pth/best.pth, or a run directory (its best.pth).")
+@click.option("--dataset", default=None, help="Default: the checkpoint's dataset.")
+@click.option("--data-dir", default=None, help="Default: the checkpoint's data directory.")
+@click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@click.option("--batch-size", type=int, default=256)
+@click.option("--num-samples", type=int, default=None, help="Synthetic train size of the run (val is a fifth).")
+@click.option("--tta/--no-tta", default=False, help="Average predictions over the image and its mirror.")
+def eval_main(checkpoint: str, dataset: str | None, data_dir: str | None, backend: str | None, device: str,
+              batch_size: int, num_samples: int | None, tta: bool) -> None:
+    """Report validation accuracy and loss of a dali-train checkpoint."""
+
+    def work() -> dict:
+        from .evaluate import evaluate_checkpoint
+
+        path = Path(checkpoint)
+        return evaluate_checkpoint(path / "best.pth" if path.is_dir() else path, dataset=dataset,
+                                   data_dir=data_dir, backend=backend, device=device, batch_size=batch_size,
+                                   num_samples=num_samples, tta=tta)
+
+    result = _run_guarded(work)
+    click.echo(json.dumps(result))
+

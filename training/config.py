@@ -1,0 +1,122 @@
+"""The resolved run configuration: typed, frozen, validated once, saved with every run (config.yaml, checkpoints)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from dali_pipes import DATASETS, ConfigError, resolve_augment
+
+AMP_DTYPES = ("float16", "bfloat16")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every `dali-train` option. Defaults are the full recipe of the seed chapter's 4.7 for CIFAR-10 ResNet-18."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "./data"
+    model: str = "resnet18"
+    epochs: int = 100
+    batch_size: int = 128  # per process
+    lr: float = 0.1  # peak LR for batch 128; scale linearly with the global batch (lr * global_batch / 128)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    warmup_epochs: float = 5.0  # linear warmup from 0, per step, then cosine to 0 (capped at half the run)
+    augment: str = "weak+autoaugment"
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 0.5
+    switch_prob: float = 0.5
+    mix_mode: str = "batch"
+    label_smoothing: float = 0.1
+    drop_path: float = 0.05
+    amp: bool = True  # autocast (and GradScaler for float16); on the CPU, bfloat16 is the dtype that autocast has
+    amp_dtype: str = "float16"
+    channels_last: bool = True
+    compile: bool = False
+    backend: str = "dali"
+    device: str = "auto"
+    patience: int = 20  # epochs without a better val accuracy before stopping; 0 disables early stopping
+    output: str = ""  # run directory; empty: runs/<YYYYmmdd-HHMMSS>-<model>-<dataset>
+    seed: int = 0
+    num_samples: int = 0  # synthetic dataset: training split size (0: CIFAR-10's 50,000; val is a fifth)
+    num_threads: int = 0  # DALI threads / DataLoader workers (0: the cores this process may use)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+
+def _bad(option: str, value: Any, rule: str) -> None:
+    raise ConfigError(f"--{option.replace('_', '-')}={value!r} is invalid: {rule}")
+
+
+def _validate(c: TrainConfig) -> None:
+    from .models import MODELS
+
+    def num(option: str, lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> None:
+        v = getattr(c, option)
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        if ok:
+            ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+            _bad(option, v, f"expected a number in {left}{lo}, {hi}{right}")
+
+    def integer(option: str, lo: int) -> None:
+        v = getattr(c, option)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            _bad(option, v, f"expected an integer >= {lo}")
+
+    def choice(option: str, options: tuple[str, ...]) -> None:
+        if getattr(c, option) not in options:
+            _bad(option, getattr(c, option), f"choose one of {', '.join(options)}")
+
+    choice("dataset", DATASETS)
+    choice("model", MODELS)
+    choice("backend", ("dali", "torchvision"))
+    choice("device", DEVICES)
+    choice("amp_dtype", AMP_DTYPES)
+    choice("mix_mode", ("batch", "elem"))
+    integer("epochs", 1)
+    integer("batch_size", 1)
+    integer("patience", 0)
+    integer("seed", 0)
+    integer("num_samples", 0)
+    integer("num_threads", 0)
+    num("lr", 0.0, lo_open=True)
+    num("momentum", 0.0, 1.0, hi_open=True)
+    num("weight_decay", 0.0)
+    num("warmup_epochs", 0.0)
+    num("mixup_alpha", 0.0)
+    num("cutmix_alpha", 0.0)
+    num("mix_prob", 0.0, 1.0)
+    num("switch_prob", 0.0, 1.0)
+    num("label_smoothing", 0.0, 1.0, hi_open=True)
+    num("drop_path", 0.0, 1.0, hi_open=True)
+    for flag in ("nesterov", "amp", "channels_last", "compile"):
+        if not isinstance(getattr(c, flag), bool):
+            _bad(flag, getattr(c, flag), "expected true or false")
+    if c.nesterov and c.momentum == 0:
+        _bad("nesterov", c.nesterov, "Nesterov momentum needs --momentum > 0")
+    try:
+        resolve_augment(c.augment)
+    except ConfigError as e:
+        raise ConfigError(f"--augment: {e}") from None
