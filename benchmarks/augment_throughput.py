@@ -18,7 +18,6 @@ epoch (worker start-up, if its workers do not persist) is part of the timed epoc
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import gc
 import json
@@ -28,18 +27,9 @@ import platform
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-# DALI's auto_aug internals call operators it has since moved out of `experimental`; each call warns. DALI issues
-# those warnings under its own `simplefilter("default")`, which overrides filters set here, so _quiet_dali() also
-# drops them at display time (see measure()).
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"nvidia\.dali")
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"nvidia\.dali")
-# dali_pipes.loader wraps the (read-only, cached) synthetic label array with torch.as_tensor; harmless here.
-warnings.filterwarnings("ignore", message=r"The given NumPy array is not writable", category=UserWarning)
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,24 +43,6 @@ from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
 DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "weak+randaugment",
                    "weak+trivialaugment")
 NO_CUDA = "no CUDA device visible"
-
-
-@contextlib.contextmanager
-def _quiet_dali():
-    """Hide DeprecationWarning/FutureWarning raised from nvidia.dali's own files while the benchmark runs."""
-    shown = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (DeprecationWarning, FutureWarning)) and \
-                f"{os.sep}nvidia{os.sep}dali{os.sep}" in str(filename):
-            return
-        shown(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = shown
 
 
 # --------------------------------------------------------------------------------------------------- machine info
@@ -214,38 +186,37 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     results: list[dict] = []
     skipped = [{**s, "preset": p} for p in presets for s in skipped_rows]
 
-    with _quiet_dali():
-        for preset in presets:
-            loaders = []
-            for row in rows:  # build + warm-up (epoch 0), untimed
-                say(f"[{preset}] {row['row']}: build + warm-up epoch")
-                loader = _build(row, preset, batch_size, num_samples)
-                _run_epochs(loader, [0], row["device"] == "cuda")
-                loaders.append(loader)
-            runs: list[list[float]] = [[] for _ in rows]
-            for r in range(repeats):
-                epochs = [1 + r * epochs_per_repeat + j for j in range(epochs_per_repeat)]
-                for k in range(len(rows)):
-                    i = (r + k) % len(rows)  # rotate the starting row so no row always runs first or last
-                    images, seconds = _run_epochs(loaders[i], epochs, rows[i]["device"] == "cuda")
-                    runs[i].append(images / seconds if seconds > 0 else float("inf"))
-                    say(f"[{preset}] repeat {r + 1}/{repeats} {rows[i]['row']}: {runs[i][-1]:,.0f} img/s")
-            del loaders  # free this preset's DALI pipelines and worker processes before the next preset runs
-            gc.collect()
-            preset_results = []
-            for row, rs in zip(rows, runs):
-                preset_results.append({"preset": preset, "row": row["row"], "backend": row["backend"],
-                                       "device": row["device"], "workers_or_threads": row["workers_or_threads"],
-                                       "median_images_per_s": _finite(statistics.median(rs)),
-                                       "min": _finite(min(rs)), "max": _finite(max(rs)),
-                                       "runs": [_finite(x) for x in rs]})
-            tv = [r["median_images_per_s"] for r in preset_results
-                  if r["backend"] == "torchvision" and r["median_images_per_s"]]
-            best = max(tv) if tv else None
-            for res in preset_results:
-                med = res["median_images_per_s"]
-                res["ratio_vs_best_torchvision"] = _finite(med / best) if best and med is not None else None
-            results += preset_results
+    for preset in presets:
+        loaders = []
+        for row in rows:  # build + warm-up (epoch 0), untimed
+            say(f"[{preset}] {row['row']}: build + warm-up epoch")
+            loader = _build(row, preset, batch_size, num_samples)
+            _run_epochs(loader, [0], row["device"] == "cuda")
+            loaders.append(loader)
+        runs: list[list[float]] = [[] for _ in rows]
+        for r in range(repeats):
+            epochs = [1 + r * epochs_per_repeat + j for j in range(epochs_per_repeat)]
+            for k in range(len(rows)):
+                i = (r + k) % len(rows)  # rotate the starting row so no row always runs first or last
+                images, seconds = _run_epochs(loaders[i], epochs, rows[i]["device"] == "cuda")
+                runs[i].append(images / seconds if seconds > 0 else float("inf"))
+                say(f"[{preset}] repeat {r + 1}/{repeats} {rows[i]['row']}: {runs[i][-1]:,.0f} img/s")
+        del loaders  # free this preset's DALI pipelines and worker processes before the next preset runs
+        gc.collect()
+        preset_results = []
+        for row, rs in zip(rows, runs):
+            preset_results.append({"preset": preset, "row": row["row"], "backend": row["backend"],
+                                   "device": row["device"], "workers_or_threads": row["workers_or_threads"],
+                                   "median_images_per_s": _finite(statistics.median(rs)),
+                                   "min": _finite(min(rs)), "max": _finite(max(rs)),
+                                   "runs": [_finite(x) for x in rs]})
+        tv = [r["median_images_per_s"] for r in preset_results
+              if r["backend"] == "torchvision" and r["median_images_per_s"]]
+        best = max(tv) if tv else None
+        for res in preset_results:
+            med = res["median_images_per_s"]
+            res["ratio_vs_best_torchvision"] = _finite(med / best) if best and med is not None else None
+        results += preset_results
     return {"machine": machine_info(), "config": config, "results": results, "skipped": skipped}
 
 

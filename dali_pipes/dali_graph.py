@@ -16,7 +16,9 @@ reference (tested with tolerances in tests/test_lockstep.py):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +74,35 @@ def _color_jitter(images, cfg: AugmentConfig):
     return images
 
 
+@contextlib.contextmanager
+def _quiet_dali_deprecations():
+    """Drop the DeprecationWarnings DALI 2.4's own auto_aug raises for the `experimental` ops it still calls.
+
+    DALI issues them inside its own ``catch_warnings()`` + ``simplefilter("default")``, which overrides any filter
+    a caller sets, so only the display hook can keep them off the user's console. Nothing a user can act on.
+    """
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DeprecationWarning) and "nvidia/dali" in str(filename).replace("\\", "/"):
+            return
+        shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def _policy(images, cfg: AugmentConfig, size: tuple[int, int]):
+    if cfg.policy == "none":
+        return images
+    with _quiet_dali_deprecations():
+        return _build_policy(images, cfg, size)
+
+
+def _build_policy(images, cfg: AugmentConfig, size: tuple[int, int]):
     common = dict(shape=size, fill_value=0, interp_type=types.INTERP_NN)  # torchvision: fill 0, nearest
     if cfg.policy == "autoaugment":
         return auto_augment.auto_augment(images, policy_name="reduced_cifar10",
@@ -80,11 +110,9 @@ def _policy(images, cfg: AugmentConfig, size: tuple[int, int]):
     if cfg.policy == "randaugment":
         return rand_augment.rand_augment(images, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31,
                                          max_translate_rel=_TV_TRANSLATE_REL, **common)
-    if cfg.policy == "trivialaugment":
-        # TrivialAugmentWide translates up to 32 px over 31 bins in torchvision: the whole side of a CIFAR image.
-        return trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, max_translate_rel=32 / size[1],
-                                                    **common)
-    return images
+    # TrivialAugmentWide translates up to 32 px over 31 bins in torchvision: the whole side of a CIFAR image.
+    return trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, max_translate_rel=32 / size[1],
+                                                **common)
 
 
 def _erase(images, cfg: AugmentConfig, size: tuple[int, int]):
