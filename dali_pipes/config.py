@@ -75,7 +75,8 @@ class AugmentConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"augment: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+            raise ConfigError(f"augment: unknown field(s) {', '.join(unknown)}; "
+                              f"valid fields: {', '.join(sorted(known))}")
         return cls(**values)
 
 

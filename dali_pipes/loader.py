@@ -189,7 +189,8 @@ class Loader:
                  drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int]):
         self.data, self.train, self.cfg, self.backend_name = data, train, cfg, backend
         self.device, self.batch_size, self.seed = device, batch_size, seed
-        self.shard_id, self.num_shards, self.drop_last, self.return_index = shard_id, num_shards, drop_last, return_index
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.drop_last, self.return_index = drop_last, return_index
         self.image_size = size
         self.epoch = 0
         self._labels = torch.tensor(np.asarray(data.labels), dtype=torch.int64, device=device)
@@ -247,7 +248,8 @@ class Loader:
 
 
 def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not is_int or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ConfigError(f"{name}={value!r} is invalid: expected an integer {bound}")
     return int(value)

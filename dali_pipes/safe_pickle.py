@@ -15,7 +15,8 @@ import numpy as np
 
 from .errors import DataError
 
-_FIX = "CIFAR files contain only arrays, lists and dicts; the file is corrupt or crafted — replace it with the official download"
+_FIX = ("CIFAR files contain only arrays, lists and dicts; the file is corrupt or crafted — "
+        "replace it with the official download")
 
 
 def _multiarray_attr(name: str) -> Any:

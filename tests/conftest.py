@@ -13,3 +13,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_image_folder(root, *, classes: tuple[str, ...], per_class: int, shape: tuple[int, int], ext: str,
+                       seed: int = 0) -> None:
+    """`root/{train,val}/<class>/<k>.<ext>` filled with random RGB images of `shape` (height, width)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for k in range(per_class):
+                pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+                options = {"quality": 95} if ext == "jpg" else {}
+                Image.fromarray(pixels).save(root / split / cls / f"{k}.{ext}", **options)

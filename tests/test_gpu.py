@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from conftest import write_image_folder
 
 from dali_pipes import Loader, create_loader
 from dali_pipes.config import AugmentConfig, resolve_augment
@@ -74,13 +75,7 @@ def test_gpu_resume_is_exact() -> None:
 
 
 def test_gpu_folder_decodes_with_nvjpeg(tmp_path) -> None:
-    rng = np.random.default_rng(2)
-    for split in ("train", "val"):
-        for cls in ("a", "b"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for k in range(5):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
-                    tmp_path / split / cls / f"{k}.jpg", quality=95)
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=5, shape=(40, 48), ext="jpg", seed=2)
     out = {}
     for device in ("cuda", "cpu"):
         loader = create_loader("folder", tmp_path, "val", batch_size=4, device=device, augment="none")

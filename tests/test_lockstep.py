@@ -12,7 +12,8 @@ import colorsys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from conftest import write_image_folder
 
 from dali_pipes import Loader, create_loader
 from dali_pipes.cifar import write_cifar
@@ -55,13 +56,7 @@ def test_no_augmentation_gives_identical_tensors_on_both_backends(tmp_path, back
 
 
 def test_folder_png_without_augmentation_matches_the_reference(tmp_path) -> None:
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for k in range(3):
-                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                    tmp_path / split / cls / f"{k}.png")
+    write_image_folder(tmp_path, classes=("cat", "dog"), per_class=3, shape=(32, 32), ext="png", seed=1)
     out = {}
     for b in BACKENDS:
         loader = create_loader("folder", tmp_path, "val", batch_size=4, backend=b, device="cpu", augment="none",

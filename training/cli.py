@@ -11,7 +11,7 @@ from typing import Any
 import click
 import yaml
 
-from dali_pipes import ConfigError, DaliTrainError, DataError
+from dali_pipes import ConfigError, DaliTrainError
 
 from .config import AMP_DTYPES, DEVICES, TrainConfig
 
@@ -112,8 +112,9 @@ def main(ctx: click.Context, config_file: str | None, resume: str | None, **opti
         if resume is not None:
             extra = sorted(given - {"epochs"}) + (["config"] if config_file else [])
             if extra:
-                raise ConfigError(f"--resume continues the run with its saved config; drop "
-                                  f"{', '.join('--' + e.replace('_', '-') for e in extra)} (only --epochs may extend it)")
+                dropped = ", ".join("--" + e.replace("_", "-") for e in extra)
+                raise ConfigError(f"--resume continues the run with its saved config; drop {dropped} "
+                                  "(only --epochs may extend it)")
             return run.resume(resume, epochs=options["epochs"] if "epochs" in given else None)
         values = _config_file(config_file) if config_file else {}
         values.update({k: v for k, v in options.items() if k in given or k not in values})
