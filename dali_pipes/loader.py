@@ -186,11 +186,13 @@ class Loader:
 
     def __init__(self, data: ArrayDataset | FolderDataset, *, train: bool, cfg: AugmentConfig, backend: str,
                  device: torch.device, batch_size: int, seed: int, shard_id: int, num_shards: int,
-                 drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int]):
+                 drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int],
+                 even_shards: bool = False):
         self.data, self.train, self.cfg, self.backend_name = data, train, cfg, backend
         self.device, self.batch_size, self.seed = device, batch_size, seed
         self.shard_id, self.num_shards = shard_id, num_shards
         self.drop_last, self.return_index = drop_last, return_index
+        self.even_shards = even_shards and train  # validation always sees every sample once
         self.image_size = size
         self.epoch = 0
         self._labels = torch.tensor(np.asarray(data.labels), dtype=torch.int64, device=device)
@@ -211,6 +213,8 @@ class Loader:
     def shard_size(self) -> int:
         """Samples this shard holds per epoch (before drop_last)."""
         n = len(self.data)
+        if self.even_shards:
+            return n // self.num_shards
         return n // self.num_shards + (1 if self.shard_id < n % self.num_shards else 0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -236,7 +240,7 @@ class Loader:
     def epoch_indices(self) -> np.ndarray:
         """This shard's dataset indices for the current epoch, in order (before drop_last)."""
         return shard_indices(len(self.data), shuffle=self.train, seed=self.seed, epoch=self.epoch,
-                             shard_id=self.shard_id, num_shards=self.num_shards)
+                             shard_id=self.shard_id, num_shards=self.num_shards, even=self.even_shards)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         batches = split_batches(self.epoch_indices(), self.batch_size, self.drop_last)
@@ -283,7 +287,7 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
                   augment: str | AugmentConfig = "standard", seed: int = 0, shard_id: int = 0, num_shards: int = 1,
                   drop_last: bool = False, return_index: bool = False, *, num_threads: int | None = None,
                   num_workers: int | None = None, image_size: int | None = None, num_samples: int | None = None,
-                  download: bool = True) -> Loader:
+                  download: bool = True, even_shards: bool = False) -> Loader:
     """Build the loader of the batch contract (DESIGN.md).
 
     Batches are ``(images, labels)`` (``+ indices`` with ``return_index``): images float32 NCHW normalized and
@@ -293,7 +297,9 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
 
     Extra keyword-only options: `num_threads` (DALI CPU threads, default: the cores available), `num_workers`
     (DataLoader workers, default: the cores available), `image_size` (folder datasets are resized to it, default
-    32; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`.
+    32; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`,
+    `even_shards` (training split: leave out the n % num_shards surplus of each epoch's permutation so that every
+    shard has the same size, as data-parallel ranks need).
     """
     dataset = _choice("dataset", dataset, DATASETS)
     split = _choice("split", split, SPLITS)
@@ -324,4 +330,5 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
                               "leave it unset for array datasets")
     return Loader(data, train=train, cfg=cfg, backend=backend, device=dev, batch_size=batch_size, seed=seed,
                   shard_id=shard_id, num_shards=num_shards, drop_last=bool(drop_last),
-                  return_index=bool(return_index), num_threads=threads, num_workers=workers, size=(side, side))
+                  return_index=bool(return_index), num_threads=threads, num_workers=workers, size=(side, side),
+                  even_shards=bool(even_shards))

@@ -17,13 +17,18 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def shard_indices(n: int, *, shuffle: bool, seed: int, epoch: int, shard_id: int, num_shards: int) -> np.ndarray:
+def shard_indices(n: int, *, shuffle: bool, seed: int, epoch: int, shard_id: int, num_shards: int,
+                  even: bool = False) -> np.ndarray:
     """Dataset indices of one shard for one epoch (int64).
 
     Shards are strided slices of one permutation (or of 0..n-1 when not shuffling): disjoint, covering, and of sizes
-    that differ by at most one. No index is repeated to even them out, so nothing is counted twice.
+    that differ by at most one. No index is repeated to even them out, so nothing is counted twice. With `even`,
+    the last n % num_shards indices of the permutation are left out instead (different ones every epoch), so that
+    data-parallel ranks take the same number of steps.
     """
     order = np.random.default_rng([_SALT, seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if even:
+        order = order[:n - n % num_shards]
     return order[shard_id::num_shards].astype(np.int64)
 
 

@@ -22,11 +22,12 @@ def tiny(n: int, num_classes: int = 10, seed: int = 0) -> ArrayDataset:
 
 
 def make(data: ArrayDataset, backend: str, *, train: bool = True, augment: str = "standard", batch_size: int = 10,
-         seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool = False, workers: int = 0) -> Loader:
+         seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool = False, workers: int = 0,
+         even_shards: bool = False) -> Loader:
     cfg = resolve_augment(augment)
     return Loader(data, train=train, cfg=cfg, backend=backend, device=torch.device("cpu"), batch_size=batch_size,
                   seed=seed, shard_id=shard_id, num_shards=num_shards, drop_last=drop_last, return_index=True,
-                  num_threads=2, num_workers=workers, size=(32, 32))
+                  num_threads=2, num_workers=workers, size=(32, 32), even_shards=even_shards)
 
 
 def run_epoch(loader: Loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
@@ -168,3 +169,15 @@ def test_cuda_requested_without_cuda_says_use_cpu() -> None:
 def test_missing_cifar_offline_names_the_folder(tmp_path) -> None:
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         create_loader("cifar10", tmp_path, device="cpu", download=False)
+
+
+def test_even_shards_have_equal_sizes_and_leave_out_fewer_than_num_shards() -> None:
+    data = tiny(103)
+    seen = []
+    for shard in range(3):
+        loader = make(data, "dali", batch_size=10, shard_id=shard, num_shards=3, even_shards=True)
+        _, _, index, sizes = run_epoch(loader, 1)
+        assert sum(sizes) == loader.shard_size == 34 and len(sizes) == len(loader) == 4
+        seen.append(set(index.tolist()))
+    union = set().union(*seen)
+    assert len(union) == 102 and sum(len(s) for s in seen) == 102  # disjoint, one sample left out this epoch

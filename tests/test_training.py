@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -126,7 +127,7 @@ def test_sigterm_leaves_a_loadable_last_checkpoint_and_says_how_to_resume(tmp_pa
     sent = time.time()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert time.time() - sent < 30
+    assert time.time() - sent < 60  # seconds normally; generous for a shared, overloaded CI machine
     assert f"dali-train --resume {out}" in err and "Traceback" not in err
     state = load_checkpoint(out / "last.pth")
     assert state["epoch"] == 0 and state["batch"] > 0
@@ -168,9 +169,13 @@ def test_an_existing_run_is_never_overwritten(tmp_path) -> None:
 
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path) -> None:
     garbage = tmp_path / "last.pth"
-    garbage.write_bytes(os.urandom(300))
-    code, text = invoke(["--resume", str(garbage)])
-    assert code == 1 and str(garbage) in text and "Traceback" not in text
+    good = tmp_path / "good.pth"
+    save_checkpoint({"config": {}, "model": {"w": torch.ones(3)}, "epoch": 1}, good)
+    rng = np.random.default_rng(0)
+    for payload in [rng.bytes(300) for _ in range(5)] + [good.read_bytes()[:n] for n in (10, 100, 400)]:
+        garbage.write_bytes(payload)  # random bytes, and a real checkpoint cut short at several lengths
+        code, text = invoke(["--resume", str(garbage)])
+        assert code == 1 and str(garbage) in text and "Traceback" not in text, text
     foreign = tmp_path / "foreign.pth"
     torch.save({"state_dict": {}}, foreign)
     code, text = invoke(["--checkpoint", str(foreign)], cmd=eval_main)

@@ -44,6 +44,7 @@ def _options(f: Callable) -> Callable:
         click.option("--amp-dtype", type=click.Choice(AMP_DTYPES), default=_D.amp_dtype),
         click.option("--channels-last/--no-channels-last", default=_D.channels_last),
         click.option("--compile/--no-compile", default=_D.compile, help="torch.compile the model."),
+        click.option("--sync-bn/--no-sync-bn", default=_D.sync_bn, help="SyncBatchNorm under torchrun."),
         click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=_D.backend),
         click.option("--device", type=click.Choice(DEVICES), default=_D.device),
         click.option("--patience", type=int, default=_D.patience, help="Early stopping; 0 disables it."),

@@ -38,6 +38,7 @@ class TrainConfig:
     amp_dtype: str = "float16"
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
     backend: str = "dali"
     device: str = "auto"
     patience: int = 20  # epochs without a better val accuracy before stopping; 0 disables early stopping
@@ -111,7 +112,7 @@ def _validate(c: TrainConfig) -> None:
     num("switch_prob", 0.0, 1.0)
     num("label_smoothing", 0.0, 1.0, hi_open=True)
     num("drop_path", 0.0, 1.0, hi_open=True)
-    for flag in ("nesterov", "amp", "channels_last", "compile"):
+    for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn"):
         if not isinstance(getattr(c, flag), bool):
             _bad(flag, getattr(c, flag), "expected true or false")
     if c.nesterov and c.momentum == 0:

@@ -24,15 +24,19 @@ import yaml
 
 from dali_pipes import ConfigError, DataError, DaliTrainError, create_loader
 from dali_pipes.loader import cpu_count
+from dali_pipes.plan import derive_seed
 
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import World
 from .engine import StepContext, evaluate, train_one_epoch
 from .mixing import MixConfig, Mixer
 from .models import create_model
 from .monitor import ResourceMonitor
 
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s", "data_time_s",
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images", "images_per_s",
+                 "data_time_s",
                  "epoch_time_s", "nonfinite_losses", "skipped_steps", "max_mem_allocated_mib",
                  "max_mem_reserved_mib", "gpu_util_mean_pct", "gpu_mem_used_max_mib", "host_rss_peak_mib")
 
@@ -103,6 +107,7 @@ class Run:
     cfg: TrainConfig
     run_dir: Path
     device: torch.device
+    world: World
     amp_dtype: torch.dtype | None
     train_loader: Any
     val_loader: Any
@@ -116,55 +121,87 @@ class Run:
     stopped_early: bool = False
     loader_state: dict = field(default_factory=dict)
 
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between data-parallel ranks: their data shard's stream and their random streams."""
+        return {
+            "mixer": self.ctx.mixer.state_dict(),
+            "loader": self.loader_state,  # the train loader's state at the start of the epoch in progress
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
     def state(self, *, epoch: int, batch: int) -> dict[str, Any]:
+        """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""
         return {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.ctx.optimizer.state_dict(),
             "scheduler": self.ctx.scheduler.state_dict(),
             "scaler": self.ctx.scaler.state_dict(),
-            "mixer": self.ctx.mixer.state_dict(),
             "epoch": epoch,  # the epoch to run next (0-based); `batch` of it already trained
             "batch": batch,
             "step": self.ctx.scheduler.last_epoch,
-            "loader": self.loader_state,  # the train loader's state at the start of `epoch`
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "ranks": distributed.gather(self.rank_state(), self.world),
         }
 
-
-def _new_run_dir(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.output) if cfg.output else Path("runs") / (
-        time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.model}-{cfg.dataset}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"--output {run_dir} already holds a run; choose another --output, or continue it with "
-                          f"--resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        if self.world.is_main:
+            save_checkpoint(state, self.run_dir / name)
 
 
-def _loaders(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any]:
+def _new_run_dir(cfg: TrainConfig, world: World) -> Path:
+    """Rank 0 creates the run directory; every rank learns its path, or the reason it was refused."""
+    run_dir, error = None, None
+    if world.is_main:
+        run_dir = Path(cfg.output) if cfg.output else Path("runs") / (
+            time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.model}-{cfg.dataset}")
+        if run_dir.exists() and any(run_dir.iterdir()):
+            error = (f"--output {run_dir} already holds a run; choose another --output, or continue it with "
+                     f"--resume {run_dir}")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, error = distributed.broadcast((run_dir, error), world)
+    if error:
+        raise ConfigError(error)
+    return Path(run_dir)
+
+
+def _loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any, Any]:
+    """This rank's shards: training shards of equal size (ranks step in lockstep), validation every sample once."""
     threads = cfg.num_threads or cpu_count()
     common = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, backend=cfg.backend,
-                  device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads)
+                  device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads,
+                  shard_id=world.rank, num_shards=world.size)
     train_n = cfg.num_samples or None
     val_n = max(1, cfg.num_samples // 5) if cfg.num_samples else None
-    train = create_loader(split="train", num_samples=train_n, **common)
+    if world.enabled and not world.is_main:  # let rank 0 download CIFAR alone before the others read it
+        distributed.any_rank(False, world, device)
+    try:
+        train = create_loader(split="train", num_samples=train_n, even_shards=world.enabled, **common)
+    finally:
+        if world.enabled and world.is_main:
+            distributed.any_rank(False, world, device)
     val = create_loader(split="val", num_samples=val_n, **common)
     return train, val
 
 
 def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | None = None) -> Run:
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    train_loader, val_loader = _loaders(cfg, device)
+    world, device = distributed.setup(resolve_device(cfg.device))
+    if resume is not None and len(resume["ranks"]) != world.size:
+        raise ConfigError(f"the checkpoint was written by {len(resume['ranks'])} process(es) and this run has "
+                          f"{world.size}; resume with the same number (torchrun --nproc_per_node / --nnodes)")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    train_loader, val_loader = _loaders(cfg, device, world)
     model = create_model(cfg.model, num_classes=len(train_loader.classes), drop_path=cfg.drop_path).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if world.enabled and cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    torch.manual_seed(derive_seed(cfg.seed, world.rank, 1))  # drop path: a stream of its own per rank
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     steps_per_epoch = len(train_loader)
@@ -178,17 +215,24 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
     mixer = Mixer(MixConfig(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob,
                             switch_prob=cfg.switch_prob, mode=cfg.mix_mode, label_smoothing=cfg.label_smoothing,
                             num_classes=len(train_loader.classes)),
-                  generator=torch.Generator().manual_seed(cfg.seed))
-    net = torch.compile(model) if cfg.compile else model
+                  generator=torch.Generator().manual_seed(derive_seed(cfg.seed, world.rank, 2)))
+    net = model
+    if world.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    if cfg.compile:
+        net = torch.compile(net)
     ctx = StepContext(net, optimizer, scheduler, scaler, mixer, device, amp_dtype, cfg.channels_last)
-    run = Run(cfg, run_dir or _new_run_dir(cfg), device, amp_dtype, train_loader, val_loader, model, ctx)
+    run = Run(cfg, run_dir or _new_run_dir(cfg, world), device, world, amp_dtype, train_loader, val_loader, model,
+              ctx)
     if resume is not None:
+        mine = resume["ranks"][world.rank]
         try:
             model.load_state_dict(resume["model"])
             optimizer.load_state_dict(resume["optimizer"])
             scaler.load_state_dict(resume["scaler"])
-            mixer.load_state_dict(resume["mixer"])
-            train_loader.load_state_dict(resume["loader"])
+            mixer.load_state_dict(mine["mixer"])
+            train_loader.load_state_dict(mine["loader"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise DataError(f"{run.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
                             "it was edited or written by another version — start a new run") from None
@@ -200,9 +244,9 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
         run.start_epoch, run.skip_batches = int(resume["epoch"]), int(resume["batch"])
         run.best_acc, run.best_epoch = float(resume["best_acc"]), int(resume["best_epoch"])
         run.bad_epochs = int(resume["bad_epochs"])
-        torch.set_rng_state(resume["torch_rng"])
-        if device.type == "cuda" and resume["cuda_rng"]:
-            torch.cuda.set_rng_state_all(resume["cuda_rng"])
+        torch.set_rng_state(mine["torch_rng"])
+        if device.type == "cuda" and mine["cuda_rng"]:
+            torch.cuda.set_rng_state_all(mine["cuda_rng"])
     return run
 
 
@@ -276,65 +320,108 @@ def _progress(total: int, epoch: int, cfg: TrainConfig):
     return bar, update
 
 
+def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
+    """The per-step "should we stop?" check. Under DDP the ranks must agree on the step they stop after, so they
+    vote every `every` steps (a tiny all-reduce) instead of each reading its own signal flag."""
+    calls = 0
+
+    def poll() -> bool:
+        nonlocal calls
+        calls += 1
+        if not run.world.enabled:
+            return stop.is_set()
+        return calls % every == 0 and distributed.any_rank(stop.is_set(), run.world, run.device)
+
+    return poll
+
+
+def _reduced(stats: dict, val: dict, run: Run) -> dict:
+    """Epoch figures summed over ranks: every training image and every validation sample counted once."""
+    n, vn = stats["images"], val["val_images"]
+    keys = ("train_loss", "train_acc", "nonfinite_losses", "skipped_steps", "val_loss", "val_acc")
+    sums = distributed.all_sum([stats["train_loss"] * n, stats["train_acc"] * n, stats["nonfinite_losses"],
+                                stats["skipped_steps"], val["val_loss"] * vn, val["val_acc"] * vn, n, vn,
+                                stats["completed"]], run.world, run.device)
+    total_n, total_vn = max(sums[6], 1), max(sums[7], 1)
+    out = dict(zip(keys, (sums[0] / total_n, sums[1] / total_n, int(sums[2]), int(sums[3]), sums[4] / total_vn,
+                          sums[5] / total_vn)))
+    out["train_images"] = int(sums[6])
+    out["images_per_s"] = sums[6] / stats["epoch_time_s"] if stats["epoch_time_s"] > 0 else math.nan
+    out["all_steps_nonfinite"] = sums[2] >= sums[8] > 0
+    return out
+
+
 def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
-    cfg, metrics_path = run.cfg, run.run_dir / "metrics.csv"
-    rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= run.start_epoch]
+    cfg, metrics_path, main = run.cfg, run.run_dir / "metrics.csv", run.world.is_main
+    log = log if main else (lambda *_: None)
+    rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= run.start_epoch] if main else []
     monitor = ResourceMonitor(run.device)
+    poll = _stop_poll(stop, run)
     for epoch in range(run.start_epoch, cfg.epochs):
         run.train_loader.set_epoch(epoch)
         if run.skip_batches == 0:
             run.loader_state = run.train_loader.state_dict()
         else:  # resuming inside this epoch: the loader state is the one saved at its start
             log(f"resuming epoch {epoch + 1} at batch {run.skip_batches + 1}/{len(run.train_loader)}")
-        bar, update = _progress(len(run.train_loader), epoch + 1, cfg)
+        bar, update = _progress(len(run.train_loader), epoch + 1, cfg) if main else (None, None)
         lr = run.ctx.optimizer.param_groups[0]["lr"]
         with monitor:
-            stats = train_one_epoch(run.ctx, run.train_loader, skip=run.skip_batches, should_stop=stop.is_set,
+            stats = train_one_epoch(run.ctx, run.train_loader, skip=run.skip_batches, should_stop=poll,
                                     on_progress=update)
         if bar is not None:
             bar.close()
         if stats["completed"] < len(run.train_loader):
-            save_checkpoint(run.state(epoch=epoch, batch=stats["completed"]), run.run_dir / "last.pth")
+            run.save("last.pth", run.state(epoch=epoch, batch=stats["completed"]))
             raise Interrupted(f"stopped in epoch {epoch + 1} after batch {stats['completed']}; last.pth saved. "
                               f"Resume with: dali-train --resume {run.run_dir}", 128 + (stop.signum or 2))
         run.skip_batches = 0
-        if stats["images"] and stats["nonfinite_losses"] == stats["completed"]:
+        distributed.sync_buffers(run.model, run.world)
+        val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
+                       channels_last=cfg.channels_last)
+        figures = _reduced(stats, val, run)
+        if figures.pop("all_steps_nonfinite"):
             raise DaliTrainError(f"training diverged in epoch {epoch + 1} (every loss was inf/nan); lower --lr or "
                                  "use --amp-dtype bfloat16")
-        val = evaluate(run.ctx.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
-                       channels_last=cfg.channels_last)
-        row = {"epoch": epoch + 1, "lr": lr, **stats, **val, **monitor.figures()}
+        row = {**stats, **val, "epoch": epoch + 1, "lr": lr, **figures, **monitor.figures()}
         rows.append(row)
         log(_epoch_line(cfg, row))
-        improved = val["val_acc"] > run.best_acc
+        improved = row["val_acc"] > run.best_acc  # the same reduced value on every rank: the same decision
         if improved:
-            run.best_acc, run.best_epoch, run.bad_epochs = val["val_acc"], epoch + 1, 0
+            run.best_acc, run.best_epoch, run.bad_epochs = row["val_acc"], epoch + 1, 0
         else:
             run.bad_epochs += 1
         run.stopped_early = cfg.patience > 0 and run.bad_epochs >= cfg.patience
         run.loader_state = run.train_loader.state_dict()
         state = run.state(epoch=epoch + 1, batch=0)
         if improved:
-            save_checkpoint(state, run.run_dir / "best.pth")
-        save_checkpoint(state, run.run_dir / "last.pth")
-        _write_metrics(metrics_path, rows)
-        plot_curves(rows, run.run_dir / "curves.png")
+            run.save("best.pth", state)
+        run.save("last.pth", state)
+        if main:
+            _write_metrics(metrics_path, rows)
+            plot_curves(rows, run.run_dir / "curves.png")
         if run.stopped_early:
             log(f"early stopping: val accuracy has not improved for {cfg.patience} epochs "
                 f"(best {100 * run.best_acc:.2f}% at epoch {run.best_epoch})")
             break
-        if stop.is_set():
+        if distributed.any_rank(stop.is_set(), run.world, run.device):
             raise Interrupted(f"stopped after epoch {epoch + 1}; last.pth saved. Resume with: dali-train --resume "
                               f"{run.run_dir}", 128 + (stop.signum or 2))
 
 
 def finish(run: Run, started: float, log=print) -> dict:
-    """Reload best.pth, evaluate it, write summary.json."""
-    rows = read_metrics(run.run_dir / "metrics.csv")
-    best = load_checkpoint(run.run_dir / "best.pth")
-    run.model.load_state_dict(best["model"])
+    """Reload best.pth (rank 0 reads it, every rank gets its weights), evaluate it, write summary.json."""
+    main = run.world.is_main
+    best = distributed.broadcast(load_checkpoint(run.run_dir / "best.pth")["model"] if main else None, run.world)
+    run.model.load_state_dict(best)
     val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                    channels_last=run.cfg.channels_last)
+    loss_sum, correct, seen = distributed.all_sum([val["val_loss"] * val["val_images"],
+                                                   val["val_acc"] * val["val_images"], val["val_images"]],
+                                                  run.world, run.device)
+    val = {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1)}
+    rows = read_metrics(run.run_dir / "metrics.csv") if main else []
+    # One number per rank that any difference in weights would change: data-parallel ranks must agree exactly.
+    checksums = distributed.gather(sum(float(p.double().sum()) for p in run.model.parameters()), run.world)
     summary = {
         "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
         "epochs_planned": run.cfg.epochs,
@@ -344,6 +431,8 @@ def finish(run: Run, started: float, log=print) -> dict:
         "best_epoch": run.best_epoch,
         "best_reloaded_val_acc": val["val_acc"],
         "best_reloaded_val_loss": val["val_loss"],
+        "world_size": run.world.size,
+        "weights_identical_across_ranks": len(set(checksums)) == 1,
         "device": str(run.device),
         "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "amp_dtype": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else None,
@@ -351,21 +440,31 @@ def finish(run: Run, started: float, log=print) -> dict:
         "wall_time_s": time.time() - started,
         "torch": torch.__version__,
     }
+    if not main:
+        return summary
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"best model (epoch {run.best_epoch}) reloaded: val acc {100 * val['val_acc']:.2f}% — "
         f"run directory {run.run_dir}")
     return summary
 
 
+def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log) -> dict:
+    started = time.time()
+    try:
+        run = build_run(cfg, resume=resume_state, run_dir=run_dir)
+        if run.world.is_main:
+            (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            _announce(run, log)
+        with StopSignal() as stop:
+            train_epochs(run, stop, log)
+        return finish(run, started, log)
+    finally:
+        distributed.cleanup()
+
+
 def fit(cfg: TrainConfig, *, log=print) -> dict:
     """Start a new run from `cfg` and train it to the end (or to early stopping)."""
-    started = time.time()
-    run = build_run(cfg)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _announce(run, log)
-    with StopSignal() as stop:
-        train_epochs(run, stop, log)
-    return finish(run, started, log)
+    return _train(cfg, resume_state=None, run_dir=None, log=log)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -373,15 +472,14 @@ def find_checkpoint(path: str | Path) -> Path:
     return path / "last.pth" if path.is_dir() else path
 
 
-def resume(path: str | Path, *, epochs: int | None = None, log=print) -> dict:
-    """Continue a run in place from its last.pth (or a given checkpoint), with its saved config."""
-    started = time.time()
-    ckpt_path = find_checkpoint(path)
+def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig, dict]:
     state = load_checkpoint(ckpt_path)
     try:
         cfg = TrainConfig.from_dict(state["config"], source=str(ckpt_path))
     except TypeError as e:
         raise DataError(f"{ckpt_path}: its saved config is unreadable ({e}); start a new run") from None
+    if "ranks" not in state:
+        raise DataError(f"{ckpt_path}: not a resumable dali-train checkpoint (no per-rank state); start a new run")
     if epochs is not None:
         if epochs < int(state["epoch"]) + (1 if state.get("batch") else 0):
             raise ConfigError(f"--epochs={epochs} is invalid: the run already trained {state['epoch']} epochs")
@@ -390,12 +488,16 @@ def resume(path: str | Path, *, epochs: int | None = None, log=print) -> dict:
         why = "stopped early" if state.get("stopped_early") else f"finished its {cfg.epochs} epochs"
         raise ConfigError(f"{ckpt_path}: this run {why}; pass --epochs larger than {state['epoch']} "
                           "to extend it, or start a new run")
-    run = build_run(cfg, resume=state, run_dir=ckpt_path.parent)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _announce(run, log)
-    with StopSignal() as stop:
-        train_epochs(run, stop, log)
-    return finish(run, started, log)
+    return cfg, state
+
+
+def resume(path: str | Path, *, epochs: int | None = None, log=print) -> dict:
+    """Continue a run in place from its last.pth (or a given checkpoint), with its saved config.
+
+    Under torchrun, every rank reads the checkpoint (the run directory must be visible to all of them)."""
+    ckpt_path = find_checkpoint(path)
+    cfg, state = _read_resume_state(ckpt_path, epochs)
+    return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log)
 
 
 def _announce(run: Run, log) -> None:

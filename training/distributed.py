@@ -1,0 +1,105 @@
+"""Data parallelism over `torchrun`: process group set-up and the few collectives the run needs.
+
+Single-process runs use the same calls: every helper is the identity when the world has one process, so the loop
+has one code path. Under torchrun (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU, device = cuda:LOCAL_RANK.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from dali_pipes import ConfigError, DaliTrainError
+
+_TIMEOUT = datetime.timedelta(minutes=10)  # a collective that waits longer than this means a rank is gone
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: torch.device) -> tuple[World, torch.device]:
+    """Join the process group torchrun describes in the environment; a world of one needs none."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World(), device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                              "start at most that many processes per node (--nproc_per_node)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    try:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=_TIMEOUT)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise DaliTrainError(f"rank {rank}: joining the process group at {os.environ.get('MASTER_ADDR')}:"
+                             f"{os.environ.get('MASTER_PORT')} failed ({str(e).splitlines()[0][:160]}); check the "
+                             "rendezvous settings (--rdzv-endpoint / MASTER_ADDR, MASTER_PORT) and that every "
+                             "node can reach it") from None
+    return World(rank, size, local), device
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (float64), returned to the host."""
+    if not world.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool, world: World, device: torch.device) -> bool:
+    if not world.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather(obj: Any, world: World) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (small objects: per-rank RNG and loader states)."""
+    if not world.enabled:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any, world: World) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not world.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_buffers(model: torch.nn.Module, world: World) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank: each rank updated its own during the
+    epoch's last forward, and evaluation and checkpoints must see one model."""
+    if world.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
