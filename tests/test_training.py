@@ -104,6 +104,9 @@ def test_resume_through_the_cli_extends_a_finished_run_and_refuses_a_second_fini
     code, text = invoke(["--resume", str(out), "--epochs", "2"])
     assert code == 0, text
     assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1, 2]
+    (out / "summary.json").unlink()  # as if killed during the final evaluation: resume only finishes it
+    code, text = invoke(["--resume", str(out)])
+    assert code == 0 and json.loads((out / "summary.json").read_text())["epochs_run"] == 2, text
 
 
 def test_early_stopping_stops_when_val_accuracy_stalls(tmp_path) -> None:
@@ -136,12 +139,12 @@ def test_sigterm_leaves_a_loadable_last_checkpoint_and_says_how_to_resume(tmp_pa
 def test_config_file_keys_are_option_names_and_the_command_line_wins(tmp_path) -> None:
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("num-samples: 128\nepochs: 1\nlabel_smoothing: 0.2\nmodel: resnet20\ndataset: synthetic\n"
-                        "batch_size: 999\n")
+                        "batch_size: 999\nlr: 5e-2\n")
     out = tmp_path / "run"
     code, text = invoke(["--config", str(cfg_file), "--batch-size", "64", "--num-threads", "2", "--output", str(out)])
     assert code == 0, text
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert (saved["batch_size"], saved["label_smoothing"], saved["num_samples"]) == (64, 0.2, 128)
+    assert (saved["batch_size"], saved["label_smoothing"], saved["num_samples"], saved["lr"]) == (64, 0.2, 128, 0.05)
 
 
 @pytest.mark.parametrize("args, option", [

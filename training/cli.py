@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dataclasses import fields
+
 import click
 import yaml
 
@@ -70,7 +72,15 @@ def _config_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    # YAML 1.1 reads "5e-2" (no dot) as a string; for a float option it is plainly a number
+    for f in fields(TrainConfig):
+        if f.type == "float" and isinstance(values.get(f.name), str):
+            try:
+                values[f.name] = float(values[f.name])
+            except ValueError:
+                pass  # left as is: validation names the option
+    return values
 
 
 def _fail(message: str, code: int) -> None:

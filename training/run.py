@@ -243,7 +243,7 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
         scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         run.start_epoch, run.skip_batches = int(resume["epoch"]), int(resume["batch"])
         run.best_acc, run.best_epoch = float(resume["best_acc"]), int(resume["best_epoch"])
-        run.bad_epochs = int(resume["bad_epochs"])
+        run.bad_epochs, run.stopped_early = int(resume["bad_epochs"]), bool(resume["stopped_early"])
         torch.set_rng_state(mine["torch_rng"])
         if device.type == "cuda" and mine["cuda_rng"]:
             torch.cuda.set_rng_state_all(mine["cuda_rng"])
@@ -393,12 +393,12 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         run.stopped_early = cfg.patience > 0 and run.bad_epochs >= cfg.patience
         run.loader_state = run.train_loader.state_dict()
         state = run.state(epoch=epoch + 1, batch=0)
+        if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
+            _write_metrics(metrics_path, rows)
+            plot_curves(rows, run.run_dir / "curves.png")
         if improved:
             run.save("best.pth", state)
         run.save("last.pth", state)
-        if main:
-            _write_metrics(metrics_path, rows)
-            plot_curves(rows, run.run_dir / "curves.png")
         if run.stopped_early:
             log(f"early stopping: val accuracy has not improved for {cfg.patience} epochs "
                 f"(best {100 * run.best_acc:.2f}% at epoch {run.best_epoch})")
@@ -421,7 +421,8 @@ def finish(run: Run, started: float, log=print) -> dict:
     val = {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1)}
     rows = read_metrics(run.run_dir / "metrics.csv") if main else []
     # One number per rank that any difference in weights would change: data-parallel ranks must agree exactly.
-    checksums = distributed.gather(sum(float(p.double().sum()) for p in run.model.parameters()), run.world)
+    checksums = distributed.gather(sum(float(p.detach().double().sum()) for p in run.model.parameters()),
+                                   run.world)
     summary = {
         "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
         "epochs_planned": run.cfg.epochs,
@@ -448,15 +449,17 @@ def finish(run: Run, started: float, log=print) -> dict:
     return summary
 
 
-def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log) -> dict:
+def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log,
+           train: bool = True) -> dict:
     started = time.time()
     try:
         run = build_run(cfg, resume=resume_state, run_dir=run_dir)
         if run.world.is_main:
             (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             _announce(run, log)
-        with StopSignal() as stop:
-            train_epochs(run, stop, log)
+        if train:
+            with StopSignal() as stop:
+                train_epochs(run, stop, log)
         return finish(run, started, log)
     finally:
         distributed.cleanup()
@@ -472,7 +475,8 @@ def find_checkpoint(path: str | Path) -> Path:
     return path / "last.pth" if path.is_dir() else path
 
 
-def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig, dict]:
+def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig, dict, bool]:
+    """The run's config and checkpoint, and whether only the final evaluation is left to do."""
     state = load_checkpoint(ckpt_path)
     try:
         cfg = TrainConfig.from_dict(state["config"], source=str(ckpt_path))
@@ -484,11 +488,14 @@ def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig
         if epochs < int(state["epoch"]) + (1 if state.get("batch") else 0):
             raise ConfigError(f"--epochs={epochs} is invalid: the run already trained {state['epoch']} epochs")
         cfg = cfg.replace(epochs=epochs)
-    if state.get("stopped_early") or (int(state["epoch"]) >= cfg.epochs and not state.get("batch")):
+    done = state.get("stopped_early") or (int(state["epoch"]) >= cfg.epochs and not state.get("batch"))
+    if done and not (ckpt_path.parent / "summary.json").exists():
+        return cfg, state, True  # interrupted during the final evaluation: finish it
+    if done:
         why = "stopped early" if state.get("stopped_early") else f"finished its {cfg.epochs} epochs"
         raise ConfigError(f"{ckpt_path}: this run {why}; pass --epochs larger than {state['epoch']} "
                           "to extend it, or start a new run")
-    return cfg, state
+    return cfg, state, False
 
 
 def resume(path: str | Path, *, epochs: int | None = None, log=print) -> dict:
@@ -496,8 +503,8 @@ def resume(path: str | Path, *, epochs: int | None = None, log=print) -> dict:
 
     Under torchrun, every rank reads the checkpoint (the run directory must be visible to all of them)."""
     ckpt_path = find_checkpoint(path)
-    cfg, state = _read_resume_state(ckpt_path, epochs)
-    return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log)
+    cfg, state, finish_only = _read_resume_state(ckpt_path, epochs)
+    return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log, train=not finish_only)
 
 
 def _announce(run: Run, log) -> None:
