@@ -1,0 +1,575 @@
+"""Training-step cost: images/s, step time and memory per precision / memory format / compile / mixing, and how
+much the real DALI loader costs next to a batch that is already on the device.
+
+    python benchmarks/train_throughput.py --device cpu --json train-bench.json
+
+Rows per (device, model), all built with ``training.run.build_run`` (the step of ``dali-train``, every other option
+at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine schedule):
+
+- ``fp32`` / ``fp16`` / ``bf16`` (autocast; fp16 with GradScaler, CUDA only) x ``+cl`` (channels_last) off/on,
+  mixing off, fed a synthetic batch (``torch.randn`` images + random labels made once on the device, reused);
+- ``<recipe> +cl +mix``: the training default (fp16 on CUDA, bf16 on the CPU, channels_last, Mixup/CutMix);
+- ``<recipe> +cl +mix +compile`` with ``--compile`` only (compiling takes minutes, on the CPU even more);
+- ``<recipe> +cl +mix, DALI loader``: the same step fed by the real loader (synthetic dataset, ``--augment``).
+  Loader overhead = 1 - (DALI-fed img/s) / (synthetic-fed img/s), both measured side by side.
+
+How it measures (same rules as ``augment_throughput.py``):
+
+- every row is built once and runs ``--warmup-steps`` untimed steps first (cudnn/oneDNN kernel choice, compile,
+  the DALI pipeline build);
+- a repeat times ``--steps`` steps through ``training.engine.train_one_epoch`` (CUDA is synchronized before the
+  clock is read); rows of a (device, model) are interleaved, each repeat starting at a rotating row; median and
+  min..max are over repeats; every ratio is between two rows of the same run (ratio of their medians);
+- memory, per row: on CUDA the row's own peak allocated (window peak minus what the other, idle rows hold), the
+  process-wide peak reserved and the device-wide NVML peak; on the CPU the host RSS peak, which is process-wide (all
+  rows are resident), so the CPU memory ratio uses the bytes the forward pass saves for backward (measured once per
+  row, outside the timing) instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import click  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.augment_throughput import NO_CUDA, _check_out_path, _finite, machine_info, to_json  # noqa: E402
+from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.engine import train_one_epoch  # noqa: E402
+from training.models import MODELS  # noqa: E402
+from training.monitor import MIB, ResourceMonitor  # noqa: E402
+from training.run import build_run  # noqa: E402
+
+DEFAULT_MODELS = {"cuda": ("resnet18", "resnet20"), "cpu": ("resnet20",)}
+PRECISIONS = ("fp32", "fp16", "bf16")
+RECIPE_PRECISION = {"cuda": "fp16", "cpu": "bf16"}  # what TrainConfig's amp=True, amp_dtype=float16 runs as
+FP16_CPU = "fp16 needs CUDA (on the CPU, autocast runs bfloat16: that is the bf16 row)"
+COMPILE_CPU_NOTE = ("--compile on the CPU: inductor builds C++ kernels for every row, which takes minutes on a few "
+                    "cores; the compile row's warm-up includes it")
+
+
+# ------------------------------------------------------------------------------------------------------ rows
+def _label(precision: str, cl: bool, mix: bool, compile_: bool, feed: str) -> str:
+    return (precision + (" +cl" if cl else "") + (" +mix" if mix else "") + (" +compile" if compile_ else "")
+            + (", DALI loader" if feed == "dali" else ""))
+
+
+def plan_rows(device: str, model: str, cuda: bool, compile_: bool) -> tuple[list[dict], list[dict]]:
+    """The rows of one (device, model) and the skipped ones with their reason. Each row names the row it is
+    compared with (``vs``) and what the comparison measures (``kind``)."""
+    rows: list[dict] = []
+    skipped: list[dict] = []
+
+    def add(precision: str, cl: bool, mix: bool = False, compile_row: bool = False, feed: str = "synthetic",
+            vs: str | None = None, kind: str | None = None) -> None:
+        row = {"device": device, "model": model, "row": _label(precision, cl, mix, compile_row, feed),
+               "precision": precision, "channels_last": cl, "mixing": mix, "compile": compile_row, "feed": feed,
+               "vs": vs, "kind": kind}
+        if device == "cuda" and not cuda:
+            skipped.append({"device": device, "model": model, "row": row["row"], "reason": NO_CUDA})
+        elif device == "cpu" and precision == "fp16":
+            skipped.append({"device": device, "model": model, "row": row["row"], "reason": FP16_CPU})
+        else:
+            rows.append(row)
+
+    for precision in PRECISIONS:
+        for cl in (False, True):
+            if precision != "fp32":
+                add(precision, cl, vs=_label("fp32", cl, False, False, "synthetic"), kind="amp_vs_fp32")
+            elif cl:
+                add(precision, cl, vs=_label("fp32", False, False, False, "synthetic"), kind="channels_last")
+            else:
+                add(precision, cl)
+    rp = RECIPE_PRECISION[device]
+    recipe = _label(rp, True, True, False, "synthetic")
+    add(rp, True, mix=True, vs=_label(rp, True, False, False, "synthetic"), kind="mixing")
+    if compile_:
+        add(rp, True, mix=True, compile_row=True, vs=recipe, kind="compile")
+    add(rp, True, mix=True, feed="dali", vs=recipe, kind="loader")
+    return rows, skipped
+
+
+def _config(row: dict, *, batch_size: int, num_samples: int, augment: str, output: str) -> TrainConfig:
+    base = TrainConfig()  # mixing on: the recipe's Mixup/CutMix alphas; off: both 0 (label smoothing stays)
+    alphas = (base.mixup_alpha, base.cutmix_alpha) if row["mixing"] else (0.0, 0.0)
+    return TrainConfig(dataset="synthetic", model=row["model"], device=row["device"], batch_size=batch_size,
+                       num_samples=num_samples, augment=augment, amp=row["precision"] != "fp32",
+                       amp_dtype="bfloat16" if row["precision"] == "bf16" else "float16",
+                       channels_last=row["channels_last"], compile=row["compile"], output=output,
+                       mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
+
+
+# ------------------------------------------------------------------------------------------------------ measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Whole epochs back to back: an epoch abandoned halfway would make the DALI loader rebuild its pipeline."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader
+
+
+def _saved_for_backward_mib(run, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Bytes the forward pass + loss keep for backward (distinct storages, parameters excluded): the activation
+    memory of one step, independent of other rows and of the allocator. Measured on the eager model."""
+    model = run.model
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            key, nbytes = id(t), t.numel() * t.element_size()
+        if key not in params:
+            saved[key] = nbytes
+        return t
+
+    images, labels = batch
+    if run.cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    dtype = run.amp_dtype
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+    del loss, logits  # no backward: the graph and what it saved are freed here
+    return sum(saved.values()) / MIB
+
+
+class _Row:
+    """One row's run, its batch source and its measurements."""
+
+    def __init__(self, spec: dict, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int):
+        self.spec = spec
+        self.tmp = tempfile.mkdtemp(prefix="train-bench-")
+        self.run = self.stream = None
+        self.runs: list[dict] = []
+        self.device = torch.device(spec["device"])
+        try:
+            self._setup(batch_size=batch_size, num_samples=num_samples, augment=augment, warmup_steps=warmup_steps)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int) -> None:
+        spec = self.spec
+        cuda = self.device.type == "cuda"
+        _sync(self.device)
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        cfg = _config(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
+                      output=str(Path(self.tmp) / "run"))
+        self.run = build_run(cfg)
+        gen = torch.Generator(device=self.device).manual_seed(1)
+        self.batch = (torch.randn(batch_size, 3, 32, 32, device=self.device, generator=gen),
+                      torch.randint(0, len(self.run.train_loader.classes), (batch_size,), device=self.device,
+                                    generator=gen))
+        self.stream = _endless(self.run.train_loader) if spec["feed"] == "dali" else None
+        self.train(warmup_steps)  # untimed
+        self.saved_mib = None if spec["compile"] else _saved_for_backward_mib(self.run, self.batch)
+        _sync(self.device)
+        # What this row keeps between steps (model, grads, optimizer state, its batch): to tell its own peak apart.
+        self.resident = torch.cuda.memory_allocated(self.device) - before if cuda else 0
+
+    def batches(self, steps: int):
+        if self.stream is not None:
+            return itertools.islice(self.stream, steps)
+        return itertools.repeat(self.batch, steps)
+
+    def train(self, steps: int) -> dict:
+        _sync(self.device)
+        stats = train_one_epoch(self.run.ctx, self.batches(steps))
+        if stats["completed"] != steps:
+            raise RuntimeError(f"{self.spec['row']}: {stats['completed']} of {steps} steps ran")
+        return stats
+
+    def measure(self, steps: int, monitor: ResourceMonitor) -> dict:
+        cuda = self.device.type == "cuda"
+        _sync(self.device)
+        others = torch.cuda.memory_allocated(self.device) - self.resident if cuda else 0
+        with monitor:
+            stats = self.train(steps)
+        fig = monitor.figures()
+        out = {"images_per_s": stats["images_per_s"], "step_ms": 1000 * stats["epoch_time_s"] / steps,
+               "data_wait_s": stats["data_time_s"], "nonfinite_losses": stats["nonfinite_losses"],
+               "skipped_steps": stats["skipped_steps"], "host_rss_peak_mib": fig["host_rss_peak_mib"]}
+        if cuda:
+            out["cuda_peak_allocated_mib"] = fig["max_mem_allocated_mib"] - others / MIB
+            out["cuda_peak_reserved_mib"] = fig["max_mem_reserved_mib"]
+            out["nvml_used_max_mib"] = fig.get("gpu_mem_used_max_mib")
+            out["gpu_util_mean_pct"] = fig.get("gpu_util_mean_pct")
+        self.runs.append(out)
+        return out
+
+    def close(self) -> None:
+        self.stream = None
+        self.run = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(vals) if vals else None
+
+
+def _summarize(row: _Row) -> dict:
+    runs = row.runs
+    ips = [r["images_per_s"] for r in runs]
+    step = [r["step_ms"] for r in runs]
+    cuda = row.device.type == "cuda"
+    memory = {"host_rss_peak_mib": _finite(max(r["host_rss_peak_mib"] for r in runs)),
+              "host_rss_scope": "process (all rows of this run resident)",
+              "saved_for_backward_mib": _finite(row.saved_mib)}
+    if cuda:
+        memory |= {"cuda_peak_allocated_mib": _finite(_median([r["cuda_peak_allocated_mib"] for r in runs])),
+                   "cuda_peak_allocated_scope": "this row (window peak minus the other rows' resident memory)",
+                   "cuda_peak_reserved_mib": _finite(max(r["cuda_peak_reserved_mib"] for r in runs)),
+                   "cuda_peak_reserved_scope": "process",
+                   "nvml_used_max_mib": _finite(_median([r["nvml_used_max_mib"] for r in runs])),
+                   "nvml_scope": "device",
+                   "gpu_util_mean_pct": _finite(_median([r["gpu_util_mean_pct"] for r in runs]))}
+    return {**{k: row.spec[k] for k in ("device", "model", "row", "precision", "channels_last", "mixing", "compile",
+                                         "feed")},
+            "median_images_per_s": _finite(statistics.median(ips)), "min": _finite(min(ips)),
+            "max": _finite(max(ips)), "runs": [_finite(x) for x in ips],
+            "median_step_ms": _finite(statistics.median(step)), "step_ms_min": _finite(min(step)),
+            "step_ms_max": _finite(max(step)),
+            "median_data_wait_s": _finite(statistics.median(r["data_wait_s"] for r in runs)),
+            "nonfinite_losses": sum(r["nonfinite_losses"] for r in runs),
+            "skipped_steps": sum(r["skipped_steps"] for r in runs),
+            "memory": memory, "vs": row.spec["vs"], "kind": row.spec["kind"]}
+
+
+def _memory_basis(result: dict) -> tuple[str, float | None]:
+    m = result["memory"]
+    if result["device"] == "cuda":
+        return "cuda peak allocated (own)", m["cuda_peak_allocated_mib"]
+    return "saved for backward", m["saved_for_backward_mib"]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return _finite(a / b) if a is not None and b else None
+
+
+def _compare(results: list[dict]) -> list[dict]:
+    """Each row against the row it names in ``vs`` (same device, model and run): speed and memory ratios."""
+    by_key = {(r["device"], r["model"], r["row"]): r for r in results}
+    ratios = []
+    for r in results:
+        r["speedup_vs"] = r["memory_ratio_vs"] = None
+        twin = by_key.get((r["device"], r["model"], r["vs"])) if r["vs"] else None
+        if twin is None:
+            continue
+        basis, mem = _memory_basis(r)
+        _, twin_mem = _memory_basis(twin)
+        r["speedup_vs"] = _ratio(r["median_images_per_s"], twin["median_images_per_s"])
+        r["memory_ratio_vs"] = _ratio(mem, twin_mem) if r["kind"] != "loader" else None
+        entry = {"device": r["device"], "model": r["model"], "kind": r["kind"], "row": r["row"], "vs": r["vs"],
+                 "speedup": r["speedup_vs"], "memory_ratio": r["memory_ratio_vs"],
+                 "memory_basis": basis if r["memory_ratio_vs"] is not None else None}
+        if r["kind"] == "loader":
+            entry["loader_overhead_pct"] = (_finite(100 * (1 - r["speedup_vs"])) if r["speedup_vs"] is not None
+                                            else None)
+        ratios.append(entry)
+    return ratios
+
+
+def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_size: int = 128, steps: int = 20,
+            warmup_steps: int = 5, repeats: int = 3, num_samples: int = 4096, augment: str | None = None,
+            compile: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "ratios", "skipped",
+    "notes"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
+
+    Raises :class:`dali_pipes.DaliTrainError` for an unknown model, augmentation or size (before measuring).
+    """
+    if device not in ("cpu", "cuda", "all"):
+        raise ConfigError(f"--device={device!r} is invalid: choose one of cpu, cuda, all")
+    for name, value, lo in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup_steps", warmup_steps, 0),
+                            ("repeats", repeats, 1), ("num_samples", num_samples, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: expected an integer >= {lo}")
+    if models is not None:
+        models = list(dict.fromkeys(models))
+        bad = [m for m in models if m not in MODELS]
+        if bad or not models:
+            raise ConfigError(f"--models: {', '.join(map(repr, bad)) or 'nothing given'} is invalid; choose from "
+                              f"{', '.join(MODELS)}")
+    augment = TrainConfig().augment if augment is None else augment
+    try:
+        resolve_augment(augment)
+    except ConfigError as e:
+        raise ConfigError(f"--augment: {e}") from None
+    say = progress or (lambda _msg: None)
+    cuda = bool(torch.cuda.is_available())
+    devices = ["cpu", "cuda"] if device == "all" else [device]
+    per_device = {d: list(models) if models is not None else list(DEFAULT_MODELS[d]) for d in devices}
+    notes: list[str] = []
+    if not compile:
+        notes.append("compile rows not measured (pass --compile; compiling takes minutes per row"
+                     + (", longer on the CPU)" if "cpu" in devices else ")"))
+    elif "cpu" in devices:
+        notes.append(COMPILE_CPU_NOTE)
+        say(COMPILE_CPU_NOTE)
+    config = {"devices": devices, "models": per_device, "batch_size": batch_size, "steps": steps,
+              "warmup_steps": warmup_steps, "repeats": repeats, "dataset": "synthetic", "num_samples": num_samples,
+              "augment": augment, "compile": compile, "recipe_precision": {d: RECIPE_PRECISION[d] for d in devices},
+              "synthetic_feed": "torch.randn images + random labels, made once on the device and reused"}
+    results: list[dict] = []
+    skipped: list[dict] = []
+    for dev in devices:
+        if dev == "cpu":
+            notes.append("cpu memory: host RSS is process-wide (every row of the run is resident); the memory ratio "
+                         "uses the bytes saved for backward")
+        for model in per_device[dev]:
+            specs, skip = plan_rows(dev, model, cuda, compile)
+            skipped += skip
+            if not specs:
+                continue
+            rows: list[_Row] = []
+            try:
+                for spec in specs:
+                    say(f"[{dev} {model}] {spec['row']}: build + {warmup_steps} warm-up steps")
+                    try:
+                        rows.append(_Row(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
+                                         warmup_steps=warmup_steps))
+                    except DaliTrainError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - a compile failure skips that row only
+                        if not spec["compile"]:
+                            raise
+                        skipped.append({"device": dev, "model": model, "row": spec["row"],
+                                        "reason": f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}"})
+                monitor = ResourceMonitor(torch.device(dev))
+                for r in range(repeats):
+                    for k in range(len(rows)):
+                        row = rows[(r + k) % len(rows)]  # rotate the starting row
+                        out = row.measure(steps, monitor)
+                        say(f"[{dev} {model}] repeat {r + 1}/{repeats} {row.spec['row']}: "
+                            f"{out['images_per_s']:,.0f} img/s, {out['step_ms']:,.1f} ms/step")
+                results += [_summarize(row) for row in rows]
+            finally:
+                for row in rows:
+                    row.close()
+                del rows
+                gc.collect()
+                if dev == "cuda" and cuda:
+                    torch.cuda.empty_cache()
+    ratios = _compare(results)
+    return {"machine": machine_info(), "config": config, "results": results, "ratios": ratios,
+            "skipped": skipped, "notes": notes}
+
+
+# ------------------------------------------------------------------------------------------------------ output
+def format_header(report: dict) -> str:
+    m, c = report["machine"], report["config"]
+    gpu = ", ".join(m["gpus"]) if m.get("gpus") else "none visible"
+    if m.get("driver"):
+        gpu += f" (driver {m['driver']})"
+    models = "; ".join(f"{d}: {', '.join(ms)}" for d, ms in c["models"].items())
+    lines = [
+        "training throughput benchmark",
+        f"  date        {m['date']}",
+        f"  cpu         {m['cpu_model']}",
+        f"  cores       {m['cores_available']} available of {m['cores_total']} (torch threads {m['torch_threads']})",
+        f"  gpu         {gpu}",
+        (f"  versions    python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
+         f"DALI {m['dali']}"),
+        (f"  config      {models}; batch {c['batch_size']}, {c['repeats']} repeat(s) x {c['steps']} steps after "
+         f"{c['warmup_steps']} warm-up steps; DALI loader: synthetic {c['num_samples']} samples, augment "
+         f"{c['augment']}"),
+    ]
+    return "\n".join(lines)
+
+
+def _num(x: float | None, fmt: str = ",.0f") -> str:
+    return "-" if x is None else f"{x:{fmt}}"
+
+
+def _mem_cell(r: dict) -> str:
+    m = r["memory"]
+    if r["device"] == "cuda":
+        return f"{_num(m['cuda_peak_allocated_mib'])} / {_num(m['cuda_peak_reserved_mib'])}"
+    return _num(m["host_rss_peak_mib"])
+
+
+def format_table(report: dict) -> str:
+    head = ("device", "model", "row", "median img/s", "min..max", "ms/step", "peak mem MiB", "saved act MiB",
+            "vs", "speed", "mem")
+    body = []
+    for r in report["results"]:
+        body.append((r["device"], r["model"], r["row"], _num(r["median_images_per_s"]),
+                     f"{_num(r['min'])}..{_num(r['max'])}", _num(r["median_step_ms"], ",.1f"), _mem_cell(r),
+                     _num(r["memory"]["saved_for_backward_mib"], ",.1f"), r["vs"] or "",
+                     "" if r["speedup_vs"] is None else f"{r['speedup_vs']:.2f}x",
+                     "" if r["memory_ratio_vs"] is None else f"{r['memory_ratio_vs']:.2f}x"))
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    align = ["<", "<", "<", ">", ">", ">", ">", ">", "<", ">", ">"]
+
+    def fmt(cells) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
+
+    lines = [fmt(head), fmt(["-" * w for w in widths])]
+    previous = None
+    for cells in body:
+        if previous is not None and cells[:2] != previous:
+            lines.append("")
+        lines.append(fmt(cells))
+        previous = cells[:2]
+    if not body:
+        lines.append("(no rows measured)")
+    if any(r["device"] == "cuda" for r in report["results"]):
+        lines.append("peak mem: cuda = own peak allocated / process peak reserved; cpu = host RSS peak (process)")
+    elif body:
+        lines.append("peak mem: host RSS peak of the process; mem ratio: bytes saved for backward")
+    summary = _summary_lines(report)
+    if summary:
+        lines += [""] + summary
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for s in report["skipped"]:
+        groups.setdefault((s["device"], s["model"], s["reason"]), []).append(s["row"])
+    for (dev, model, reason), names in groups.items():
+        lines.append(f"skipped {dev} {model} {', '.join(names)}: {reason}")
+    for note in report.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _summary_lines(report: dict) -> list[str]:
+    out = []
+    for q in report["ratios"]:
+        if q["kind"] == "amp_vs_fp32" and "+cl" in q["row"]:
+            mem = "" if q["memory_ratio"] is None else f", memory {q['memory_ratio']:.2f}x ({q['memory_basis']})"
+            out.append(f"{q['device']} {q['model']}: AMP {q['row']} vs {q['vs']}: "
+                       f"{_num(q['speedup'], '.2f')}x images/s{mem}")
+        elif q["kind"] == "loader":
+            out.append(f"{q['device']} {q['model']}: loader overhead {_num(q['loader_overhead_pct'], '.0f')}% "
+                       f"({q['row']} vs the same step on a synthetic batch on the device)")
+    return out
+
+
+def plot(report: dict, path: str | Path) -> None:
+    """Horizontal bars: one per row (median images/s, min..max whiskers), grouped by device and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["results"]
+    labels = [f"{r['device']} {r['model']} {r['row']}" for r in res]
+    meds = [r["median_images_per_s"] or 0.0 for r in res]
+    lo = [max(0.0, (r["median_images_per_s"] or 0) - (r["min"] or 0)) for r in res]
+    hi = [max(0.0, (r["max"] or 0) - (r["median_images_per_s"] or 0)) for r in res]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(res)))
+    colors = ["tab:orange" if r["feed"] == "dali" else "tab:blue" for r in res]
+    ax.barh(range(len(res)), meds, xerr=[lo, hi], color=colors, capsize=2)
+    ax.set_yticks(range(len(res)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("images / s (median, min..max); orange: fed by the DALI loader")
+    m, c = report["machine"], report["config"]
+    ax.set_title(f"training step throughput, batch {c['batch_size']}, {m['cores_available']} cores"
+                 + (f", {m['gpus'][0]}" if m.get("gpus") else ""), fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def _parse_models(ctx, param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    models = list(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        raise click.BadParameter(f"{', '.join(map(repr, bad)) or 'nothing given'}: choose from {', '.join(MODELS)}")
+    return models
+
+
+def _parse_augment(ctx, param, value: str) -> str:
+    try:
+        resolve_augment(value)
+    except DaliTrainError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", type=click.Choice(["cpu", "cuda", "all"]), default="all", show_default=True,
+              help="Which rows: cpu, cuda, or both (cuda rows are skipped with a reason when no GPU is visible).")
+@click.option("--models", default=None, callback=_parse_models,
+              help="Comma list of models [default: resnet18,resnet20 on cuda; resnet20 on cpu].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed steps per repeat.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed steps per row before the first repeat.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed repeats per row (median and min..max over these).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Size of the synthetic training split the DALI-fed row reads.")
+@click.option("--augment", default=TrainConfig().augment, show_default=True, callback=_parse_augment,
+              help="Augmentation of the DALI-fed row.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="Add a torch.compile row per model (slow to compile, on the CPU especially).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
+              help="Write the report as JSON here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
+              help="Write a bar chart (PNG) here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+def main(device: str, models: list[str] | None, batch_size: int, steps: int, warmup_steps: int, repeats: int,
+         num_samples: int, augment: str, compile_: bool, json_path: str | None, plot_path: str | None,
+         quiet: bool) -> None:
+    """Measure training-step throughput and memory per precision, memory format, compile and mixing, and the
+    loader overhead (DALI-fed vs a synthetic batch on the device)."""
+    progress = None if quiet else (lambda msg: click.echo(msg, err=True))
+    started = time.perf_counter()
+    try:
+        report = measure(device=device, models=models, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
+                         repeats=repeats, num_samples=num_samples, augment=augment, compile=compile_,
+                         progress=progress)
+    except DaliTrainError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    report["wall_time_s"] = round(time.perf_counter() - started, 1)
+    click.echo(format_header(report))
+    click.echo("")
+    click.echo(format_table(report))
+    click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
+    try:
+        if json_path:
+            Path(json_path).write_text(to_json(report) + "\n", encoding="utf-8")
+            click.echo(f"json: {json_path}")
+        if plot_path:
+            if report["results"]:
+                plot(report, plot_path)
+                click.echo(f"plot: {plot_path}")
+            else:
+                click.echo("plot: skipped (no rows measured)")
+    except OSError as e:
+        click.echo(f"error: cannot write output: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
