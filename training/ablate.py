@@ -33,7 +33,7 @@ import yaml
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .cli import _options
+from .cli import _options, _run_guarded
 from .config import TrainConfig
 
 _D = TrainConfig()
@@ -540,11 +540,6 @@ def write_plots(study: Study, records: list[RunRecord], output: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
 _STUDY_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in STUDIES.items())
 
 
@@ -561,10 +556,9 @@ def main(ctx: click.Context, study: str | None, seeds: int, **options: Any) -> N
     Every dali-train option sets the base config the arms change."""
     from click.core import ParameterSource
 
-    from .run import Interrupted
-
     given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    try:
+
+    def work() -> tuple[Any, Path, list]:
         if not study:
             raise ConfigError(f"--study is required: one of {', '.join(STUDIES)}, or a YAML file of arms")
         if seeds < 1:
@@ -588,14 +582,10 @@ def main(ctx: click.Context, study: str | None, seeds: int, **options: Any) -> N
         write_results(records, output / "results.csv")
         write_summary(spec, base, seeds, records, output / "summary.md")
         write_plots(spec, records, output)
-    except Interrupted as e:
-        _fail(str(e), e.exit_code)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    except DaliTrainError as e:
-        _fail(str(e), 1)
-    except KeyboardInterrupt:
-        _fail("interrupted; finished runs are kept — rerun the same dali-ablate command to resume the study", 130)
+        return spec, output, records
+
+    spec, output, records = _run_guarded(work, second_interrupt="interrupted; finished runs are kept — rerun the "
+                                         "same dali-ablate command to resume the study")
     failed = [r for r in records if r.status == "failed"]
     earlier = sum(r.note == "finished earlier" for r in records)
     click.echo(f"study {spec.name}: {sum(r.status == 'done' for r in records)} run(s) done ({earlier} finished "

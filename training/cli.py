@@ -88,7 +88,9 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _run_guarded(fn: Callable[[], Any]) -> Any:
+def _run_guarded(fn: Callable[[], Any], *,
+                 second_interrupt: str = "aborted by a second interrupt; last.pth holds the last completed epoch"
+                 ) -> Any:
     """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal."""
     from .run import Interrupted
 
@@ -101,7 +103,7 @@ def _run_guarded(fn: Callable[[], Any]) -> Any:
     except DaliTrainError as e:
         _fail(str(e), 1)
     except KeyboardInterrupt:
-        _fail("aborted by a second interrupt; last.pth holds the last completed epoch", 130)
+        _fail(second_interrupt, 130)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
