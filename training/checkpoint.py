@@ -34,8 +34,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and check a dali-train checkpoint on the CPU; corrupt or foreign files raise DataError."""
+def load_checkpoint(path: str | Path, *, fmt: str = FORMAT, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
+    """Load and check a dali-train checkpoint (or another of our formats, `fmt`) on the CPU; corrupt or foreign
+    files raise DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found; pass a run directory or a .pth file written by dali-train")
@@ -45,7 +46,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: not a loadable checkpoint ({reason[:200]}); it is corrupt, truncated or not "
                         "from dali-train — use another checkpoint or start a new run") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
-        raise DataError(f"{path}: not a dali-train checkpoint (format {FORMAT} expected); use a last.pth or "
-                        "best.pth written by dali-train")
+    if not isinstance(state, dict) or state.get("format") != fmt or any(k not in state for k in required):
+        what = "a last.pth or best.pth written by dali-train" if fmt == FORMAT else f"a file of format {fmt}"
+        found = state.get("format") if isinstance(state, dict) else None
+        raise DataError(f"{path}: not a dali-train checkpoint (format {fmt} expected, found {found!r}); use {what}")
     return state

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
-
-from dataclasses import fields
 
 import click
 import yaml
@@ -136,27 +135,95 @@ def main(ctx: click.Context, config_file: str | None, resume: str | None, **opti
     _run_guarded(work)
 
 
+def _data_options(f: Callable) -> Callable:
+    """Where the data of a tool that starts from a checkpoint comes from; each defaults to the checkpoint's run."""
+    opts = [
+        click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "folder", "synthetic"]), default=None,
+                     help="Default: the checkpoint's dataset."),
+        click.option("--data-dir", default=None, help="Default: the checkpoint's data directory."),
+        click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=None,
+                     help="Default: the checkpoint's."),
+        click.option("--batch-size", type=int, default=None, help="Default: the checkpoint's."),
+        click.option("--num-samples", type=int, default=None,
+                     help="Synthetic train size (val is a fifth). Default: the checkpoint's."),
+        click.option("--num-threads", type=int, default=None,
+                     help="DALI threads / DataLoader workers (0: all available cores). Default: all."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _checkpoint_path(checkpoint: str) -> Path:
+    path = Path(checkpoint)
+    return path / "best.pth" if path.is_dir() else path
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--checkpoint", required=True, help="A last.pth/best.pth, or a run directory (its best.pth).")
-@click.option("--dataset", default=None, help="Default: the checkpoint's dataset.")
-@click.option("--data-dir", default=None, help="Default: the checkpoint's data directory.")
-@click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=None)
+@_data_options
 @click.option("--device", type=click.Choice(DEVICES), default="auto")
-@click.option("--batch-size", type=int, default=256)
-@click.option("--num-samples", type=int, default=None, help="Synthetic train size of the run (val is a fifth).")
 @click.option("--tta/--no-tta", default=False, help="Average predictions over the image and its mirror.")
-def eval_main(checkpoint: str, dataset: str | None, data_dir: str | None, backend: str | None, device: str,
-              batch_size: int, num_samples: int | None, tta: bool) -> None:
+def eval_main(checkpoint: str, device: str, tta: bool, **data: Any) -> None:
     """Report validation accuracy and loss of a dali-train checkpoint."""
 
     def work() -> dict:
         from .evaluate import evaluate_checkpoint
 
-        path = Path(checkpoint)
-        return evaluate_checkpoint(path / "best.pth" if path.is_dir() else path, dataset=dataset,
-                                   data_dir=data_dir, backend=backend, device=device, batch_size=batch_size,
-                                   num_samples=num_samples, tta=tta)
+        return evaluate_checkpoint(_checkpoint_path(checkpoint), device=device, tta=tta,
+                                   **{**data, "batch_size": data["batch_size"] or 256})
 
     result = _run_guarded(work)
     click.echo(json.dumps(result))
 
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--checkpoint", required=True, help="A dali-train checkpoint, or a run directory (its best.pth).")
+@_data_options
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static",
+              help="static: activation scales from calibration; dynamic: computed per batch at run time.")
+@click.option("--calibration-batches", type=int, default=32, help="Training batches (evaluation pipeline) that "
+              "calibrate static quantization.")
+@click.option("--quant-backend", default="x86", help="Quantized kernels to target (x86: oneDNN via inductor).")
+@click.option("--latency/--no-latency", default=True, help="Time both models on the CPU (compiles each).")
+@click.option("--latency-repeats", type=int, default=20, help="Timed calls per batch size (median reported).")
+@click.option("--output", required=True, help="Directory for model_int8.pth, model_fp32.pth, quantize.json.")
+def quantize_main(checkpoint: str, mode: str, calibration_batches: int, quant_backend: str, latency: bool,
+                  latency_repeats: int, output: str, **data: Any) -> None:
+    """Post-training int8 quantization of a dali-train checkpoint: size, accuracy and CPU latency, measured."""
+
+    def work() -> dict:
+        from .quantize import QuantizeConfig, run_quantize
+
+        qcfg = QuantizeConfig(mode=mode, calibration_batches=calibration_batches, quant_backend=quant_backend,
+                              latency=latency, latency_repeats=latency_repeats)
+        return run_quantize(_checkpoint_path(checkpoint), Path(output), qcfg, log=click.echo, **data)
+
+    _run_guarded(work, second_interrupt="aborted by a second interrupt; --output may hold partial files")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--checkpoint", required=True, help="A dali-train checkpoint, or a run directory (its best.pth).")
+@_data_options
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@click.option("--amount", default="0.1,0.2,0.3,0.5", help="Sparsity targets of the prunable weights, one stage "
+              "each, increasing.")
+@click.option("--method", type=click.Choice(["l1-unstructured", "l1-global", "ln-structured"]),
+              default="l1-unstructured", help="Per-layer or global weight magnitude, or whole conv filters (L2).")
+@click.option("--finetune-epochs", type=int, default=5, help="Fine-tuning epochs after each pruning step.")
+@click.option("--finetune-lr", type=float, default=0.01, help="Peak LR of each stage's cosine schedule.")
+@click.option("--output", required=True, help="Directory for prune.csv, prune.png, pruned.pth and the stage runs "
+              "(the same command with the same --output continues an interrupted run).")
+def prune_main(checkpoint: str, device: str, amount: str, method: str, finetune_epochs: int, finetune_lr: float,
+               output: str, **data: Any) -> None:
+    """Gradual magnitude pruning with fine-tuning after each step; measures sparsity against accuracy."""
+
+    def work() -> list:
+        from .prune import PruneConfig, parse_amounts, run_prune
+
+        pcfg = PruneConfig(amounts=parse_amounts(amount), method=method, finetune_epochs=finetune_epochs,
+                           finetune_lr=finetune_lr)
+        return run_prune(_checkpoint_path(checkpoint), Path(output), pcfg, device=device, log=click.echo, **data)
+
+    _run_guarded(work, second_interrupt="aborted by a second interrupt; run the same command again to continue "
+                                        "from the last completed epoch")

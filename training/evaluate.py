@@ -1,8 +1,11 @@
-"""`dali-eval`: accuracy and loss of a checkpoint on the validation split (optionally with flip TTA)."""
+"""`dali-eval`, and what every tool that starts from a trained checkpoint shares (dali-prune, dali-quantize):
+the checkpoint's config with data options overridden, its weights loaded into the model its config names, and
+the validation loader of that config."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,24 +19,49 @@ from .models import create_model
 from .run import resolve_amp_dtype, resolve_device
 
 
-def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str | None = None,
-                        backend: str | None = None, device: str = "auto", batch_size: int = 256,
-                        num_samples: int | None = None, tta: bool = False) -> dict:
-    state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"], source=str(path))
-    cfg = cfg.replace(dataset=dataset or cfg.dataset, data_dir=data_dir or cfg.data_dir,
-                      backend=backend or cfg.backend, device=device, batch_size=batch_size,
-                      num_samples=cfg.num_samples if num_samples is None else num_samples)
-    dev = resolve_device(cfg.device)
-    loader = create_loader(cfg.dataset, cfg.data_dir, "val", batch_size=cfg.batch_size, backend=cfg.backend,
-                           device=dev, augment=cfg.augment, num_threads=cpu_count(), num_workers=cpu_count(),
-                           num_samples=max(1, cfg.num_samples // 5) if cfg.num_samples else None)
-    model = create_model(cfg.model, num_classes=len(loader.classes)).to(dev)
+def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> TrainConfig:
+    """The run config saved in `state`, with every override that is not None applied (and validated)."""
+    try:
+        cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    except TypeError as e:
+        raise DataError(f"{path}: its saved config is unreadable ({e}); use a checkpoint written by dali-train") \
+            from None
+    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, augment: str | None = None) -> Any:
+    """`split` of the config's dataset. Synthetic sizes follow the run's (val is a fifth of --num-samples)."""
+    n = cfg.num_samples or None
+    if n and split == "val":
+        n = max(1, n // 5)
+    threads = cfg.num_threads or cpu_count()
+    return create_loader(cfg.dataset, cfg.data_dir, split, batch_size=cfg.batch_size, backend=cfg.backend,
+                         device=device, augment=augment or cfg.augment, seed=cfg.seed, num_threads=threads,
+                         num_workers=threads, num_samples=n)
+
+
+def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The model the config names, with the checkpoint's weights; a checkpoint of another shape is refused."""
+    model = create_model(cfg.model, num_classes=num_classes)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise DataError(f"{path}: weights do not fit model {cfg.model} with {len(loader.classes)} classes "
-                        f"({str(e).splitlines()[0][:160]}); evaluate it on the dataset it was trained on") from None
+        raise DataError(f"{path}: weights do not fit model {cfg.model} with {num_classes} classes "
+                        f"({str(e).splitlines()[0][:160]}); use a checkpoint of that architecture trained on "
+                        "this dataset") from None
+    return model
+
+
+def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str | None = None,
+                        backend: str | None = None, device: str = "auto", batch_size: int = 256,
+                        num_samples: int | None = None, num_threads: int | None = None, tta: bool = False) -> dict:
+    state = load_checkpoint(path)
+    cfg = checkpoint_config(state, path, dataset=dataset, data_dir=data_dir, backend=backend, device=device,
+                            batch_size=batch_size, num_samples=num_samples,
+                            num_threads=num_threads if num_threads is not None else cpu_count())
+    dev = resolve_device(cfg.device)
+    loader = data_loader(cfg, dev)
+    model = model_from_checkpoint(state, path, cfg, len(loader.classes)).to(dev)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     result = evaluate(model, loader, device=dev, amp_dtype=resolve_amp_dtype(cfg, dev),

@@ -61,7 +61,10 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        # Two ReLU modules, not one called twice: PT2E quantizers match patterns per module call site, and a module
+        # used twice becomes one pattern with two outputs (torchao's X86InductorQuantizer then refuses the model).
         self.relu = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
@@ -72,7 +75,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         # Only the residual branch is dropped: a dropped block passes its input through the shortcut unchanged.
-        return self.relu(self.shortcut(x) + self.drop_path(out))
+        return self.relu2(self.shortcut(x) + self.drop_path(out))
 
 
 class CifarResNet(nn.Module):
@@ -113,12 +116,13 @@ class _TVDropPathBlock(_TVBasicBlock):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.drop_path = DropPath(0.0)  # set per block by _tv_resnet18, which knows the block's depth
+        self.relu2 = nn.ReLU(inplace=True)  # torchvision calls self.relu twice; see BasicBlock for why not here
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(identity + self.drop_path(out))
+        return self.relu2(identity + self.drop_path(out))
 
 
 def _check_drop_path(drop_path: float) -> None:

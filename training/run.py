@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,12 @@ def _loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any,
     return train, val
 
 
-def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | None = None) -> Run:
+def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | None = None,
+              prepare_model: Callable[[torch.nn.Module], None] | None = None) -> Run:
+    """Loaders, model, optimizer, schedule, mixer for `cfg` (and the state of `resume`, when given).
+
+    `prepare_model` may change the model in place before the optimizer and DDP see its parameters (dali-prune
+    puts pruning masks on it there); a resumed state is loaded after it."""
     world, device = distributed.setup(resolve_device(cfg.device))
     if resume is not None and len(resume["ranks"]) != world.size:
         raise ConfigError(f"the checkpoint was written by {len(resume['ranks'])} process(es) and this run has "
@@ -199,6 +205,8 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
     model = create_model(cfg.model, num_classes=len(train_loader.classes), drop_path=cfg.drop_path).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if prepare_model is not None:
+        prepare_model(model)
     if world.enabled and cfg.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     torch.manual_seed(derive_seed(cfg.seed, world.rank, 1))  # drop path: a stream of its own per rank
