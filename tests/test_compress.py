@@ -73,7 +73,7 @@ def test_each_stage_reaches_the_requested_sparsity_and_keeps_what_was_pruned(met
     before = None
     for amount in (0.1, 0.2, 0.3, 0.5, 0.9):
         prune_mod.prune_to(targets, method, amount)
-        reached, total = prune_mod.sparsity(targets)
+        reached, _ = prune_mod.sparsity(targets)
         assert abs(reached - amount) <= 0.01, (method, amount, reached)
         zero = torch.cat([prune_mod.effective_weight(m, n).flatten() == 0 for m, n in targets])
         if before is not None:
@@ -265,7 +265,7 @@ def test_dynamic_int8_needs_no_calibration(trained, tmp_path) -> None:
     assert r["mode"] == "dynamic" and r["calibration_images"] == 0
     assert "float_latency_ms_b1" not in r
     assert r["int8_bytes"] <= 0.30 * r["float_bytes"] and abs(r["float_acc"] - r["int8_acc"]) <= 0.01, r
-    model, state = load_quantized(out / "model_int8.pth")
+    _, state = load_quantized(out / "model_int8.pth")
     assert state["mode"] == "dynamic"
 
 
