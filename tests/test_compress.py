@@ -8,14 +8,12 @@ import math
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmarks.compress_example import write_noisy_cifar
 from dali_pipes import ConfigError, DataError
-from dali_pipes.cifar import write_cifar
-from dali_pipes.synthetic import make_synthetic
 from training import prune as prune_mod
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import eval_main, prune_main, quantize_main
@@ -33,24 +31,11 @@ def invoke(cmd, args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def write_noisy_cifar(root, *, contrast: float = 0.35, noise: float = 50.0) -> None:
-    """A small real-like task in the official CIFAR-10 layout (2,000 train / 1,000 test images): the synthetic
-    class patterns at a third of their contrast under heavy pixel noise, so a ResNet-20 ends near 97%, not 100%,
-    and quantization error can show up in the accuracy."""
-    rng = np.random.default_rng(7)
-
-    def split(name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-        d = make_synthetic(name, seed=3, num_samples=n)
-        x = d.images.astype(np.float32)
-        x = 128 + (x - x.mean()) * contrast + rng.normal(0, noise, x.shape)
-        return np.clip(x, 0, 255).astype(np.uint8), np.asarray(d.labels)
-
-    write_cifar("cifar10", root, split("train", 2000), split("val", 1000))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """best.pth of a 3-epoch ResNet-20 on the noisy CIFAR-layout task (and the data directory)."""
+    """best.pth of a 3-epoch ResNet-20 on a small real-like task: 2,000/1,000 images in the CIFAR-10 layout, the
+    synthetic class patterns at a third of their contrast under heavy noise (near 97%, not 100%), so that
+    quantization error can show in the accuracy."""
     root = tmp_path_factory.mktemp("compress")
     write_noisy_cifar(root / "data")
     cfg = TrainConfig(dataset="cifar10", data_dir=str(root / "data"), model="resnet20", epochs=3, batch_size=64,
