@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import StopAfter
 
 from dali_pipes import ConfigError
 from training import ablate
@@ -33,25 +34,6 @@ def invoke(args: list[str]) -> tuple[int, str]:
 def one_line_error(text: str) -> bool:
     lines = [line for line in text.splitlines() if line.strip()]
     return len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in text
-
-
-class StopAfter:
-    """Stands in for run.StopSignal: the SIGTERM flag turns true at the n-th poll (one poll per trained step)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls, self.signum = n, 0, None
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        if self.calls >= self.n:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
-
-    def __enter__(self) -> StopAfter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def run_files(out: Path) -> dict[Path, int]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import StopAfter
 
 from benchmarks.compress_example import write_noisy_cifar
 from dali_pipes import ConfigError, DataError
@@ -21,7 +21,7 @@ from training.config import TrainConfig
 from training.evaluate import checkpoint_config, data_loader
 from training.models import create_model
 from training.quantize import load_quantized
-from training.run import fit
+from training.run import fit, read_metrics
 
 DATA = ["--num-threads", "2", "--batch-size", "128"]
 
@@ -108,7 +108,7 @@ def test_gradual_pruning_fine_tunes_each_stage_and_writes_a_plain_pruned_checkpo
     code, text = invoke(prune_main, ["--checkpoint", str(ckpt), *DATA, "--amount", "0.2,0.4", "--finetune-epochs",
                                      "1", "--output", str(out)])
     assert code == 0, text
-    rows = prune_mod.read_csv(out / "prune.csv")
+    rows = read_metrics(out / "prune.csv")
     assert [r["stage"] for r in rows] == [0, 1, 2]
     assert [r["amount"] for r in rows] == [0.0, 0.2, 0.4]
     for r in rows:
@@ -136,25 +136,6 @@ def test_gradual_pruning_fine_tunes_each_stage_and_writes_a_plain_pruned_checkpo
     assert code == 2 and "finished" in text and "Traceback" not in text
 
 
-class StopAfter:
-    """Stands in for the SIGINT/SIGTERM flag: turns true after `n` polls (one poll per trained step)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls, self.signum = n, 0, None
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        if self.calls >= self.n:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-
 def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(trained, tmp_path,
                                                                               monkeypatch) -> None:
     ckpt, _ = trained
@@ -167,7 +148,7 @@ def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(t
     monkeypatch.setattr(prune_mod, "StopSignal", lambda: next(polls))
     with pytest.raises(prune_mod.Interrupted, match="run the same dali-prune command"):
         prune_mod.run_prune(ckpt, tmp_path / "resumed", pcfg, device="cpu", log=lambda *_: None, **data)
-    assert len(prune_mod.read_csv(tmp_path / "resumed" / "prune.csv")) == 2  # stage 0 and stage 1 done
+    assert len(read_metrics(tmp_path / "resumed" / "prune.csv")) == 2  # stage 0 and stage 1 done
     assert not (tmp_path / "resumed" / "pruned.pth").exists()
     monkeypatch.undo()
     rows = prune_mod.run_prune(ckpt, tmp_path / "resumed", pcfg, device="cpu", log=lambda *_: None, **data)
@@ -176,7 +157,7 @@ def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(t
     b = load_checkpoint(tmp_path / "resumed" / "pruned.pth")["model"]
     assert a.keys() == b.keys()
     assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()) < 1e-5
-    straight_rows = prune_mod.read_csv(tmp_path / "straight" / "prune.csv")
+    straight_rows = read_metrics(tmp_path / "straight" / "prune.csv")
     assert [r["val_acc"] for r in rows] == pytest.approx([r["val_acc"] for r in straight_rows])
     # the same --output with other settings is refused, naming the record
     with pytest.raises(ConfigError, match="other settings"):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import StopAfter
 
 from dali_pipes import DataError
 from training import run as run_mod
@@ -56,19 +57,6 @@ def test_learns_the_synthetic_task_and_writes_the_run_directory(tmp_path) -> Non
     code, text = invoke(["--checkpoint", str(out), "--device", "cpu"], cmd=eval_main)
     assert code == 0, text
     assert json.loads(text.strip().splitlines()[-1])["val_acc"] == pytest.approx(summary["best_reloaded_val_acc"])
-
-
-class StopAfter:
-    """Stands in for the SIGINT/SIGTERM flag: turns true after `n` polls (one poll per trained step)."""
-
-    def __init__(self, n: int):
-        self.n, self.calls, self.signum = n, 0, None
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        if self.calls >= self.n:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
 
 
 @pytest.mark.parametrize("backend", ["dali", "torchvision"])

@@ -19,7 +19,6 @@ chapter's exercise 5. An interrupted `dali-prune` continues where it stopped whe
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -38,7 +37,7 @@ from dali_pipes import ConfigError, DataError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import evaluate
 from .evaluate import checkpoint_config
-from .run import Interrupted, StopSignal, build_run, train_epochs
+from .run import Interrupted, StopSignal, build_run, read_metrics, train_epochs, write_rows
 
 METHODS = ("l1-unstructured", "l1-global", "ln-structured")
 CSV_FIELDS = ("stage", "amount", "sparsity", "nonzero_params", "total_params", "val_acc", "val_loss",
@@ -185,22 +184,6 @@ def make_permanent(targets: list[tuple[nn.Module, str]]) -> None:
 # Stages
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def plot(rows: list[dict], path: Path, method: str) -> None:
     import matplotlib
 
@@ -273,7 +256,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     stage_cfg = base_cfg.replace(epochs=max(pcfg.finetune_epochs, 1), lr=pcfg.finetune_lr, warmup_epochs=0.0,
                                  patience=0, compile=False, output="")
     csv_path = output / "prune.csv"
-    rows = read_csv(csv_path)
+    rows = read_metrics(csv_path)
     method = pcfg.method
 
     def load_into(weights: dict[str, torch.Tensor]):
@@ -299,7 +282,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         rows.append({"stage": 0, "amount": 0.0, **_measure(run, method), "finetune_epochs": 0,
                      "finetune_time_s": 0.0})
         rows[0].update(val_acc_before_finetune=rows[0]["val_acc"], val_loss_before_finetune=rows[0]["val_loss"])
-        _write_csv(csv_path, rows)
+        write_rows(csv_path, rows, CSV_FIELDS)
         log(_row_line(rows[0]))
     for stage, amount in enumerate(pcfg.amounts, 1):
         stage_dir = output / f"stage{stage}-{amount:g}"
@@ -324,9 +307,10 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
             before_path.write_text(json.dumps(before) + "\n")
         t0 = time.time()
         if pcfg.finetune_epochs > 0:
+            tag = f"stage {stage} ({amount:g})"
             try:
                 with StopSignal() as stop:
-                    train_epochs(run, stop, log=lambda line, tag=f"stage {stage} ({amount:g})": log(f"{tag}: {line}"))
+                    train_epochs(run, stop, log=lambda line, tag=tag: log(f"{tag}: {line}"))
             except Interrupted as e:
                 raise Interrupted(f"dali-prune stopped in stage {stage} ({e}); run the same dali-prune command "
                                   "again to continue from there", e.exit_code) from None
@@ -338,7 +322,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         save_checkpoint({"config": stage_cfg.to_dict(), "model": weights, "epoch": pcfg.finetune_epochs},
                         stage_dir / "stage.pth")
         rows.append(row)
-        _write_csv(csv_path, rows)
+        write_rows(csv_path, rows, CSV_FIELDS)
         plot(rows, output / "prune.png", method)
         log(_row_line(row))
     if run is None:  # every stage was done before this call: the last stage's weights, with their masks
@@ -354,7 +338,6 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
                      "epoch": int(state["epoch"]) + pcfg.finetune_epochs * len(pcfg.amounts),
                      "pruning": {"method": method, "amount": pcfg.amounts[-1], "sparsity": reached,
                                  "source": str(checkpoint)}}, output / "pruned.pth")
-    plot(rows, output / "prune.png", method)
     log(f"done in {time.time() - started:.0f} s: {output / 'pruned.pth'} ({100 * reached:.2f}% of the prunable "
         f"weights are zero), {csv_path}, {output / 'prune.png'}")
     return rows

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from dali_pipes import ConfigError, DataError, DaliTrainError, create_loader
+from dali_pipes import ConfigError, DaliTrainError, DataError, create_loader
 from dali_pipes.loader import cpu_count
 from dali_pipes.plan import derive_seed
 
@@ -258,10 +258,11 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
     return run
 
 
-def _write_metrics(path: Path, rows: list[dict]) -> None:
+def write_rows(path: Path, rows: list[dict], fields: tuple[str, ...] = METRIC_FIELDS) -> None:
+    """A CSV of `rows` (the `fields` columns), replaced atomically: readers see the old file or the new one."""
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -402,7 +403,7 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         run.loader_state = run.train_loader.state_dict()
         state = run.state(epoch=epoch + 1, batch=0)
         if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
-            _write_metrics(metrics_path, rows)
+            write_rows(metrics_path, rows)
             plot_curves(rows, run.run_dir / "curves.png")
         if improved:
             run.save("best.pth", state)
