@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import click  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._outputs import write_outputs  # noqa: E402
 from dali_pipes import DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
 
@@ -383,19 +384,9 @@ def main(device: str, presets: list[str], batch_size: int, repeats: int, epochs_
     click.echo(format_header(report))
     click.echo("")
     click.echo(format_table(report))
-    try:
-        if json_path:
-            Path(json_path).write_text(to_json(report) + "\n", encoding="utf-8")
-            click.echo(f"\njson: {json_path}")
-        if plot_path:
-            if report["results"]:
-                plot(report, plot_path)
-                click.echo(f"plot: {plot_path}")
-            else:
-                click.echo("plot: skipped (no rows measured)")
-    except OSError as e:
-        click.echo(f"error: cannot write output: {e}", err=True)
-        sys.exit(2)
+    if json_path or plot_path:
+        click.echo("")
+    write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
 
 
 if __name__ == "__main__":

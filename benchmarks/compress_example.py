@@ -16,11 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-import click
-import numpy as np
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dali_pipes.cifar import write_cifar
-from dali_pipes.synthetic import make_synthetic
+import click  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dali_pipes.cifar import write_cifar  # noqa: E402
+from dali_pipes.synthetic import make_synthetic  # noqa: E402
 
 
 def write_noisy_cifar(root: Path, *, train: int = 2000, val: int = 1000, contrast: float = 0.35,

@@ -47,6 +47,7 @@ import click  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks._outputs import write_outputs  # noqa: E402
 from benchmarks.augment_throughput import NO_CUDA, _check_out_path, _finite, machine_info, to_json  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
@@ -556,19 +557,7 @@ def main(device: str, models: list[str] | None, batch_size: int, steps: int, war
     click.echo("")
     click.echo(format_table(report))
     click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
-    try:
-        if json_path:
-            Path(json_path).write_text(to_json(report) + "\n", encoding="utf-8")
-            click.echo(f"json: {json_path}")
-        if plot_path:
-            if report["results"]:
-                plot(report, plot_path)
-                click.echo(f"plot: {plot_path}")
-            else:
-                click.echo("plot: skipped (no rows measured)")
-    except OSError as e:
-        click.echo(f"error: cannot write output: {e}", err=True)
-        sys.exit(2)
+    write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
 
 
 if __name__ == "__main__":
