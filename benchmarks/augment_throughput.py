@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import click  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._outputs import write_outputs  # noqa: E402
+from benchmarks._outputs import output_options, write_outputs  # noqa: E402
 from dali_pipes import DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
 
@@ -342,16 +342,6 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
     return list(dict.fromkeys(workers))
 
 
-def _check_out_path(ctx, param, value: str | None) -> str | None:
-    if value is not None:
-        parent = Path(value).expanduser().resolve().parent
-        if not parent.is_dir():
-            raise click.BadParameter(f"directory {str(parent)!r} does not exist")
-        if Path(value).is_dir():
-            raise click.BadParameter(f"{value!r} is a directory")
-    return value
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", type=click.Choice(["cpu", "cuda", "all"]), default="all", show_default=True,
               help="Which rows: cpu (torchvision + dali-cpu), cuda (torchvision to GPU + dali-gpu), all.")
@@ -365,11 +355,7 @@ def _check_out_path(ctx, param, value: str | None) -> str | None:
               help="Comma list of torchvision DataLoader worker counts [default: 0..cores available].")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Size of the synthetic training split (one epoch).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
-              help="Write the report as JSON here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
-              help="Write a bar chart (PNG) here.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@output_options
 def main(device: str, presets: list[str], batch_size: int, repeats: int, epochs_per_repeat: int,
          workers: list[int] | None, num_samples: int, json_path: str | None, plot_path: str | None,
          quiet: bool) -> None:

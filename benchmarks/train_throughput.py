@@ -47,8 +47,8 @@ import click  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._outputs import write_outputs  # noqa: E402
-from benchmarks.augment_throughput import NO_CUDA, _check_out_path, _finite, machine_info, to_json  # noqa: E402
+from benchmarks._outputs import output_options, write_outputs  # noqa: E402
+from benchmarks.augment_throughput import NO_CUDA, _finite, machine_info, to_json  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.engine import train_one_epoch  # noqa: E402
@@ -533,11 +533,7 @@ def _parse_augment(ctx, param, value: str) -> str:
               help="Augmentation of the DALI-fed row.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="Add a torch.compile row per model (slow to compile, on the CPU especially).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
-              help="Write the report as JSON here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=_check_out_path,
-              help="Write a bar chart (PNG) here.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@output_options
 def main(device: str, models: list[str] | None, batch_size: int, steps: int, warmup_steps: int, repeats: int,
          num_samples: int, augment: str, compile_: bool, json_path: str | None, plot_path: str | None,
          quiet: bool) -> None:
