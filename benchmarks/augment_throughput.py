@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from benchmarks._outputs import output_options, write_outputs  # noqa: E402
 from dali_pipes import DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
+from training.monitor import cpu_model, package_version  # noqa: E402
 
 DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "weak+randaugment",
                    "weak+trivialaugment")
@@ -47,18 +48,6 @@ NO_CUDA = "no CUDA device visible"
 
 
 # --------------------------------------------------------------------------------------------------- machine info
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("model name", "cpu model", "hardware", "processor name") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def _gpu_info() -> dict[str, Any]:
     """GPU name(s) through torch, driver through pynvml (nvidia-ml-py) when importable; nothing when no CUDA."""
     info: dict[str, Any] = {"cuda_available": bool(torch.cuda.is_available()), "gpus": [], "driver": None,
@@ -83,24 +72,17 @@ def _gpu_info() -> dict[str, Any]:
     return info
 
 
-def _version(module: str) -> str | None:
-    try:
-        return str(__import__(module, fromlist=["__version__"]).__version__)
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cores_available": cpu_count(),
         "cores_total": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         **_gpu_info(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "dali": _version("nvidia.dali"),
+        "torchvision": package_version("torchvision"),
+        "dali": package_version("nvidia.dali"),
         "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -15,10 +15,10 @@ from helpers import StopAfter
 from benchmarks.compress_example import write_noisy_cifar
 from dali_pipes import ConfigError, DataError
 from training import prune as prune_mod
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from training.cli import eval_main, prune_main, quantize_main
 from training.config import TrainConfig
-from training.evaluate import checkpoint_config, data_loader
+from training.evaluate import data_loader
 from training.models import create_model
 from training.quantize import load_quantized
 from training.run import fit, read_metrics

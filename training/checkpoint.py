@@ -15,6 +15,8 @@ import torch
 
 from dali_pipes import DataError
 
+from .config import TrainConfig
+
 FORMAT = "dali-train/1"
 REQUIRED = ("format", "config", "model", "epoch")
 
@@ -51,3 +53,13 @@ def load_checkpoint(path: str | Path, *, fmt: str = FORMAT, required: tuple[str,
         found = state.get("format") if isinstance(state, dict) else None
         raise DataError(f"{path}: not a dali-train checkpoint (format {fmt} expected, found {found!r}); use {what}")
     return state
+
+
+def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> TrainConfig:
+    """The run config saved in `state`, with every override that is not None applied (and validated)."""
+    try:
+        cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    except TypeError as e:
+        raise DataError(f"{path}: its saved config is unreadable ({e}); use a checkpoint written by dali-train") \
+            from None
+    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

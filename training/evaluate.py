@@ -12,21 +12,11 @@ import torch
 from dali_pipes import DataError, create_loader
 from dali_pipes.loader import cpu_count
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
 from .models import create_model
 from .run import resolve_amp_dtype, resolve_device
-
-
-def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> TrainConfig:
-    """The run config saved in `state`, with every override that is not None applied (and validated)."""
-    try:
-        cfg = TrainConfig.from_dict(state["config"], source=str(path))
-    except TypeError as e:
-        raise DataError(f"{path}: its saved config is unreadable ({e}); use a checkpoint written by dali-train") \
-            from None
-    return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, augment: str | None = None) -> Any:
@@ -43,13 +33,17 @@ def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, a
 def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
     """The model the config names, with the checkpoint's weights; a checkpoint of another shape is refused."""
     model = create_model(cfg.model, num_classes=num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise DataError(f"{path}: weights do not fit model {cfg.model} with {num_classes} classes "
-                        f"({str(e).splitlines()[0][:160]}); use a checkpoint of that architecture trained on "
-                        "this dataset") from None
+    load_weights(model, state["model"], path, f"model {cfg.model} with {num_classes} classes")
     return model
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path, what: str) -> None:
+    """`model.load_state_dict(weights)`; weights of another shape are a one-line DataError naming `path`."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise DataError(f"{path}: weights do not fit {what} ({str(e).splitlines()[0][:160]}); use a checkpoint of "
+                        "that architecture trained on this dataset") from None
 
 
 def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str | None = None,

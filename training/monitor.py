@@ -4,6 +4,7 @@ background thread during the epoch, and host peak RSS. On the CPU, the host figu
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import threading
 from typing import Any
@@ -77,3 +78,24 @@ class ResourceMonitor:
                 out["gpu_util_mean_pct"] = sum(s[1] for s in self._samples) / len(self._samples)
                 out["gpu_mem_used_max_mib"] = max(s[2] for s in self._samples)
         return out
+
+
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it (for reports), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("model name", "cpu model", "hardware", "processor name") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def package_version(module: str) -> str | None:
+    """`module.__version__` as a string, or None where it does not import (a label in reports only)."""
+    try:
+        return str(__import__(module, fromlist=["__version__"]).__version__)
+    except Exception:  # noqa: BLE001
+        return None

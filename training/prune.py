@@ -34,9 +34,9 @@ from torch.nn.utils import prune
 
 from dali_pipes import ConfigError, DataError
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from .engine import evaluate
-from .evaluate import checkpoint_config
+from .evaluate import load_weights
 from .run import Interrupted, StopSignal, build_run, read_metrics, train_epochs, write_rows
 
 METHODS = ("l1-unstructured", "l1-global", "ln-structured")
@@ -263,12 +263,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         def prepare(model: nn.Module) -> None:
             if any(k.endswith("_mask") for k in weights):
                 add_masks(prunable(model, method))
-            try:
-                model.load_state_dict(weights)
-            except RuntimeError as e:
-                raise DataError(f"{checkpoint}: weights do not fit model {base_cfg.model} "
-                                f"({str(e).splitlines()[0][:160]}); use a checkpoint of that architecture trained "
-                                "on this dataset") from None
+            load_weights(model, weights, checkpoint, f"model {base_cfg.model}")
         return prepare
 
     weights = dict(state["model"])

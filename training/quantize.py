@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -37,11 +38,12 @@ from torch import nn
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
-from .evaluate import checkpoint_config, data_loader, model_from_checkpoint
+from .evaluate import data_loader, model_from_checkpoint
 from .models import create_model
+from .monitor import cpu_model, package_version
 
 INT8_FORMAT = "dali-train-int8/1"
 MODES = ("static", "dynamic")
@@ -220,10 +222,6 @@ class _Inference(nn.Module):
         return self.gm(x)
 
 
-def file_bytes(path: Path) -> int:
-    return os.path.getsize(path)
-
-
 def latency_ms(model: nn.Module, batch: torch.Tensor, repeats: int) -> float:
     """Median wall time of one call, in ms, after warm-up calls (the first compiles; the next settle caches)."""
     with torch.no_grad():
@@ -254,14 +252,10 @@ def compiled_latencies(model: nn.Module, repeats: int, batches: tuple[int, ...] 
     return out
 
 
-def _calibration(loader: Any, n: int, seen: list[int]) -> Iterable[torch.Tensor]:
-    """The first `n` batches of the (seeded, shuffled) epoch 0; `seen[0]` counts the images given."""
+def _calibration(loader: Any, n: int) -> list[torch.Tensor]:
+    """The first `n` batches of the (seeded, shuffled) epoch 0 (32 CIFAR batches of 128: 50 MB)."""
     loader.set_epoch(0)
-    for i, (images, _) in enumerate(loader):
-        if i >= n:
-            break
-        seen[0] += images.shape[0]
-        yield images.float().contiguous()
+    return [images.float().contiguous() for images, _ in itertools.islice(loader, n)]
 
 
 def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print, **data: Any) -> dict[str, Any]:
@@ -284,8 +278,8 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
            "activations quantized per batch at run time (no calibration)"))
     started = time.time()
     # Dynamic mode still runs one batch through the prepared graph, to check it runs; it sets no scales.
-    seen = [0]
-    gm = quantize_model(model, qcfg.mode, _calibration(calib, max(n_calib, 1), seen))
+    batches = _calibration(calib, max(n_calib, 1))
+    gm = quantize_model(model, qcfg.mode, batches)
     output.mkdir(parents=True, exist_ok=True)
     float_path, int8_path = output / "model_fp32.pth", output / "model_int8.pth"
     save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": int(state["epoch"])},
@@ -299,8 +293,8 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
         int8_val = evaluate(_Inference(reloaded), val, **evaluate_kw)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model": cfg.model, "dataset": cfg.dataset, "mode": qcfg.mode,
-        "quant_backend": qcfg.quant_backend, "calibration_batches": n_calib, "calibration_images": seen[0] if n_calib else 0,
-        "float_bytes": file_bytes(float_path), "int8_bytes": file_bytes(int8_path),
+        "quant_backend": qcfg.quant_backend, "calibration_batches": n_calib, "calibration_images": sum(b.shape[0] for b in batches) if n_calib else 0,
+        "float_bytes": float_path.stat().st_size, "int8_bytes": int8_path.stat().st_size,
         "float_acc": float_val["val_acc"], "int8_acc": int8_val["val_acc"],
         "float_loss": float_val["val_loss"], "int8_loss": int8_val["val_loss"], "val_images": int8_val["val_images"],
         "accuracy_engine": "eager reference int8 graph (quantize/dequantize around float ops), from the saved file",
@@ -315,31 +309,11 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
         result["latency_engine"] = "torch.compile (inductor, freezing), median of " \
                                    f"{qcfg.latency_repeats} calls after 3 warm-up calls"
         result["cpu_threads"] = torch.get_num_threads()
-    result.update({"torch": torch.__version__, "torchao": _torchao_version(), "cpu": _cpu_name(),
+    result.update({"torch": torch.__version__, "torchao": package_version("torchao"), "cpu": cpu_model(),
                    "wall_time_s": time.time() - started, "settings": asdict(qcfg)})
     (output / "quantize.json").write_text(json.dumps(result, indent=2) + "\n")
     log(format_table(result))
     return result
-
-
-def _torchao_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("torchao")
-    except Exception:  # noqa: BLE001 — only a label in the report
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(r: dict[str, Any]) -> str:

@@ -28,7 +28,7 @@ from dali_pipes.loader import cpu_count
 from dali_pipes.plan import derive_seed
 
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import World
 from .engine import StepContext, evaluate, train_one_epoch
@@ -487,10 +487,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig, dict, bool]:
     """The run's config and checkpoint, and whether only the final evaluation is left to do."""
     state = load_checkpoint(ckpt_path)
-    try:
-        cfg = TrainConfig.from_dict(state["config"], source=str(ckpt_path))
-    except TypeError as e:
-        raise DataError(f"{ckpt_path}: its saved config is unreadable ({e}); start a new run") from None
+    cfg = checkpoint_config(state, ckpt_path)
     if "ranks" not in state:
         raise DataError(f"{ckpt_path}: not a resumable dali-train checkpoint (no per-rank state); start a new run")
     if epochs is not None:
