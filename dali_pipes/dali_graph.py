@@ -20,8 +20,6 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
-
 import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
 import nvidia.dali.types as types
@@ -56,14 +54,19 @@ def _pad_crop(images, cfg: AugmentConfig, size: tuple[int, int]):
 
 def _color_jitter(images, cfg: AugmentConfig):
     if cfg.contrast > 0 or cfg.brightness > 0:
-        extra: dict[str, Any] = {}
+        # brightness * (pivot + contrast * (image - pivot)), rounded and saturated to uint8 by the cast: what
+        # fn.brightness_contrast computes, bit for bit on the CPU graph (tests/test_gpu_graph.py). Written as
+        # arithmetic because the pivot (the image's mean grey level) is computed on the images' device, and DALI
+        # takes named arguments such as `contrast_center` from the CPU only: on a GPU graph that would be a
+        # GPU->CPU copy per batch, so the pivot stays a regular (GPU) input of the arithmetic operator instead.
+        out = images
         if cfg.contrast > 0:
             mean_rgb = fn.reductions.mean(images, axes=[0, 1])
-            extra["contrast"] = _uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)
-            extra["contrast_center"] = mean_rgb[0] * _GREY[0] + mean_rgb[1] * _GREY[1] + mean_rgb[2] * _GREY[2]
+            pivot = mean_rgb[0] * _GREY[0] + mean_rgb[1] * _GREY[1] + mean_rgb[2] * _GREY[2]
+            out = pivot + _uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast) * (images - pivot)
         if cfg.brightness > 0:
-            extra["brightness"] = _uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
-        images = fn.brightness_contrast(images, **extra)
+            out = _uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness) * out
+        images = fn.cast(out, dtype=types.UINT8)
     if cfg.saturation > 0 or cfg.hue > 0:
         extra = {}
         if cfg.saturation > 0:
@@ -151,23 +154,33 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int]):
 
 
 @pipeline_def(enable_conditionals=True)
-def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], device: str):
-    """Images and dataset indices from a batch callback over host arrays; `.gpu()` moves the uint8 batch over."""
-    images, index = fn.external_source(source=source, batch=True, batch_info=True, num_outputs=2,
-                                       layout=["HWC", ""], dtype=[types.UINT8, types.INT64])
+def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], device: str,
+                   source_device: str = "cpu", cuda_stream: int | None = None):
+    """Images from a batch callback: uint8 NHWC on the host (`source_device="cpu"`, moved over by ``.gpu()`` for a
+    GPU graph) or already on the GPU (``"gpu"``: the dataset lives in GPU memory and the callback gathers there).
+
+    `cuda_stream` is the stream the callback's GPU gather was queued on: DALI copies the batch on it, so the copy
+    is ordered after the gather without a host synchronisation.
+    """
+    extra = {"device": "gpu", "cuda_stream": cuda_stream} if source_device == "gpu" else {}
+    images = fn.external_source(source=source, batch=True, batch_info=True, layout="HWC", dtype=types.UINT8,
+                                **extra)
     if device == "gpu":
         images = images.gpu()
-    return augment(images, cfg, size), index
+    return augment(images, cfg, size)
 
 
 @pipeline_def(enable_conditionals=True)
 def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size: tuple[int, int], device: str):
     """Files read in the given order (the epoch plan), decoded (nvJPEG on GPU) and resized to `size`.
 
-    The reader's labels carry dataset indices; the loader maps them to class labels, as for array datasets.
+    The reader's labels carry dataset indices, which the loader checks against the plan. Both decoders upsample
+    JPEG chroma the way libjpeg-turbo (and so torchvision's reference decoder) does by default ("fancy"
+    upsampling); nvJPEG's own default differs, which would make GPU and CPU pixels disagree.
     """
     encoded, index = fn.readers.file(files=files, labels=indices, random_shuffle=False, pad_last_batch=True,
                                      name=READER_NAME)
-    images = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
+    images = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
+                               jpeg_fancy_upsampling=True)
     images = fn.resize(images, size=list(size), antialias=True)  # uint8 in, uint8 out (rounded)
     return augment(images, cfg, size), fn.cast(index, dtype=types.INT64)

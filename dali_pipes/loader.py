@@ -47,6 +47,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cores_per_process() -> int:
+    """This process's share of the cores: torchrun starts LOCAL_WORLD_SIZE processes per node, each with its
+    own loaders, and DALI thread pools or DataLoader workers sized to every core would oversubscribe them."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cpu_count() // local)
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """'cuda', 'cuda:N' or 'cpu' -> torch.device; CUDA requested on a machine without it is a user error."""
     try:
@@ -62,54 +72,87 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+# Per-operator cost, not per-pixel cost, limits DALI on small images: every operator pays a fixed price per
+# iteration (and on a GPU launches kernels per sub-batch of the auto_aug branches), so a graph run on 128 CIFAR
+# images spends most of its time in overhead. The loader therefore runs the graph on batches of about this many
+# pixels (1024 CIFAR images) and splits them into training batches; above it, larger DALI batches buy little.
+DALI_BATCH_PIXELS = 1 << 20
+
+
+def default_dali_batch_size(batch_size: int, size: tuple[int, int]) -> int:
+    """The largest multiple of `batch_size` holding at most DALI_BATCH_PIXELS pixels (one training batch at least)."""
+    return batch_size * max(1, DALI_BATCH_PIXELS // (batch_size * size[0] * size[1]))
+
+
 class _DaliBackend:
     """Runs the DALI graph (GPU or CPU operators) over epoch plans.
 
+    The graph runs on DALI batches of `dali_batch_size` samples, a multiple of the training batch: each DALI batch
+    is the concatenation of that many consecutive training batches of the plan, and its output is split back into
+    them, so the plan (coverage, the short final batch, shards) is untouched by the choice.
+
+    On CUDA, an array dataset is copied to the GPU once (CIFAR-10's training split: 150 MB of uint8) and each DALI
+    batch is gathered there, so no batch is gathered on the host or copied over PCIe.
+
     One pipeline serves every epoch (a rebuild costs 0.05-2 s, more than a whole CIFAR epoch on a fast GPU). Its
     random draws continue from epoch to epoch, so exact resume uses DALI's checkpointing: the state at the last
-    epoch boundary is what :meth:`state_dict` returns. An epoch abandoned halfway discards the pipeline; the next
-    one rebuilds it from that boundary state, so the draws still follow the uninterrupted sequence.
+    epoch boundary is what :meth:`state_dict` returns, with the DALI batch size it was drawn with (draws depend on
+    how samples are batched, so a resumed loader keeps that size). An epoch abandoned halfway discards the
+    pipeline; the next one rebuilds it from that boundary state, so the draws still follow the uninterrupted
+    sequence.
     """
 
     def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
-                 device: torch.device, batch_size: int, num_threads: int, seed: int, shard_id: int):
+                 device: torch.device, batch_size: int, dali_batch_size: int, num_threads: int, seed: int,
+                 shard_id: int):
         self.data, self.cfg, self.size, self.batch_size = data, cfg, size, batch_size
+        self.dali_batch_size = dali_batch_size
         self.num_threads, self.seed, self.shard_id = num_threads, seed, shard_id
+        self.device = device
         self.dali_device = "gpu" if device.type == "cuda" else "cpu"
         self.device_id = device.index if device.type == "cuda" else None  # None: CPU-only DALI, no CUDA needed
-        self._batches: list[np.ndarray] = []
+        self._folder = isinstance(data, FolderDataset)
+        # The dataset in GPU memory, for GPU graphs over arrays: gathered there per DALI batch.
+        self._device_images = (torch.from_numpy(data.images).to(device)
+                               if not self._folder and device.type == "cuda" else None)
+        self._chunks: list[np.ndarray] = []
         self._pipe = None
         self._checkpoint: str | None = None  # DALI state at the last epoch boundary (None: a fresh pipeline)
 
-    def _source(self, info) -> tuple[np.ndarray, np.ndarray]:
+    def _source(self, info):
         # Batch mode: DALI takes a short final batch as is (per-sample mode would drop it silently).
-        if info.iteration >= len(self._batches):
+        if info.iteration >= len(self._chunks):
             raise StopIteration
-        index = self._batches[info.iteration]
-        return self.data.images[index], index
+        index = self._chunks[info.iteration]
+        if self._device_images is None:
+            return self.data.images[index]
+        return self._device_images[torch.from_numpy(index).to(self.device, non_blocking=True)]
 
-    def _build(self):
+    def define(self, dali_device: str, device_id: int | None, chunks: list[np.ndarray]):
+        """The graph this backend runs for `dali_device` over DALI batches `chunks`, defined but not built."""
         from . import dali_graph
 
-        common = dict(cfg=self.cfg, size=self.size, device=self.dali_device, batch_size=self.batch_size,
-                      num_threads=self.num_threads, device_id=self.device_id, prefetch_queue_depth=2,
+        common = dict(cfg=self.cfg, size=self.size, device=dali_device, batch_size=self.dali_batch_size,
+                      num_threads=self.num_threads, device_id=device_id, prefetch_queue_depth=2,
                       seed=derive_seed(self.seed, self.shard_id), enable_checkpointing=True,
                       checkpoint=self._checkpoint)
-        if isinstance(self.data, FolderDataset):
+        if self._folder:
             # The file list is the epoch plan, so a folder pipeline lives for one epoch; its RNG state carries over.
-            order = np.concatenate(self._batches)
-            pipe = dali_graph.file_pipeline(files=[self.data.files[i] for i in order], indices=order.tolist(),
+            order = np.concatenate(chunks) if chunks else np.zeros(1, dtype=np.int64)
+            return dali_graph.file_pipeline(files=[self.data.files[i] for i in order], indices=order.tolist(),
                                             **common)
-        else:
-            pipe = dali_graph.array_pipeline(source=self._source, **common)
-        pipe.build()
-        return pipe
+        on_gpu = dali_device == "gpu"
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self._device_images is not None else None
+        return dali_graph.array_pipeline(source=self._source, source_device="gpu" if on_gpu else "cpu",
+                                         cuda_stream=stream, **common)
 
     def state_dict(self) -> dict:
-        return {"dali_checkpoint": self._checkpoint}
+        return {"dali_checkpoint": self._checkpoint, "dali_batch_size": self.dali_batch_size}
 
     def load_state_dict(self, state: dict) -> None:
         self._checkpoint = state.get("dali_checkpoint")
+        # States written before DALI batches were decoupled ran the graph on training batches.
+        self.dali_batch_size = int(state.get("dali_batch_size") or self.batch_size)
         self._pipe = None
 
     def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -119,16 +162,29 @@ class _DaliBackend:
 
         if not batches:
             return
-        self._batches = batches
-        folder = isinstance(self.data, FolderDataset)
-        pipe = self._build() if self._pipe is None or folder else self._pipe
+        per_chunk = max(1, self.dali_batch_size // self.batch_size)
+        groups = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
+        self._chunks = [np.concatenate(g) for g in groups]
+        if self._pipe is None or self._folder:
+            self._pipe = None  # release the previous epoch's pipeline (and its decoder memory) before building
+            pipe = self.define(self.dali_device, self.device_id, self._chunks)
+            pipe.build()
+        else:
+            pipe = self._pipe
         self._pipe = None  # until the epoch completes, the pipeline holds a half-consumed epoch: not reusable
         # A fresh iterator per epoch over the long-lived pipeline: it schedules nothing until the first batch.
-        iterator = DALIGenericIterator([pipe], ["images", "index"], last_batch_policy=LastBatchPolicy.PARTIAL,
+        outputs = ["images", "index"] if self._folder else ["images"]
+        iterator = DALIGenericIterator([pipe], outputs, last_batch_policy=LastBatchPolicy.PARTIAL,
                                        auto_reset=False, prepare_first_batch=False,
-                                       **({"reader_name": READER_NAME} if folder else {}))
-        for out in iterator:
-            yield out[0]["images"], out[0]["index"].reshape(-1)
+                                       **({"reader_name": READER_NAME} if self._folder else {}))
+        for out, group, chunk in zip(iterator, groups, self._chunks):
+            images = out[0]["images"]
+            index = out[0]["index"].reshape(-1) if self._folder else torch.from_numpy(chunk)
+            if images.shape[0] != len(chunk) or (self._folder and not torch.equal(index, torch.from_numpy(chunk))):
+                raise RuntimeError(f"DALI returned {images.shape[0]} images for a planned batch of {len(chunk)}; "
+                                   "the loader and the pipeline disagree on the epoch plan")
+            sizes = [len(b) for b in group]
+            yield from zip(images.split(sizes), index.split(sizes))
         # Rewind the source past its StopIteration, then record the boundary state before anything is prefetched.
         pipe.reset()
         self._checkpoint = pipe.checkpoint()
@@ -187,7 +243,7 @@ class Loader:
     def __init__(self, data: ArrayDataset | FolderDataset, *, train: bool, cfg: AugmentConfig, backend: str,
                  device: torch.device, batch_size: int, seed: int, shard_id: int, num_shards: int,
                  drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int],
-                 even_shards: bool = False):
+                 even_shards: bool = False, dali_batch_size: int | None = None):
         self.data, self.train, self.cfg, self.backend_name = data, train, cfg, backend
         self.device, self.batch_size, self.seed = device, batch_size, seed
         self.shard_id, self.num_shards = shard_id, num_shards
@@ -197,7 +253,9 @@ class Loader:
         self.epoch = 0
         self._labels = torch.tensor(np.asarray(data.labels), dtype=torch.int64, device=device)
         if backend == "dali":
-            self._backend = _DaliBackend(data, cfg, size, device, batch_size, num_threads, seed, shard_id)
+            chunk = default_dali_batch_size(batch_size, size) if dali_batch_size is None else dali_batch_size
+            chunk = batch_size * max(1, chunk // batch_size)  # whole training batches
+            self._backend = _DaliBackend(data, cfg, size, device, batch_size, chunk, num_threads, seed, shard_id)
         else:
             self._backend = _TorchvisionBackend(data, cfg, size, device, num_workers, seed)
 
@@ -236,6 +294,22 @@ class Loader:
 
     def __len__(self) -> int:
         return num_batches(self.shard_size, self.batch_size, self.drop_last)
+
+    @property
+    def dali_batch_size(self) -> int | None:
+        """Samples per DALI graph iteration (a multiple of `batch_size`); None for the torchvision backend."""
+        return getattr(self._backend, "dali_batch_size", None)
+
+    def define_graph(self, device: str = "gpu"):
+        """The DALI graph this loader runs with `device` ("gpu" | "cpu") operators, defined and not built.
+
+        Definition needs no GPU, so a CPU-only machine can check the GPU graph's operator placement
+        (:mod:`dali_pipes.placement`); only ``build()`` needs CUDA.
+        """
+        if not isinstance(self._backend, _DaliBackend):
+            raise ConfigError("define_graph() needs backend='dali'")
+        batches = split_batches(self.epoch_indices(), self.batch_size, self.drop_last)
+        return self._backend.define(device, 0 if device == "gpu" else None, batches)
 
     def epoch_indices(self) -> np.ndarray:
         """This shard's dataset indices for the current epoch, in order (before drop_last)."""
@@ -287,7 +361,7 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
                   augment: str | AugmentConfig = "standard", seed: int = 0, shard_id: int = 0, num_shards: int = 1,
                   drop_last: bool = False, return_index: bool = False, *, num_threads: int | None = None,
                   num_workers: int | None = None, image_size: int | None = None, num_samples: int | None = None,
-                  download: bool = True, even_shards: bool = False) -> Loader:
+                  download: bool = True, even_shards: bool = False, dali_batch_size: int | None = None) -> Loader:
     """Build the loader of the batch contract (DESIGN.md).
 
     Batches are ``(images, labels)`` (``+ indices`` with ``return_index``): images float32 NCHW normalized and
@@ -295,8 +369,11 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     :meth:`Loader.set_epoch`; every sample of the shard appears once per epoch, the short final batch included
     unless `drop_last`. The validation split is not shuffled or augmented: it uses the recipe's normalization only.
 
-    Extra keyword-only options: `num_threads` (DALI CPU threads, default: the cores available), `num_workers`
-    (DataLoader workers, default: the cores available), `image_size` (folder datasets are resized to it, default
+    Extra keyword-only options: `num_threads` (DALI CPU threads) and `num_workers` (DataLoader workers), by default
+    the cores available to this process divided among the processes of this node (torchrun's LOCAL_WORLD_SIZE),
+    and for a GPU graph over arrays at most 4 (its CPU operators only draw random numbers); `dali_batch_size`
+    (samples per DALI graph iteration, rounded down to whole training batches; default: about 2**20 pixels'
+    worth, 1024 CIFAR images, see DALI_BATCH_PIXELS); `image_size` (folder datasets are resized to it, default
     32; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`,
     `even_shards` (training split: leave out the n % num_shards surplus of each epoch's permutation so that every
     shard has the same size, as data-parallel ranks need).
@@ -308,8 +385,11 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     seed = _check_int("seed", seed, 0)
     num_shards = _check_int("num_shards", num_shards, 1)
     shard_id = _check_int("shard_id", shard_id, 0, num_shards - 1)
-    threads = cpu_count() if num_threads is None else _check_int("num_threads", num_threads, 1)
-    workers = cpu_count() if num_workers is None else _check_int("num_workers", num_workers, 0)
+    cores = cores_per_process()
+    threads = None if num_threads is None else _check_int("num_threads", num_threads, 1)
+    workers = cores if num_workers is None else _check_int("num_workers", num_workers, 0)
+    if dali_batch_size is not None:
+        _check_int("dali_batch_size", dali_batch_size, 1)
     if num_samples is not None:
         _check_int("num_samples", num_samples, 1)
     if image_size is not None:
@@ -321,6 +401,8 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     if not train:
         cfg = eval_config(cfg)
     data = load_source(dataset, data_dir, split, num_samples=num_samples, download=download)
+    if threads is None:
+        threads = min(cores, 4) if dev.type == "cuda" and isinstance(data, ArrayDataset) else cores
     if isinstance(data, FolderDataset):
         side = image_size or 32
     else:
@@ -331,4 +413,4 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     return Loader(data, train=train, cfg=cfg, backend=backend, device=dev, batch_size=batch_size, seed=seed,
                   shard_id=shard_id, num_shards=num_shards, drop_last=bool(drop_last),
                   return_index=bool(return_index), num_threads=threads, num_workers=workers, size=(side, side),
-                  even_shards=bool(even_shards))
+                  even_shards=bool(even_shards), dali_batch_size=dali_batch_size)

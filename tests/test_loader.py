@@ -23,11 +23,12 @@ def tiny(n: int, num_classes: int = 10, seed: int = 0) -> ArrayDataset:
 
 def make(data: ArrayDataset, backend: str, *, train: bool = True, augment: str = "standard", batch_size: int = 10,
          seed: int = 0, shard_id: int = 0, num_shards: int = 1, drop_last: bool = False, workers: int = 0,
-         even_shards: bool = False) -> Loader:
+         even_shards: bool = False, dali_batch_size: int | None = None) -> Loader:
     cfg = resolve_augment(augment)
     return Loader(data, train=train, cfg=cfg, backend=backend, device=torch.device("cpu"), batch_size=batch_size,
                   seed=seed, shard_id=shard_id, num_shards=num_shards, drop_last=drop_last, return_index=True,
-                  num_threads=2, num_workers=workers, size=(32, 32), even_shards=even_shards)
+                  num_threads=2, num_workers=workers, size=(32, 32), even_shards=even_shards,
+                  dali_batch_size=dali_batch_size)
 
 
 def run_epoch(loader: Loader, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
@@ -124,6 +125,57 @@ def test_dali_resumes_the_augmentation_stream_exactly() -> None:
     assert torch.equal(run_epoch(resumed, 2)[0], epochs[2])
 
 
+@pytest.mark.parametrize("dali_batch_size, expected", [(None, 1020), (10, 10), (35, 30), (4, 10)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_dali_batches_are_whole_training_batches_split_back_exactly(dali_batch_size, expected, drop_last) -> None:
+    data = tiny(103)
+    loader = make(data, "dali", augment="none", drop_last=drop_last, dali_batch_size=dali_batch_size)
+    assert loader.dali_batch_size == expected  # rounded down to whole training batches, at least one
+    _, labels, index, sizes = run_epoch(loader, 1)
+    assert sizes == [10] * 10 + ([] if drop_last else [3]) and len(sizes) == len(loader)
+    assert torch.equal(index, torch.from_numpy(loader.epoch_indices()[:sum(sizes)]))
+    assert torch.equal(labels, torch.from_numpy(data.labels)[index])
+    # Without random operations the pixels cannot depend on how samples were batched for DALI.
+    plain, _, plain_index, _ = run_epoch(make(data, "dali", augment="none", drop_last=drop_last,
+                                              dali_batch_size=10), 1)
+    images, _, _, _ = run_epoch(loader, 1)
+    assert torch.equal(plain_index, index) and torch.equal(plain, images)
+
+
+def test_the_default_dali_batch_holds_about_a_million_pixels() -> None:
+    from dali_pipes.loader import default_dali_batch_size
+
+    assert default_dali_batch_size(128, (32, 32)) == 1024
+    assert default_dali_batch_size(100, (32, 32)) == 1000
+    assert default_dali_batch_size(1024, (32, 32)) == 1024
+    assert default_dali_batch_size(4096, (32, 32)) == 4096  # never below one training batch
+    assert default_dali_batch_size(64, (224, 224)) == 64
+
+
+def test_an_interrupted_epoch_inside_a_dali_batch_resumes_exactly() -> None:
+    data = tiny(95)
+    straight = make(data, "dali", augment="strong", dali_batch_size=40)
+    epochs = [run_epoch(straight, e)[0] for e in range(2)]
+
+    first = make(data, "dali", augment="strong", dali_batch_size=40)
+    run_epoch(first, 0)
+    state = first.state_dict()  # what a checkpoint written in epoch 1 holds
+    first.set_epoch(1)
+    it = iter(first)
+    for _ in range(6):  # stop inside the second DALI batch (training batches 5..8)
+        next(it)
+    del it
+
+    # A new process (default DALI batch) adopts the saved DALI batch size, then skips what was trained.
+    resumed = make(data, "dali", augment="strong")
+    resumed.load_state_dict(state)
+    assert resumed.dali_batch_size == 40
+    resumed.set_epoch(1)
+    batches = [b[0] for b in resumed]
+    assert torch.equal(torch.cat(batches[6:]), epochs[1][60:])
+    assert torch.equal(torch.cat(batches), epochs[1])
+
+
 def test_state_from_another_backend_is_refused() -> None:
     state = make(tiny(8), "dali").state_dict()
     with pytest.raises(ConfigError, match="backend"):
@@ -153,6 +205,7 @@ def test_cifar_and_synthetic_through_create_loader(tmp_path, backend: str) -> No
     ({"num_shards": 0}, "num_shards"), ({"backend": "ffcv"}, "backend"), ({"dataset": "mnist"}, "dataset"),
     ({"split": "test"}, "split"), ({"augment": "heavy"}, "augment"), ({"seed": -1}, "seed"),
     ({"device": "tpu"}, "device"), ({"image_size": 64}, "image_size"), ({"num_threads": 0}, "num_threads"),
+    ({"dali_batch_size": 0}, "dali_batch_size"), ({"dali_batch_size": "big"}, "dali_batch_size"),
 ])
 def test_bad_arguments_are_refused_naming_the_option(kwargs: dict, option: str) -> None:
     args = dict(dataset="synthetic", device="cpu", num_samples=10) | kwargs

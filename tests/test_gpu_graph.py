@@ -1,0 +1,157 @@
+"""Every DALI graph the product builds, defined with GPU operators on this CPU-only machine.
+
+Definition needs no CUDA (only ``build()`` does), so placement errors that would fail on every GPU show up here:
+DALI's own argument checks raise while the graph is defined, and :mod:`dali_pipes.placement` holds the defined
+graph to DALI's operator registry. The GPU graph must use exactly the CPU graph's operators, so the numeric and
+lockstep tests of the CPU graph cover what the GPU runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
+import pytest
+from nvidia.dali import pipeline_def
+
+from conftest import write_image_folder
+
+from benchmarks.augment_throughput import DEFAULT_PRESETS
+from dali_pipes import AugmentConfig, create_loader, resolve_augment
+from dali_pipes import dali_graph
+from dali_pipes.config import PAD_MODES, POLICIES, PRESETS
+from dali_pipes.placement import graph_nodes, operator_counts, placement_errors
+
+
+def recipes() -> list[tuple[str, AugmentConfig]]:
+    """Every preset x policy x pad mode (pad mode only where the recipe pads)."""
+    out = []
+    for base in PRESETS:
+        for policy in POLICIES:
+            name = base if policy == "none" else f"{base}+{policy}"
+            cfg = resolve_augment(name)
+            modes = PAD_MODES if cfg.crop_padding > 0 else PAD_MODES[:1]
+            out += [(f"{name}/{mode}", replace(cfg, pad_mode=mode)) for mode in modes]
+    return out
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    write_image_folder(root, classes=("a", "b"), per_class=3, shape=(40, 48), ext="jpg")
+    return root
+
+
+def loader_for(dataset: str, split: str, augment, folder, batch_size: int = 16):
+    data_dir = folder if dataset == "folder" else "unused"
+    return create_loader(dataset, data_dir, split, batch_size=batch_size, backend="dali", device="cpu",
+                         augment=augment, num_samples=40, num_threads=1)
+
+
+def defined(loader, device: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return loader.define_graph(device)
+
+
+def assert_gpu_graph_is_sound(loader) -> None:
+    gpu, cpu = defined(loader, "gpu"), defined(loader, "cpu")
+    assert placement_errors(gpu) == []
+    assert operator_counts(gpu) == operator_counts(cpu)
+    devices = {node.device for node in graph_nodes(gpu)}
+    assert "gpu" in devices
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "folder"])
+@pytest.mark.parametrize("name, cfg", recipes(), ids=[r[0] for r in recipes()])
+def test_every_training_graph_defines_on_the_gpu(dataset: str, name: str, cfg: AugmentConfig, folder) -> None:
+    assert_gpu_graph_is_sound(loader_for(dataset, "train", cfg, folder))
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "folder"])
+def test_the_evaluation_graph_defines_on_the_gpu(dataset: str, folder) -> None:
+    assert_gpu_graph_is_sound(loader_for(dataset, "val", "standard+autoaugment", folder))
+
+
+@pytest.mark.parametrize("preset", DEFAULT_PRESETS)
+@pytest.mark.parametrize("batch_size", [128, 1024])
+def test_the_benchmark_rows_define_on_the_gpu(preset: str, batch_size: int) -> None:
+    loader = create_loader("synthetic", split="train", batch_size=batch_size, backend="dali", device="cpu",
+                           augment=preset, num_samples=64, num_threads=1)
+    assert_gpu_graph_is_sound(loader)
+
+
+def test_the_gpu_graph_reads_arrays_from_gpu_memory_and_decodes_files_on_the_device(folder) -> None:
+    arrays = graph_nodes(defined(loader_for("synthetic", "train", "standard", folder), "gpu"))
+    assert [n.device for n in arrays if n.schema == "ExternalSource"] == ["gpu"]
+    files = graph_nodes(defined(loader_for("folder", "train", "standard", folder), "gpu"))
+    assert [n.device for n in files if n.schema == "decoders__Image"] == ["mixed"]
+    assert [n.device for n in files if n.schema == "readers__File"] == ["cpu"]
+
+
+# ---------------------------------------------------------------------------------- the checker can fail
+@pipeline_def
+def _misplaced(device: str):
+    images = fn.external_source(source=lambda: None, batch=True, layout="HWC", dtype=types.UINT8)
+    flipped = fn.flip(images, horizontal=1)  # left on the CPU in a graph meant for the GPU
+    if device == "gpu":
+        flipped = flipped.gpu()
+    return fn.crop_mirror_normalize(flipped, dtype=types.FLOAT, output_layout="CHW")
+
+
+def test_the_checker_reports_image_work_left_on_the_cpu() -> None:
+    errors = placement_errors(_misplaced("gpu", batch_size=2, num_threads=1, device_id=0))
+    assert len(errors) == 1 and "Flip works on images on the CPU" in errors[0]
+    errors = placement_errors(_misplaced("cpu", batch_size=2, num_threads=1, device_id=None))
+    assert any("image output leaves the graph on the cpu" in e for e in errors)
+
+
+def test_a_gpu_value_as_a_named_argument_is_refused_where_the_graph_is_defined() -> None:
+    # The mistake that broke colour jitter on every GPU: DALI refuses it when the graph is defined, which is
+    # why defining every graph here is enough to catch it.
+    @pipeline_def
+    def gpu_named_argument():
+        images = fn.external_source(source=lambda: None, batch=True, layout="HWC", dtype=types.UINT8).gpu()
+        centre = fn.reductions.mean(images)
+        return fn.brightness_contrast(images, contrast=1.1, contrast_center=centre)
+
+    with pytest.raises(ValueError, match="Named arguments must be on CPU"):
+        gpu_named_argument(batch_size=2, num_threads=1, device_id=0)
+
+
+# ------------------------------------------------------------------------- contrast: arithmetic, same result
+@pipeline_def
+def _jitter(images: np.ndarray, cfg: AugmentConfig, reference: bool):
+    batch = fn.external_source(source=lambda: images, batch=True, layout="HWC", dtype=types.UINT8)
+    if not reference:
+        return dali_graph._color_jitter(batch, cfg)
+    # DALI's own operator with the pivot as a CPU named argument: the formula the arithmetic must reproduce.
+    mean = fn.reductions.mean(batch, axes=[0, 1])
+    grey = dali_graph._GREY
+    extra = {}
+    if cfg.contrast > 0:
+        extra["contrast"] = dali_graph._uniform(1 - cfg.contrast, 1 + cfg.contrast)
+        extra["contrast_center"] = mean[0] * grey[0] + mean[1] * grey[1] + mean[2] * grey[2]
+    if cfg.brightness > 0:
+        extra["brightness"] = dali_graph._uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    return fn.brightness_contrast(batch, **extra)
+
+
+@pytest.mark.parametrize("values", [dict(contrast=0.4), dict(brightness=0.4), dict(contrast=0.4, brightness=0.4)],
+                         ids=["contrast", "brightness", "both"])
+def test_contrast_and_brightness_as_arithmetic_equal_dalis_operator_bit_for_bit(values: dict) -> None:
+    rng = np.random.default_rng(3)
+    # Mostly mid-grey with extremes, so clamping at 0 and 255 and rounding both happen.
+    images = [np.clip(rng.normal(128, 90, (32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(64)]
+    cfg = AugmentConfig(**values)
+    out = {}
+    for reference in (True, False):
+        pipe = _jitter(images, cfg, reference, batch_size=64, num_threads=1, device_id=None, seed=11)
+        pipe.build()
+        out[reference] = np.stack([np.asarray(t) for t in pipe.run()[0]])
+    assert out[False].dtype == np.uint8
+    assert np.array_equal(out[True], out[False])
+    assert not np.array_equal(out[False], np.stack(images))  # the factors were applied
