@@ -10,6 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_image_folder
+
+from dali_pipes import create_loader
 from dali_pipes.errors import ConfigError, DataError
 from dali_pipes.folder import decode_image_rgb, list_image_folder
 
@@ -264,3 +267,26 @@ def test_decode_failures_are_data_errors(tmp_path: Path) -> None:
             decode_image_rgb(str(path))
         message = str(info.value)
         assert "\n" not in message and ".cpp" not in message, message
+
+
+def test_a_folder_pipeline_is_released_before_the_next_epoch_builds_its_own(tmp_path) -> None:
+    import weakref
+
+    write_image_folder(tmp_path, classes=("a", "b"), per_class=3, shape=(20, 24), ext="png")
+    loader = create_loader("folder", tmp_path, "train", batch_size=4, backend="dali", device="cpu", augment="weak",
+                           num_threads=1)
+    assert sum(len(x) for x, _ in loader) == 6
+    backend = loader._backend
+    previous = weakref.ref(backend._pipe)  # the file list is the epoch plan: one pipeline per epoch
+    define, alive_while_defining = backend.define, []
+
+    def watched_define(*args, **kwargs):
+        alive_while_defining.append(previous() is not None)
+        return define(*args, **kwargs)
+
+    backend.define = watched_define
+    loader.set_epoch(1)
+    batches = iter(loader)
+    next(batches)  # the new epoch's pipeline is built and running
+    assert alive_while_defining == [False]  # decoder buffers of two pipelines never coexist
+    assert sum(len(x) for x, _ in batches) == 2

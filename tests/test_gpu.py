@@ -15,10 +15,11 @@ from dali_pipes.sources import ArrayDataset
 pytestmark = pytest.mark.gpu
 
 
-def loader_on(device: str, data: ArrayDataset, cfg: AugmentConfig, batch_size: int = 32) -> Loader:
+def loader_on(device: str, data: ArrayDataset, cfg: AugmentConfig, batch_size: int = 32,
+              dali_batch_size: int | None = None) -> Loader:
     return Loader(data, train=True, cfg=cfg, backend="dali", device=torch.device(device), batch_size=batch_size,
                   seed=1, shard_id=0, num_shards=1, drop_last=False, return_index=True, num_threads=2,
-                  num_workers=0, size=(32, 32))
+                  num_workers=0, size=(32, 32), dali_batch_size=dali_batch_size)
 
 
 def random_data(n: int) -> ArrayDataset:
@@ -56,6 +57,20 @@ def test_gpu_presets_cover_the_epoch_and_agree_with_cpu_statistics(preset: str) 
         stats[device] = (x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))
     assert (stats["cuda"][0] - stats["cpu"][0]).abs().max() < 0.06
     assert ((stats["cuda"][1] - stats["cpu"][1]).abs() / stats["cpu"][1]).max() < 0.06
+
+
+@pytest.mark.parametrize("dali_batch_size", [32, 96, None])
+def test_gpu_dali_batches_from_gpu_memory_split_back_into_training_batches(dali_batch_size) -> None:
+    data = random_data(203)
+    cpu = list(loader_on("cpu", data, AugmentConfig()))
+    reference, reference_index = torch.cat([b[0] for b in cpu]), torch.cat([b[2] for b in cpu])
+    loader = loader_on("cuda", data, AugmentConfig(), dali_batch_size=dali_batch_size)
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [32] * 6 + [11]
+    assert all(b[0].is_cuda and b[1].is_cuda for b in batches)
+    index = torch.cat([b[2] for b in batches]).cpu()
+    assert torch.equal(index, reference_index) and sorted(index.tolist()) == list(range(203))
+    assert torch.allclose(torch.cat([b[0] for b in batches]).cpu(), reference, atol=1e-5, rtol=0)
 
 
 def test_gpu_resume_is_exact() -> None:

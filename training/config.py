@@ -45,7 +45,10 @@ class TrainConfig:
     output: str = ""  # run directory; empty: runs/<YYYYmmdd-HHMMSS>-<model>-<dataset>
     seed: int = 0
     num_samples: int = 0  # synthetic dataset: training split size (0: CIFAR-10's 50,000; val is a fifth)
-    num_threads: int = 0  # DALI threads / DataLoader workers (0: the cores this process may use)
+    num_threads: int = 0  # DALI threads / DataLoader workers (0: this process's share of the cores)
+    # Samples per DALI graph iteration, split into training batches (0: about 2**20 pixels' worth, 1024 CIFAR
+    # images). DALI pays per operator per iteration, so small images need large DALI batches to be fast.
+    dali_batch_size: int = 0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -102,6 +105,7 @@ def _validate(c: TrainConfig) -> None:
     integer("seed", 0)
     integer("num_samples", 0)
     integer("num_threads", 0)
+    integer("dali_batch_size", 0)
     num("lr", 0.0, lo_open=True)
     num("momentum", 0.0, 1.0, hi_open=True)
     num("weight_decay", 0.0)
