@@ -1,22 +1,56 @@
-"""What the benchmark scripts share around measuring: the output options, and the JSON report and plot written
-where they ask."""
+"""What the benchmark scripts share around measuring: the output options, the JSON report (rewritten as rows
+finish) and plot written where they ask, and how a failed row's error is told. Importing this module needs only the
+standard library (click is imported where an option or a message needs it), so benchmarks/gpu_check.py can use it
+on a machine that has the bare minimum."""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`error` as one line for a report row: its type and the first line of its message, cut at `limit`."""
+    text = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` in one step: a reader, or a run killed mid-write, sees the old file or the new."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_updater(json_path: str | None, to_json: Callable[[dict[str, Any]], str]
+                 ) -> Callable[[dict[str, Any]], None] | None:
+    """What a benchmark calls with its partial report each time rows finish: rewrites `json_path`, so a run
+    stopped midway keeps the rows it finished. None when no JSON was asked for."""
+    if not json_path:
+        return None
+    return lambda report: write_text_atomic(json_path, to_json(report) + "\n")
 
 
 def write_outputs(report: dict[str, Any], *, json_path: str | None, plot_path: str | None,
                   to_json: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], str], None]) -> None:
     """Write `report` as JSON and/or plot it; an unwritable path is a one-line error and exit status 2."""
+    import click
+
     try:
         if json_path:
-            Path(json_path).write_text(to_json(report) + "\n", encoding="utf-8")
+            write_text_atomic(json_path, to_json(report) + "\n")
             click.echo(f"json: {json_path}")
         if plot_path:
             if report["results"]:
@@ -30,6 +64,8 @@ def write_outputs(report: dict[str, Any], *, json_path: str | None, plot_path: s
 
 
 def _check_out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    import click
+
     if value is not None:
         parent = Path(value).expanduser().resolve().parent
         if not parent.is_dir():
@@ -41,6 +77,8 @@ def _check_out_path(ctx: click.Context, param: click.Parameter, value: str | Non
 
 def output_options(f: Callable) -> Callable:
     """--json FILE, --plot FILE (checked before anything is measured) and --quiet."""
+    import click
+
     f = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")(f)
     f = click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
                      callback=_check_out_path, help="Write a bar chart (PNG) here.")(f)

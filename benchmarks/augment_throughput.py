@@ -1,6 +1,7 @@
 """Augmentation throughput: torchvision DataLoader workers vs DALI on CPU (and GPU) over the synthetic CIFAR split.
 
     python benchmarks/augment_throughput.py --device cpu --presets standard --json bench.json
+    python benchmarks/augment_throughput.py --device all --workers none --batch-sizes 128,1024 --json bench.json
 
 How it measures (the numbers decide which backend users pick, so every row is measured the same way):
 
@@ -10,7 +11,14 @@ How it measures (the numbers decide which backend users pick, so every row is me
   synchronize before the clock is read); images/s = images delivered / seconds;
 - rows of a preset are measured interleaved (each repeat runs every row once, starting at a rotating row), so
   machine noise hits all rows alike; median and min..max are over repeats;
-- ratio = row median / best torchvision median of the same preset.
+- every row runs at each ``--batch-sizes`` training batch size (rows of all sizes interleaved as above);
+  ratio = row median / best torchvision median of the same preset and batch size; with several sizes,
+  ``vs batch L`` = row median / the same row's median at the largest size L (batch 128 / batch 1024 shows what
+  small training batches cost each backend). ``--dali-batch-size`` sets the batch the DALI graph runs on
+  (split into training batches by the loader); unset, the loader chooses;
+- a row that fails (build, warm-up or a timed epoch) is reported as failed with its one-line error, and the
+  other rows go on; ``--json`` is rewritten after each preset, so a run stopped midway keeps the finished
+  presets (``"complete": false``).
 
 Rows are timed exactly as a training loop over ``create_loader`` would see them: whatever the backend pays per
 epoch (worker start-up, if its workers do not persist) is part of the timed epochs.
@@ -27,7 +35,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +45,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import click  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._outputs import output_options, write_outputs  # noqa: E402
-from dali_pipes import DaliTrainError, resolve_augment  # noqa: E402
+from benchmarks._outputs import json_updater, one_line, output_options, write_outputs  # noqa: E402
+from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
 from training.monitor import cpu_model, package_version  # noqa: E402
 
@@ -114,11 +122,15 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int, cuda: bool
     return rows, skipped
 
 
-def _build(row: dict, preset: str, batch_size: int, num_samples: int):
-    options = ({"num_workers": row["workers_or_threads"]} if row["backend"] == "torchvision"
-               else {"num_threads": row["workers_or_threads"]})
-    return create_loader(dataset="synthetic", split="train", batch_size=batch_size, backend=row["backend"],
-                         device=row["device"], augment=preset, num_samples=num_samples, **options)
+LOADER_BACKENDS = ("dali", "torchvision")
+
+
+def _build(row: dict, preset: str, batch_size: int, num_samples: int, options: Mapping[str, Any],
+           make_loader: Callable[..., Any]):
+    own = ({"num_workers": row["workers_or_threads"]} if row["backend"] == "torchvision"
+           else {"num_threads": row["workers_or_threads"]})
+    return make_loader(dataset="synthetic", split="train", batch_size=batch_size, backend=row["backend"],
+                       device=row["device"], augment=preset, num_samples=num_samples, **{**own, **options})
 
 
 def _run_epochs(loader, epochs: Sequence[int], cuda: bool) -> tuple[int, float]:
@@ -144,10 +156,48 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _check_sizes(name: str, values: Sequence[int] | None, lo: int = 1) -> list[int]:
+    try:
+        out = [int(v) for v in values or ()]
+    except (TypeError, ValueError):
+        out = []
+    if not out or any(isinstance(v, bool) or v < lo for v in out):
+        raise ConfigError(f"--{name.replace('_', '-')}={values!r} is invalid: expected integers >= {lo}")
+    return list(dict.fromkeys(out))
+
+
+class _Cell:
+    """One row at one training batch size: its loader while alive, its timed runs, or why it failed."""
+
+    def __init__(self, row: dict, batch_size: int):
+        self.row, self.batch_size = row, batch_size
+        self.loader = None
+        self.runs: list[float] = []
+        self.error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.row['row']} b{self.batch_size}"
+
+    def fail(self, error: BaseException, say: Callable[[str], None], preset: str) -> None:
+        self.error, self.loader = one_line(error), None
+        say(f"[{preset}] {self.name}: failed: {self.error}")
+
+
 def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", workers: Sequence[int] | None = None,
-            batch_size: int = 256, repeats: int = 3, epochs_per_repeat: int = 1, num_samples: int = 10_000,
-            dali_threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "skipped"}.
+            batch_sizes: Sequence[int] = (256,), repeats: int = 3, epochs_per_repeat: int = 1,
+            num_samples: int = 10_000, dali_threads: int | None = None, dali_batch_size: int | None = None,
+            loader_options: Mapping[str, Mapping[str, Any]] | None = None,
+            make_loader: Callable[..., Any] = create_loader, progress: Callable[[str], None] | None = None,
+            on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "batch_ratios",
+    "skipped", "complete"}.
+
+    Every row is measured at every training batch size in `batch_sizes`, interleaved with the preset's other rows.
+    `dali_batch_size` (when given) and `loader_options` (``{"dali"|"torchvision": {keyword: value}}``) are passed to
+    the rows' `make_loader` (``create_loader``). A row that fails (build, warm-up or a timed epoch) is reported
+    with ``status: "failed"`` and its one-line ``error``; the other rows go on. `on_update` receives the partial
+    report each time a preset's rows finish.
 
     Raises :class:`dali_pipes.DaliTrainError` for invalid presets or sizes (before anything is measured).
     """
@@ -155,52 +205,104 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     workers = list(range(ncores + 1)) if workers is None else [int(w) for w in workers]
     dali_threads = ncores if dali_threads is None else int(dali_threads)
     if device not in ("cpu", "cuda", "all"):
-        raise ValueError(f"device={device!r}: expected cpu, cuda or all")
-    if repeats < 1 or epochs_per_repeat < 1:
-        raise ValueError("repeats and epochs_per_repeat must be >= 1")
+        raise ConfigError(f"--device={device!r} is invalid: expected cpu, cuda or all")
+    batch_sizes = _check_sizes("batch_sizes", batch_sizes)
+    _check_sizes("repeats", [repeats])
+    _check_sizes("epochs_per_repeat", [epochs_per_repeat])
+    _check_sizes("num_samples", [num_samples])
+    options = {b: dict((loader_options or {}).get(b, {})) for b in LOADER_BACKENDS}
+    unknown = set(loader_options or {}) - set(LOADER_BACKENDS)
+    if unknown:
+        raise ConfigError(f"loader_options: unknown backend(s) {sorted(unknown)}; expected {list(LOADER_BACKENDS)}")
+    if dali_batch_size is not None:
+        options["dali"]["dali_batch_size"] = _check_sizes("dali_batch_size", [dali_batch_size])[0]
     for preset in presets:
         resolve_augment(preset)  # ConfigError (a DaliTrainError) now, not after minutes of measuring
     say = progress or (lambda _msg: None)
     cuda = bool(torch.cuda.is_available())
     rows, skipped_rows = plan_rows(device, workers, dali_threads, cuda)
     config = {"presets": list(presets), "device": device, "workers": workers, "dali_threads": dali_threads,
-              "batch_size": batch_size, "repeats": repeats, "epochs_per_repeat": epochs_per_repeat,
-              "num_samples": num_samples, "dataset": "synthetic", "split": "train", "warmup_epochs": 1}
-    results: list[dict] = []
-    skipped = [{**s, "preset": p} for p in presets for s in skipped_rows]
+              "batch_sizes": batch_sizes, "dali_batch_size": dali_batch_size, "repeats": repeats,
+              "epochs_per_repeat": epochs_per_repeat, "num_samples": num_samples, "dataset": "synthetic",
+              "split": "train", "warmup_epochs": 1,
+              "loader_options": {b: {k: repr(v) for k, v in o.items()} for b, o in options.items() if o}}
+    report: dict[str, Any] = {"machine": machine_info(), "config": config, "results": [], "batch_ratios": [],
+                              "skipped": [{**s, "preset": p} for p in presets for s in skipped_rows],
+                              "complete": False}
 
     for preset in presets:
-        loaders = []
-        for row in rows:  # build + warm-up (epoch 0), untimed
-            say(f"[{preset}] {row['row']}: build + warm-up epoch")
-            loader = _build(row, preset, batch_size, num_samples)
-            _run_epochs(loader, [0], row["device"] == "cuda")
-            loaders.append(loader)
-        runs: list[list[float]] = [[] for _ in rows]
+        cells = [_Cell(row, bs) for bs in batch_sizes for row in rows]
+        for cell in cells:  # build + warm-up (epoch 0), untimed
+            say(f"[{preset}] {cell.name}: build + warm-up epoch")
+            try:
+                cell.loader = _build(cell.row, preset, cell.batch_size, num_samples, options[cell.row["backend"]],
+                                     make_loader)
+                _run_epochs(cell.loader, [0], cell.row["device"] == "cuda")
+            except Exception as e:  # noqa: BLE001 - one row's failure is that row's result
+                cell.fail(e, say, preset)
         for r in range(repeats):
             epochs = [1 + r * epochs_per_repeat + j for j in range(epochs_per_repeat)]
-            for k in range(len(rows)):
-                i = (r + k) % len(rows)  # rotate the starting row so no row always runs first or last
-                images, seconds = _run_epochs(loaders[i], epochs, rows[i]["device"] == "cuda")
-                runs[i].append(images / seconds if seconds > 0 else float("inf"))
-                say(f"[{preset}] repeat {r + 1}/{repeats} {rows[i]['row']}: {runs[i][-1]:,.0f} img/s")
-        del loaders  # free this preset's DALI pipelines and worker processes before the next preset runs
+            for k in range(len(cells)):
+                cell = cells[(r + k) % len(cells)]  # rotate the starting row so no row always runs first or last
+                if cell.error is not None:
+                    continue
+                try:
+                    images, seconds = _run_epochs(cell.loader, epochs, cell.row["device"] == "cuda")
+                except Exception as e:  # noqa: BLE001
+                    cell.fail(e, say, preset)
+                    continue
+                cell.runs.append(images / seconds if seconds > 0 else float("inf"))
+                say(f"[{preset}] repeat {r + 1}/{repeats} {cell.name}: {cell.runs[-1]:,.0f} img/s")
+        for cell in cells:  # free this preset's DALI pipelines and worker processes before the next preset runs
+            cell.loader = None
         gc.collect()
-        preset_results = []
-        for row, rs in zip(rows, runs):
-            preset_results.append({"preset": preset, "row": row["row"], "backend": row["backend"],
-                                   "device": row["device"], "workers_or_threads": row["workers_or_threads"],
-                                   "median_images_per_s": _finite(statistics.median(rs)),
-                                   "min": _finite(min(rs)), "max": _finite(max(rs)),
-                                   "runs": [_finite(x) for x in rs]})
-        tv = [r["median_images_per_s"] for r in preset_results
-              if r["backend"] == "torchvision" and r["median_images_per_s"]]
-        best = max(tv) if tv else None
-        for res in preset_results:
-            med = res["median_images_per_s"]
-            res["ratio_vs_best_torchvision"] = _finite(med / best) if best and med is not None else None
-        results += preset_results
-    return {"machine": machine_info(), "config": config, "results": results, "skipped": skipped}
+        report["results"] += _preset_results(preset, cells)
+        report["batch_ratios"] = _batch_ratios(report["results"], batch_sizes)
+        if on_update is not None:
+            on_update(report)
+    report["complete"] = True
+    return report
+
+
+def _preset_results(preset: str, cells: Sequence[_Cell]) -> list[dict]:
+    results = []
+    for cell in cells:
+        row, rs, ok = cell.row, cell.runs, cell.error is None
+        results.append({"preset": preset, "batch_size": cell.batch_size, "row": row["row"],
+                        "backend": row["backend"], "device": row["device"],
+                        "workers_or_threads": row["workers_or_threads"],
+                        "status": "ok" if ok else "failed", "error": cell.error,
+                        "median_images_per_s": _finite(statistics.median(rs)) if ok else None,
+                        "min": _finite(min(rs)) if ok else None, "max": _finite(max(rs)) if ok else None,
+                        "runs": [_finite(x) for x in rs]})
+    for res in results:  # torchvision's best at the same batch size
+        tv = [r["median_images_per_s"] for r in results if r["backend"] == "torchvision"
+              and r["batch_size"] == res["batch_size"] and r["median_images_per_s"]]
+        best, med = (max(tv) if tv else None), res["median_images_per_s"]
+        res["ratio_vs_best_torchvision"] = _finite(med / best) if best and med is not None else None
+    largest = max(r["batch_size"] for r in results) if results else None
+    for res in results:
+        twin = next((r for r in results if r["row"] == res["row"] and r["batch_size"] == largest), None)
+        big, med = (twin or {}).get("median_images_per_s"), res["median_images_per_s"]
+        res["ratio_vs_largest_batch"] = _finite(med / big) if big and med is not None else None
+    return results
+
+
+def _batch_ratios(results: Sequence[dict], batch_sizes: Sequence[int]) -> list[dict]:
+    """Per preset and row: images/s at the smallest training batch / at the largest (both measured side by side)."""
+    if len(batch_sizes) < 2:
+        return []
+    small, large = min(batch_sizes), max(batch_sizes)
+    by_key = {(r["preset"], r["row"], r["batch_size"]): r for r in results}
+    out = []
+    for r in results:
+        if r["batch_size"] != small:
+            continue
+        big = by_key.get((r["preset"], r["row"], large))
+        a, b = r["median_images_per_s"], big["median_images_per_s"] if big else None
+        out.append({"preset": r["preset"], "row": r["row"], "small_batch": small, "large_batch": large,
+                    "ratio": _finite(a / b) if a is not None and b else None})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -209,6 +311,8 @@ def format_header(report: dict) -> str:
     gpu = ", ".join(m["gpus"]) if m.get("gpus") else "none visible"
     if m.get("driver"):
         gpu += f" (driver {m['driver']})"
+    batches = ", ".join(map(str, c["batch_sizes"]))
+    dali_batch = "" if c.get("dali_batch_size") is None else f", DALI graph batch {c['dali_batch_size']}"
     lines = [
         "augment throughput benchmark",
         f"  date        {m['date']}",
@@ -217,7 +321,7 @@ def format_header(report: dict) -> str:
         f"  gpu         {gpu}",
         f"  versions    python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
         f"DALI {m['dali']}",
-        f"  config      synthetic train split, {c['num_samples']} samples, batch {c['batch_size']}, "
+        f"  config      synthetic train split, {c['num_samples']} samples, training batch {batches}{dali_batch}, "
         f"{c['repeats']} repeat(s) x {c['epochs_per_repeat']} epoch(s) after 1 warm-up epoch, "
         f"dali threads {c['dali_threads']}, device {c['device']}",
     ]
@@ -228,15 +332,28 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def format_table(report: dict) -> str:
-    head = ("preset", "row", "median img/s", "min..max", "ratio vs best tv")
+    sizes = report["config"]["batch_sizes"]
+    by_batch = len(sizes) > 1
+    head = ["preset", "batch", "row", "median img/s", "min..max", "ratio vs best tv"]
+    if by_batch:
+        head.append(f"vs batch {max(sizes)}")
     body = []
     for r in report["results"]:
-        ratio = r["ratio_vs_best_torchvision"]
-        body.append((r["preset"], r["row"], _num(r["median_images_per_s"]), f"{_num(r['min'])}..{_num(r['max'])}",
-                     "-" if ratio is None else f"{ratio:.2f}x"))
+        if r["status"] != "ok":
+            cells = [r["preset"], str(r["batch_size"]), r["row"], "failed", "-", "-"] + (["-"] if by_batch else [])
+        else:
+            cells = [r["preset"], str(r["batch_size"]), r["row"], _num(r["median_images_per_s"]),
+                     f"{_num(r['min'])}..{_num(r['max'])}", _x(r["ratio_vs_best_torchvision"])]
+            if by_batch:
+                cells.append(_x(r["ratio_vs_largest_batch"]))
+        body.append(cells)
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    align = ["<", "<", ">", ">", ">"]
+    align = ["<", ">", "<", ">", ">", ">", ">"]
 
     def fmt(cells) -> str:
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
@@ -250,11 +367,21 @@ def format_table(report: dict) -> str:
         previous = cells[0]
     if not body:
         lines.append("(no rows measured)")
+    for r in report["results"]:
+        if r["status"] != "ok":
+            lines.append(f"failed {r['preset']} batch {r['batch_size']} {r['row']}: {r['error']}")
+    ratios = [q for q in report.get("batch_ratios", []) if q["ratio"] is not None]
+    if ratios:
+        q0 = ratios[0]
+        lines.append(f"images/s at batch {q0['small_batch']} / at batch {q0['large_batch']}: "
+                     + ", ".join(f"{q['preset']} {q['row']} {q['ratio']:.2f}x" for q in ratios))
     seen: set[tuple[str, str]] = set()
     for s in report["skipped"]:
         if (s["row"], s["reason"]) not in seen:
             seen.add((s["row"], s["reason"]))
             lines.append(f"skipped {s['row']}: {s['reason']}")
+    if not report.get("complete", True):
+        lines.append("incomplete: the run stopped before every preset was measured")
     return "\n".join(lines)
 
 
@@ -269,16 +396,22 @@ def plot(report: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    presets = list(dict.fromkeys(r["preset"] for r in report["results"]))
-    labels = list(dict.fromkeys(r["row"] for r in report["results"]))
-    by_key = {(r["preset"], r["row"]): r for r in report["results"]}
+    measured = [r for r in report["results"] if r["median_images_per_s"]]
+    by_batch = len(report["config"]["batch_sizes"]) > 1
+
+    def label_of(r: dict) -> str:
+        return f"{r['row']} b{r['batch_size']}" if by_batch else r["row"]
+
+    presets = list(dict.fromkeys(r["preset"] for r in measured))
+    labels = list(dict.fromkeys(label_of(r) for r in measured))
+    by_key = {(r["preset"], label_of(r)): r for r in measured}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(presets) * max(1, len(labels)) / 3 + 2), 4.8))
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):
         xs, ys, lo, hi = [], [], [], []
         for i, preset in enumerate(presets):
             r = by_key.get((preset, label))
-            if r is None or not r["median_images_per_s"]:
+            if r is None:
                 continue
             xs.append(i - 0.4 + width * (j + 0.5))
             ys.append(r["median_images_per_s"])
@@ -290,7 +423,8 @@ def plot(report: dict, path: str | Path) -> None:
     ax.set_xticklabels(presets, rotation=20, ha="right")
     ax.set_ylabel("images / s (median, min..max)")
     m, c = report["machine"], report["config"]
-    ax.set_title(f"augmentation throughput, batch {c['batch_size']}, {m['cores_available']} cores"
+    ax.set_title(f"augmentation throughput, training batch {', '.join(map(str, c['batch_sizes']))}, "
+                 f"{m['cores_available']} cores"
                  + (f", {m['gpus'][0]}" if m.get("gpus") else ""), fontsize=10)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
@@ -312,9 +446,21 @@ def _parse_presets(ctx, param, value: str) -> list[str]:
     return list(dict.fromkeys(presets))
 
 
+def _parse_batch_sizes(ctx, param, value: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in value.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(b < 1 for b in sizes):
+        raise click.BadParameter(f"{value!r}: expected a comma list of integers >= 1, e.g. 128,1024")
+    return list(dict.fromkeys(sizes))
+
+
 def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
     if value is None:
         return None
+    if value.strip().lower() == "none":
+        return []
     try:
         workers = [int(w) for w in value.split(",") if w.strip()]
     except ValueError:
@@ -329,23 +475,30 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
               help="Which rows: cpu (torchvision + dali-cpu), cuda (torchvision to GPU + dali-gpu), all.")
 @click.option("--presets", default=",".join(DEFAULT_PRESETS), show_default=True, callback=_parse_presets,
               help="Comma list of augmentation presets ('<preset>' or '<preset>+<policy>').")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-sizes", default="256", show_default=True, callback=_parse_batch_sizes,
+              help="Comma list of training batch sizes; every row is measured at each (e.g. 128,1024), and the "
+                   "smallest is compared with the largest.")
+@click.option("--dali-batch-size", type=click.IntRange(min=1), default=None,
+              help="Batch the DALI graph runs on, split into training batches by the loader [default: the "
+                   "loader's choice].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed repeats per row (median and min..max over these).")
 @click.option("--epochs-per-repeat", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--workers", default=None, callback=_parse_workers,
-              help="Comma list of torchvision DataLoader worker counts [default: 0..cores available].")
+              help="Comma list of torchvision DataLoader worker counts, or 'none' for DALI rows only "
+                   "[default: 0..cores available].")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Size of the synthetic training split (one epoch).")
 @output_options
-def main(device: str, presets: list[str], batch_size: int, repeats: int, epochs_per_repeat: int,
-         workers: list[int] | None, num_samples: int, json_path: str | None, plot_path: str | None,
-         quiet: bool) -> None:
+def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_size: int | None, repeats: int,
+         epochs_per_repeat: int, workers: list[int] | None, num_samples: int, json_path: str | None,
+         plot_path: str | None, quiet: bool) -> None:
     """Measure augmentation throughput (images/s) of torchvision workers vs DALI CPU/GPU per preset."""
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
-        report = measure(presets, device=device, workers=workers, batch_size=batch_size, repeats=repeats,
-                         epochs_per_repeat=epochs_per_repeat, num_samples=num_samples, progress=progress)
+        report = measure(presets, device=device, workers=workers, batch_sizes=batch_sizes, repeats=repeats,
+                         epochs_per_repeat=epochs_per_repeat, num_samples=num_samples, progress=progress,
+                         dali_batch_size=dali_batch_size, on_update=json_updater(json_path, to_json))
     except DaliTrainError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

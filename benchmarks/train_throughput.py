@@ -21,13 +21,18 @@ How it measures (same rules as ``augment_throughput.py``):
   clock is read); rows of a (device, model) are interleaved, each repeat starting at a rotating row; median and
   min..max are over repeats; every ratio is between two rows of the same run (ratio of their medians);
 - memory, per row: on CUDA the row's own peak allocated (window peak minus what the other, idle rows hold), the
-  process-wide peak reserved and the device-wide NVML peak; on the CPU the host RSS peak, which is process-wide (all
+  process-wide peak reserved, the process's NVML peak (PyTorch, DALI's pipelines and the CUDA context: what the
+  allocator figures miss) and the device-wide NVML peak; on the CPU the host RSS peak, which is process-wide (all
   rows are resident), so the CPU memory ratio uses the bytes the forward pass saves for backward (measured once per
-  row, outside the timing) instead.
+  row, outside the timing) instead;
+- a row that fails (build, warm-up, compile or a timed repeat) is reported as failed with its one-line error and
+  the other rows go on; ``--json`` is rewritten after each (device, model), so a run stopped midway keeps the
+  finished groups (``"complete": false``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import math
@@ -36,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +52,7 @@ import click  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._outputs import output_options, write_outputs  # noqa: E402
+from benchmarks._outputs import json_updater, one_line, output_options, write_outputs  # noqa: E402
 from benchmarks.augment_throughput import NO_CUDA, _finite, machine_info, to_json  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
@@ -105,14 +110,16 @@ def plan_rows(device: str, model: str, cuda: bool, compile_: bool) -> tuple[list
     return rows, skipped
 
 
-def _config(row: dict, *, batch_size: int, num_samples: int, augment: str, output: str) -> TrainConfig:
+def _config(row: dict, *, batch_size: int, num_samples: int, augment: str, output: str,
+            overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     base = TrainConfig()  # mixing on: the recipe's Mixup/CutMix alphas; off: both 0 (label smoothing stays)
     alphas = (base.mixup_alpha, base.cutmix_alpha) if row["mixing"] else (0.0, 0.0)
-    return TrainConfig(dataset="synthetic", model=row["model"], device=row["device"], batch_size=batch_size,
-                       num_samples=num_samples, augment=augment, amp=row["precision"] != "fp32",
-                       amp_dtype="bfloat16" if row["precision"] == "bf16" else "float16",
-                       channels_last=row["channels_last"], compile=row["compile"], output=output,
-                       mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
+    values = dict(dataset="synthetic", model=row["model"], device=row["device"], batch_size=batch_size,
+                  num_samples=num_samples, augment=augment, amp=row["precision"] != "fp32",
+                  amp_dtype="bfloat16" if row["precision"] == "bf16" else "float16",
+                  channels_last=row["channels_last"], compile=row["compile"], output=output,
+                  mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
+    return TrainConfig(**{**values, **(overrides or {})})
 
 
 # ------------------------------------------------------------------------------------------------------ measuring
@@ -161,25 +168,28 @@ def _saved_for_backward_mib(run, batch: tuple[torch.Tensor, torch.Tensor]) -> fl
 class _Row:
     """One row's run, its batch source and its measurements."""
 
-    def __init__(self, spec: dict, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int):
+    def __init__(self, spec: dict, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int,
+                 overrides: Mapping[str, Any] | None = None):
         self.spec = spec
         self.tmp = tempfile.mkdtemp(prefix="train-bench-")
         self.run = self.stream = None
         self.runs: list[dict] = []
         self.device = torch.device(spec["device"])
         try:
-            self._setup(batch_size=batch_size, num_samples=num_samples, augment=augment, warmup_steps=warmup_steps)
+            self._setup(batch_size=batch_size, num_samples=num_samples, augment=augment, warmup_steps=warmup_steps,
+                        overrides=overrides)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int) -> None:
+    def _setup(self, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int,
+               overrides: Mapping[str, Any] | None) -> None:
         spec = self.spec
         cuda = self.device.type == "cuda"
         _sync(self.device)
         before = torch.cuda.memory_allocated(self.device) if cuda else 0
         cfg = _config(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
-                      output=str(Path(self.tmp) / "run"))
+                      output=str(Path(self.tmp) / "run"), overrides=overrides)
         self.run = build_run(cfg)
         gen = torch.Generator(device=self.device).manual_seed(1)
         self.batch = (torch.randn(batch_size, 3, 32, 32, device=self.device, generator=gen),
@@ -218,6 +228,7 @@ class _Row:
             out["cuda_peak_allocated_mib"] = fig["max_mem_allocated_mib"] - others / MIB
             out["cuda_peak_reserved_mib"] = fig["max_mem_reserved_mib"]
             out["nvml_used_max_mib"] = fig.get("gpu_mem_used_max_mib")
+            out["nvml_process_max_mib"] = fig.get("gpu_mem_process_max_mib")
             out["gpu_util_mean_pct"] = fig.get("gpu_util_mean_pct")
         self.runs.append(out)
         return out
@@ -231,6 +242,17 @@ class _Row:
 def _median(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.median(vals) if vals else None
+
+
+SPEC_KEYS = ("device", "model", "row", "precision", "channels_last", "mixing", "compile", "feed")
+
+
+def _failed(spec: dict, error: str) -> dict:
+    """A row that did not finish: its identity, why, and no numbers."""
+    return {**{k: spec[k] for k in SPEC_KEYS}, "status": "failed", "error": error, "median_images_per_s": None,
+            "min": None, "max": None, "runs": [], "median_step_ms": None, "step_ms_min": None, "step_ms_max": None,
+            "median_data_wait_s": None, "nonfinite_losses": 0, "skipped_steps": 0, "memory": None,
+            "vs": spec["vs"], "kind": spec["kind"]}
 
 
 def _summarize(row: _Row) -> dict:
@@ -248,9 +270,11 @@ def _summarize(row: _Row) -> dict:
                    "cuda_peak_reserved_scope": "process",
                    "nvml_used_max_mib": _finite(_median([r["nvml_used_max_mib"] for r in runs])),
                    "nvml_scope": "device",
+                   "nvml_process_max_mib": _finite(_median([r["nvml_process_max_mib"] for r in runs])),
+                   "nvml_process_scope": "process (all rows of this run resident; DALI's pipelines and the CUDA "
+                                         "context included)",
                    "gpu_util_mean_pct": _finite(_median([r["gpu_util_mean_pct"] for r in runs]))}
-    return {**{k: row.spec[k] for k in ("device", "model", "row", "precision", "channels_last", "mixing", "compile",
-                                         "feed")},
+    return {**{k: row.spec[k] for k in SPEC_KEYS}, "status": "ok", "error": None,
             "median_images_per_s": _finite(statistics.median(ips)), "min": _finite(min(ips)),
             "max": _finite(max(ips)), "runs": [_finite(x) for x in ips],
             "median_step_ms": _finite(statistics.median(step)), "step_ms_min": _finite(min(step)),
@@ -279,7 +303,7 @@ def _compare(results: list[dict]) -> list[dict]:
     for r in results:
         r["speedup_vs"] = r["memory_ratio_vs"] = None
         twin = by_key.get((r["device"], r["model"], r["vs"])) if r["vs"] else None
-        if twin is None:
+        if twin is None or r["status"] != "ok" or twin["status"] != "ok":
             continue
         basis, mem = _memory_basis(r)
         _, twin_mem = _memory_basis(twin)
@@ -297,11 +321,19 @@ def _compare(results: list[dict]) -> list[dict]:
 
 def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_size: int = 128, steps: int = 20,
             warmup_steps: int = 5, repeats: int = 3, num_samples: int = 4096, augment: str | None = None,
-            compile: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            compile: bool = False, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+            progress: Callable[[str], None] | None = None,
+            on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "ratios", "skipped",
-    "notes"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
+    "notes", "complete"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
 
-    Raises :class:`dali_pipes.DaliTrainError` for an unknown model, augmentation or size (before measuring).
+    `overrides` maps a row label (e.g. ``"bf16 +cl"``) to ``TrainConfig`` fields that row is built with instead.
+    A row that fails (build, warm-up or a timed repeat) is reported with ``status: "failed"`` and its one-line
+    ``error``, and the other rows go on. `on_update` receives the partial report each time a (device, model)
+    group of rows finishes.
+
+    Raises :class:`dali_pipes.DaliTrainError` for an unknown model, augmentation, override or size (before
+    measuring).
     """
     if device not in ("cpu", "cuda", "all"):
         raise ConfigError(f"--device={device!r} is invalid: choose one of cpu, cuda, all")
@@ -320,6 +352,11 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
         resolve_augment(augment)
     except ConfigError as e:
         raise ConfigError(f"--augment: {e}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for label, fields in (overrides or {}).items():
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigError(f"overrides[{label!r}]: unknown TrainConfig field(s) {', '.join(unknown)}")
     say = progress or (lambda _msg: None)
     cuda = bool(torch.cuda.is_available())
     devices = ["cpu", "cuda"] if device == "all" else [device]
@@ -334,50 +371,75 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
     config = {"devices": devices, "models": per_device, "batch_size": batch_size, "steps": steps,
               "warmup_steps": warmup_steps, "repeats": repeats, "dataset": "synthetic", "num_samples": num_samples,
               "augment": augment, "compile": compile, "recipe_precision": {d: RECIPE_PRECISION[d] for d in devices},
-              "synthetic_feed": "torch.randn images + random labels, made once on the device and reused"}
-    results: list[dict] = []
-    skipped: list[dict] = []
+              "synthetic_feed": "torch.randn images + random labels, made once on the device and reused",
+              "overrides": {label: {k: repr(v) for k, v in f.items()} for label, f in (overrides or {}).items()}}
+    report: dict[str, Any] = {"machine": machine_info(), "config": config, "results": [], "ratios": [],
+                              "skipped": [], "notes": notes, "complete": False}
     for dev in devices:
         if dev == "cpu":
             notes.append("cpu memory: host RSS is process-wide (every row of the run is resident); the memory ratio "
                          "uses the bytes saved for backward")
         for model in per_device[dev]:
             specs, skip = plan_rows(dev, model, cuda, compile)
-            skipped += skip
-            if not specs:
-                continue
-            rows: list[_Row] = []
+            report["skipped"] += skip
+            if specs:
+                report["results"] += _measure_group(specs, dev, batch_size=batch_size, num_samples=num_samples,
+                                                    augment=augment, warmup_steps=warmup_steps, steps=steps,
+                                                    repeats=repeats, overrides=overrides or {}, say=say,
+                                                    cuda=cuda)
+                report["ratios"] = _compare(report["results"])
+                if on_update is not None:
+                    on_update(report)
+    report["ratios"] = _compare(report["results"])
+    report["complete"] = True
+    return report
+
+
+def _measure_group(specs: list[dict], dev: str, *, batch_size: int, num_samples: int, augment: str,
+                   warmup_steps: int, steps: int, repeats: int, overrides: Mapping[str, Mapping[str, Any]],
+                   say: Callable[[str], None], cuda: bool) -> list[dict]:
+    """The rows of one (device, model), interleaved; a row that fails is closed and reported, the rest go on."""
+    rows: list[_Row] = []
+    failed: dict[str, str] = {}
+
+    def fail(spec: dict, e: Exception) -> None:
+        failed[spec["row"]] = one_line(e)
+        say(f"[{dev} {spec['model']}] {spec['row']}: failed: {failed[spec['row']]}")
+        gc.collect()  # what the failed row held (an out-of-memory row, say) is freed before the next one
+        if dev == "cuda" and cuda:
+            torch.cuda.empty_cache()
+
+    try:
+        for spec in specs:
+            say(f"[{dev} {spec['model']}] {spec['row']}: build + {warmup_steps} warm-up steps")
             try:
-                for spec in specs:
-                    say(f"[{dev} {model}] {spec['row']}: build + {warmup_steps} warm-up steps")
-                    try:
-                        rows.append(_Row(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
-                                         warmup_steps=warmup_steps))
-                    except DaliTrainError:
-                        raise
-                    except Exception as e:  # noqa: BLE001 - a compile failure skips that row only
-                        if not spec["compile"]:
-                            raise
-                        skipped.append({"device": dev, "model": model, "row": spec["row"],
-                                        "reason": f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}"})
-                monitor = ResourceMonitor(torch.device(dev))
-                for r in range(repeats):
-                    for k in range(len(rows)):
-                        row = rows[(r + k) % len(rows)]  # rotate the starting row
-                        out = row.measure(steps, monitor)
-                        say(f"[{dev} {model}] repeat {r + 1}/{repeats} {row.spec['row']}: "
-                            f"{out['images_per_s']:,.0f} img/s, {out['step_ms']:,.1f} ms/step")
-                results += [_summarize(row) for row in rows]
-            finally:
-                for row in rows:
+                rows.append(_Row(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
+                                 warmup_steps=warmup_steps, overrides=overrides.get(spec["row"])))
+            except Exception as e:  # noqa: BLE001 - one row's failure is that row's result
+                fail(spec, e)
+        monitor = ResourceMonitor(torch.device(dev))
+        for r in range(repeats):
+            live = [row for row in rows if row.spec["row"] not in failed]
+            for k in range(len(live)):
+                row = live[(r + k) % len(live)]  # rotate the starting row
+                try:
+                    out = row.measure(steps, monitor)
+                except Exception as e:  # noqa: BLE001
                     row.close()
-                del rows
-                gc.collect()
-                if dev == "cuda" and cuda:
-                    torch.cuda.empty_cache()
-    ratios = _compare(results)
-    return {"machine": machine_info(), "config": config, "results": results, "ratios": ratios,
-            "skipped": skipped, "notes": notes}
+                    fail(row.spec, e)
+                    continue
+                say(f"[{dev} {row.spec['model']}] repeat {r + 1}/{repeats} {row.spec['row']}: "
+                    f"{out['images_per_s']:,.0f} img/s, {out['step_ms']:,.1f} ms/step")
+        by_label = {row.spec["row"]: row for row in rows}
+        return [_failed(spec, failed[spec["row"]]) if spec["row"] in failed else _summarize(by_label[spec["row"]])
+                for spec in specs]
+    finally:
+        for row in rows:
+            row.close()
+        del rows
+        gc.collect()
+        if dev == "cuda" and cuda:
+            torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -409,7 +471,8 @@ def _num(x: float | None, fmt: str = ",.0f") -> str:
 def _mem_cell(r: dict) -> str:
     m = r["memory"]
     if r["device"] == "cuda":
-        return f"{_num(m['cuda_peak_allocated_mib'])} / {_num(m['cuda_peak_reserved_mib'])}"
+        return (f"{_num(m['cuda_peak_allocated_mib'])} / {_num(m['cuda_peak_reserved_mib'])} / "
+                f"{_num(m['nvml_process_max_mib'])}")
     return _num(m["host_rss_peak_mib"])
 
 
@@ -418,6 +481,9 @@ def format_table(report: dict) -> str:
             "vs", "speed", "mem")
     body = []
     for r in report["results"]:
+        if r["status"] != "ok":
+            body.append((r["device"], r["model"], r["row"], "failed", "-", "-", "-", "-", r["vs"] or "", "", ""))
+            continue
         body.append((r["device"], r["model"], r["row"], _num(r["median_images_per_s"]),
                      f"{_num(r['min'])}..{_num(r['max'])}", _num(r["median_step_ms"], ",.1f"), _mem_cell(r),
                      _num(r["memory"]["saved_for_backward_mib"], ",.1f"), r["vs"] or "",
@@ -438,10 +504,14 @@ def format_table(report: dict) -> str:
         previous = cells[:2]
     if not body:
         lines.append("(no rows measured)")
-    if any(r["device"] == "cuda" for r in report["results"]):
-        lines.append("peak mem: cuda = own peak allocated / process peak reserved; cpu = host RSS peak (process)")
+    if any(r["device"] == "cuda" and r["status"] == "ok" for r in report["results"]):
+        lines.append("peak mem: cuda = own peak allocated / process peak reserved / process NVML peak (DALI and the "
+                     "CUDA context included); cpu = host RSS peak (process)")
     elif body:
         lines.append("peak mem: host RSS peak of the process; mem ratio: bytes saved for backward")
+    for r in report["results"]:
+        if r["status"] != "ok":
+            lines.append(f"failed {r['device']} {r['model']} {r['row']}: {r['error']}")
     summary = _summary_lines(report)
     if summary:
         lines += [""] + summary
@@ -452,6 +522,8 @@ def format_table(report: dict) -> str:
         lines.append(f"skipped {dev} {model} {', '.join(names)}: {reason}")
     for note in report.get("notes", []):
         lines.append(f"note: {note}")
+    if not report.get("complete", True):
+        lines.append("incomplete: the run stopped before every row was measured")
     return "\n".join(lines)
 
 
@@ -475,7 +547,7 @@ def plot(report: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = report["results"]
+    res = [r for r in report["results"] if r["status"] == "ok"]
     labels = [f"{r['device']} {r['model']} {r['row']}" for r in res]
     meds = [r["median_images_per_s"] or 0.0 for r in res]
     lo = [max(0.0, (r["median_images_per_s"] or 0) - (r["min"] or 0)) for r in res]
@@ -544,7 +616,7 @@ def main(device: str, models: list[str] | None, batch_size: int, steps: int, war
     try:
         report = measure(device=device, models=models, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
                          repeats=repeats, num_samples=num_samples, augment=augment, compile=compile_,
-                         progress=progress)
+                         progress=progress, on_update=json_updater(json_path, to_json))
     except DaliTrainError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

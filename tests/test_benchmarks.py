@@ -105,6 +105,7 @@ def test_train_cli_writes_json_and_plot(tmp_path, monkeypatch, train_report) -> 
                                           "1", "--warmup-steps", "1", "--repeats", "2", "--num-samples", "8",
                                           "--augment", "none", "--json", str(out), "--plot", str(png), "-q"])
     assert result.exit_code == 0, result.output
+    assert len(calls) == 1 and callable(calls[0].pop("on_update"))  # --json: rewritten as groups finish
     assert calls == [{"device": "cpu", "compile": False, "progress": None, **TINY_TRAIN}]
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert [r["row"] for r in report["results"] if r["device"] == "cpu"] == CPU_ROWS
@@ -130,7 +131,7 @@ def test_train_cli_reports_dali_train_errors_with_exit_2(monkeypatch) -> None:
 
 
 def test_augment_measure_rows_ratios_and_json() -> None:
-    report = aug.measure(["standard"], device="all", workers=[0], batch_size=16, repeats=2, num_samples=32)
+    report = aug.measure(["standard"], device="all", workers=[0], batch_sizes=[16], repeats=2, num_samples=32)
     rows = [r["row"] for r in report["results"]]
     assert rows[:2] == ["torchvision w=0", "dali-cpu"] and len(rows) == (3 if CUDA else 2)
     for r in report["results"]:
@@ -146,10 +147,148 @@ def test_augment_measure_rows_ratios_and_json() -> None:
 
 def test_augment_cli_json_and_bad_preset(tmp_path) -> None:
     out = tmp_path / "aug.json"
-    result = CliRunner().invoke(aug.main, ["--device", "cpu", "--presets", "none", "--workers", "0", "--batch-size",
+    result = CliRunner().invoke(aug.main, ["--device", "cpu", "--presets", "none", "--workers", "0", "--batch-sizes",
                                            "16", "--repeats", "1", "--num-samples", "32", "--json", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert [r["row"] for r in report["results"]] == ["torchvision w=0", "dali-cpu"]
+    assert report["complete"] and all(r["status"] == "ok" for r in report["results"])
     result = CliRunner().invoke(aug.main, ["--presets", "standard,bogus"])
     assert result.exit_code == 2 and "--presets" in result.output, result.output
+
+
+@pytest.mark.parametrize("args, option", [(["--batch-sizes", "128,x"], "--batch-sizes"),
+                                          (["--batch-sizes", "0"], "--batch-sizes"),
+                                          (["--dali-batch-size", "0"], "--dali-batch-size"),
+                                          (["--workers", "-1"], "--workers")])
+def test_augment_cli_bad_option_exits_2_naming_it(args, option) -> None:
+    result = CliRunner().invoke(aug.main, args)
+    assert result.exit_code == 2 and option in result.output, result.output
+
+
+# ---------------------------------------------------------------------------- failing rows, partial JSON, batches
+def test_augment_failing_row_is_reported_and_the_others_run(tmp_path) -> None:
+    # num_threads=0 is refused by create_loader: the dali-cpu rows fail, torchvision's are measured.
+    out = tmp_path / "aug.json"
+    updates = []
+
+    def update(report):
+        updates.append(json.loads(aug.to_json(report)))
+        aug_json(report)
+
+    aug_json = aug.json_updater(str(out), aug.to_json)
+    report = aug.measure(["none", "weak"], device="cpu", workers=[0], batch_sizes=[16], repeats=1, num_samples=32,
+                         loader_options={"dali": {"num_threads": 0}}, on_update=update)
+    by_row = {(r["preset"], r["row"]): r for r in report["results"]}
+    for preset in ("none", "weak"):
+        failed, ok = by_row[(preset, "dali-cpu")], by_row[(preset, "torchvision w=0")]
+        assert failed["status"] == "failed" and failed["median_images_per_s"] is None
+        assert failed["error"].startswith("ConfigError: ") and "num_threads" in failed["error"]
+        assert "\n" not in failed["error"]
+        assert ok["status"] == "ok" and ok["median_images_per_s"] > 0 and ok["error"] is None
+    # the JSON was rewritten after each preset: the first write held the first preset only
+    assert [len(u["results"]) for u in updates] == [2, 4] and not updates[0]["complete"]
+    assert json.loads(out.read_text())["results"] == updates[-1]["results"]
+    text = aug.format_table(report)
+    assert "failed none batch 16 dali-cpu: ConfigError: num_threads" in text
+    assert any(line.split()[2:4] == ["dali-cpu", "failed"] for line in text.splitlines() if line.startswith("none"))
+
+
+class FakeLoader:
+    """The loader surface the benchmark uses; batches of zeros, no augmentation."""
+
+    def __init__(self, batch_size: int, num_samples: int):
+        self.batch_size, self.shard_size = batch_size, num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        for start in range(0, self.shard_size, self.batch_size):
+            yield torch.zeros(min(self.batch_size, self.shard_size - start), 1), None
+
+
+def recording_factory(calls: list, stop_at_preset: str | None = None):
+    def make_loader(**kwargs):
+        if kwargs["augment"] == stop_at_preset:
+            raise KeyboardInterrupt  # what killing the run looks like from inside measure
+        calls.append(kwargs)
+        return FakeLoader(kwargs["batch_size"], kwargs["num_samples"])
+
+    return make_loader
+
+
+def test_augment_batch_sizes_give_rows_per_size_and_side_by_side_ratios() -> None:
+    calls: list[dict] = []
+    report = aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[8, 32], repeats=2, num_samples=64,
+                         make_loader=recording_factory(calls))
+    assert [(r["batch_size"], r["row"]) for r in report["results"]] == [
+        (8, "torchvision w=0"), (8, "dali-cpu"), (32, "torchvision w=0"), (32, "dali-cpu")]
+    assert sorted({c["batch_size"] for c in calls}) == [8, 32]
+    assert all("dali_batch_size" not in c for c in calls)  # not given: not passed
+    med = {(r["row"], r["batch_size"]): r["median_images_per_s"] for r in report["results"]}
+    for r in report["results"]:
+        assert r["ratio_vs_largest_batch"] == pytest.approx(med[(r["row"], r["batch_size"])] / med[(r["row"], 32)])
+    assert {(q["row"], q["small_batch"], q["large_batch"]) for q in report["batch_ratios"]} == {
+        ("torchvision w=0", 8, 32), ("dali-cpu", 8, 32)}
+    for q in report["batch_ratios"]:
+        assert q["ratio"] == pytest.approx(med[(q["row"], 8)] / med[(q["row"], 32)])
+    text = aug.format_table(report)
+    assert "vs batch 32" in text and "images/s at batch 8 / at batch 32:" in text
+
+
+def test_augment_dali_batch_size_goes_to_dali_rows_only() -> None:
+    calls: list[dict] = []
+    report = aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[8], repeats=1, num_samples=16,
+                         dali_batch_size=64, make_loader=recording_factory(calls))
+    by_backend = {c["backend"]: c for c in calls}
+    assert by_backend["dali"]["dali_batch_size"] == 64 and "dali_batch_size" not in by_backend["torchvision"]
+    assert report["config"]["dali_batch_size"] == 64
+    with pytest.raises(ConfigError, match="--dali-batch-size"):
+        aug.measure(["none"], device="cpu", workers=[0], dali_batch_size=0, make_loader=recording_factory([]))
+    with pytest.raises(ConfigError, match="--batch-sizes"):
+        aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[], make_loader=recording_factory([]))
+
+
+def test_augment_killed_run_keeps_the_finished_presets_in_the_json(tmp_path) -> None:
+    out = tmp_path / "aug.json"
+    with pytest.raises(KeyboardInterrupt):
+        aug.measure(["none", "weak"], device="cpu", workers=[0], batch_sizes=[8], repeats=1, num_samples=16,
+                    make_loader=recording_factory([], stop_at_preset="weak"),
+                    on_update=aug.json_updater(str(out), aug.to_json))
+    report = json.loads(out.read_text())
+    assert not report["complete"] and {r["preset"] for r in report["results"]} == {"none"}
+    assert len(report["results"]) == 2 and "incomplete" in aug.format_table(report)
+
+
+def test_train_failing_row_is_reported_and_the_others_run(tmp_path) -> None:
+    updates = []
+    report = tt.measure(device="cpu", **TINY_TRAIN, overrides={"bf16": {"lr": -1.0}},
+                        on_update=lambda r: updates.append(json.loads(tt.to_json(r))))
+    by_row = {r["row"]: r for r in report["results"]}
+    assert list(by_row) == CPU_ROWS
+    bad = by_row["bf16"]
+    assert bad["status"] == "failed" and "--lr" in bad["error"] and bad["median_images_per_s"] is None
+    for label in CPU_ROWS:
+        if label != "bf16":
+            assert by_row[label]["status"] == "ok" and by_row[label]["median_images_per_s"] > 0, label
+    pairs = {(q["row"], q["vs"]) for q in report["ratios"]}
+    assert ("bf16", "fp32") not in pairs and ("bf16 +cl", "fp32 +cl") in pairs  # no ratio with a failed row
+    assert len(updates) == 1 and updates[0]["results"] == json.loads(tt.to_json(report))["results"]
+    assert not updates[0]["complete"] and report["complete"]
+    text = tt.format_table(report)
+    assert "failed cpu resnet20 bf16: ConfigError: --lr" in text
+    with pytest.raises(ConfigError, match="bogus_field"):
+        tt.measure(device="cpu", overrides={"bf16": {"bogus_field": 1}})
+
+
+def test_write_text_atomic_replaces_whole_files(tmp_path) -> None:
+    from benchmarks._outputs import one_line, write_text_atomic
+
+    path = tmp_path / "r.json"
+    write_text_atomic(path, "old")
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert one_line(ValueError("first\nsecond")) == "ValueError: first"
+    assert one_line(RuntimeError("x" * 500), limit=50).endswith("...") and len(one_line(RuntimeError("x" * 500),
+                                                                                      limit=50)) == 50
