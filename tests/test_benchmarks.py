@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +296,96 @@ def test_write_text_atomic_replaces_whole_files(tmp_path) -> None:
     assert one_line(ValueError("first\nsecond")) == "ValueError: first"
     assert one_line(RuntimeError("x" * 500), limit=50).endswith("...") and len(one_line(RuntimeError("x" * 500),
                                                                                       limit=50)) == 50
+
+
+# ---------------------------------------------------------------------------------------------- gpu_check.py
+GPU_CHECK = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+
+
+def run_gpu_check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # From another directory, with the repository root only where the script puts it: as on the device machine.
+    return subprocess.run([sys.executable, str(GPU_CHECK), *args], capture_output=True, text=True, cwd="/",
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line() -> None:
+    result = run_gpu_check(env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and aug.NO_CUDA in result.stderr
+
+
+@pytest.mark.parametrize("args, option", [(["--output", "/nonexistent-dir/x.json"], "--output"),
+                                          (["--budget-s", "0"], "--budget-s"),
+                                          (["--budget-s", "soon"], "--budget-s")])
+def test_gpu_check_bad_option_exits_2_naming_it(args, option) -> None:
+    result = run_gpu_check(*args)
+    assert result.returncode == 2 and option in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_gpu_check_cpu_smoke_runs_the_whole_plan(tmp_path) -> None:
+    out = tmp_path / "check.json"
+    result = run_gpu_check("--cpu-smoke", "--output", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    parts = {p["name"]: p for p in report["parts"]}
+    assert list(parts) == ["pytest", "augment", "train", "dali_train"] and report["complete"] and report["ok"]
+    assert all(p["status"] == "ok" and p["error"] is None for p in parts.values()), parts
+    counts = parts["pytest"]["result"]
+    assert counts["failed"] == counts["errors"] == 0
+    if not CUDA:  # the GPU tests were collected and skipped with their reason
+        assert counts["skipped"] > 0 and counts["passed"] == 0
+    augment = parts["augment"]["result"]
+    assert {(r["batch_size"], r["row"]) for r in augment["results"]} == {(8, "dali-cpu"), (16, "dali-cpu")}
+    assert augment["complete"] and {q["preset"] for q in augment["batch_ratios"]} == {"none", "weak"}
+    train = parts["train"]["result"]
+    assert [r["row"] for r in train["results"]] == CPU_ROWS and any(q["kind"] == "loader" for q in train["ratios"])
+    run = parts["dali_train"]["result"]
+    assert run["summary"]["epochs_run"] == 2 and [m["epoch"] for m in run["metrics"]] == [1, 2]
+    assert report["machine"]["dali"] and "nvidia.dali" not in report["environment"]["missing_modules"]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("pytest") and " ok " in line and "skipped" in line for line in lines)
+    assert "json: " + str(out) in result.stdout
+
+
+def test_gpu_check_parts_fail_or_time_out_alone(tmp_path) -> None:
+    from benchmarks import gpu_check as gc
+
+    leftover = tmp_path / "grandchild.pid"
+    # The slow part starts a grandchild: stopping the part at its budget must end that one too.
+    slow = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+            "time.sleep(120)']); open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+    seen = []
+
+    def read(res: dict) -> None:
+        seen.append(res["name"])
+        res["summary"] = f"read {res['name']}"
+
+    parts = [gc.Part("boom", 60, [sys.executable, "-c", "raise ValueError('impossible option')"], read),
+             gc.Part("slow", 3, [sys.executable, "-c", slow, str(leftover)], read),
+             gc.Part("fine", 60, [sys.executable, "-c", "print('done')"], read)]
+    out = tmp_path / "check.json"
+    report = gc.run_check(parts, total_budget_s=300, output=out, mode="test", say=lambda _m: None,
+                          log_dir=tmp_path)
+    status = {p["name"]: (p["status"], p["error"]) for p in report["parts"]}
+    assert status["boom"] == ("failed", "ValueError: impossible option")
+    assert status["slow"][0] == "timeout" and "budget" in status["slow"][1]
+    assert status["fine"] == ("ok", None) and "done" in report["parts"][2]["output_tail"]
+    assert seen == ["boom", "slow", "fine"] and not report["ok"]
+    assert json.loads(out.read_text())["parts"] == json.loads(json.dumps(report["parts"]))
+    pid = int(leftover.read_text())
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:"))
+        assert "Z" in state, f"the timed-out part's child {pid} still runs: {state}"  # a zombie is already ended
+    except FileNotFoundError:
+        pass
+
+
+def test_gpu_check_spent_budget_skips_the_remaining_parts(tmp_path) -> None:
+    from benchmarks import gpu_check as gc
+
+    parts = [gc.Part("only", 60, [sys.executable, "-c", "pass"], lambda res: None)]
+    report = gc.run_check(parts, total_budget_s=gc.KILL_GRACE_S / 2, output=None, mode="test", say=lambda _m: None,
+                          log_dir=tmp_path)
+    assert report["parts"][0]["status"] == "skipped" and not report["ok"]
