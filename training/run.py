@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ class Interrupted(DaliTrainError):
 class StopSignal:
     """Turns the first SIGINT/SIGTERM into a flag the loop polls after each step; a second one aborts at once."""
 
+    note = "finishing the current step, then saving last.pth (send it again to abort without saving)"
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
@@ -61,8 +64,7 @@ class StopSignal:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: finishing the current step, then saving last.pth "
-              "(send it again to abort without saving)", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signum).name}: {self.note}", file=sys.stderr, flush=True)
 
     def is_set(self) -> bool:
         return self.signum is not None
@@ -76,6 +78,15 @@ class StopSignal:
     def __exit__(self, *exc: Any) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+class FinalEvaluationSignal(StopSignal):
+    """Around the final evaluation a first SIGINT/SIGTERM is noted, not obeyed: what is left is one validation
+    pass and summary.json, and a run with all its epochs in last.pth but no summary.json only waits for them.
+    A second signal aborts; `dali-train --resume` then does the final evaluation alone."""
+
+    note = ("finishing the final evaluation and summary.json first (send it again to abort; dali-train --resume "
+            "then finishes the run)")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,16 +131,47 @@ class Run:
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
-    loader_state: dict = field(default_factory=dict)
+    loader_state: dict = field(default_factory=dict)  # the train loader's state at the start of the epoch in progress
+    epoch_so_far: dict = field(default_factory=dict)  # this rank's figures of the epoch in progress (_epoch_totals)
 
     def rank_state(self) -> dict[str, Any]:
-        """What differs between data-parallel ranks: their data shard's stream and their random streams."""
+        """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
+        share of the interrupted epoch's figures."""
         return {
             "mixer": self.ctx.mixer.state_dict(),
-            "loader": self.loader_state,  # the train loader's state at the start of the epoch in progress
+            "loader": self.loader_state,
+            "epoch_so_far": self.epoch_so_far,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`state` (and of :meth:`rank_state` for this rank): every key is read back here."""
+        mine = state["ranks"][self.world.rank]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ctx.optimizer.load_state_dict(state["optimizer"])
+            self.ctx.scaler.load_state_dict(state["scaler"])
+            self.ctx.mixer.load_state_dict(mine["mixer"])
+            self.train_loader.load_state_dict(mine["loader"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{self.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
+                            "it was edited or written by another version — start a new run") from None
+        # A mid-epoch checkpoint holds the loader state of its epoch's start: the next save of this epoch needs it.
+        self.loader_state = mine["loader"]
+        self.epoch_so_far = dict(mine.get("epoch_so_far") or {})
+        # The schedule is a pure function of the step: rebuilt for the (possibly extended) epochs, then advanced.
+        scheduler = self.ctx.scheduler
+        scheduler.last_epoch = int(state["step"]) - 1
+        with warnings.catch_warnings():  # its "step() before optimizer.step()" warning: no step is skipped here
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+        self.start_epoch, self.skip_batches = int(state["epoch"]), int(state["batch"])
+        self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
+        self.bad_epochs, self.stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
+        torch.set_rng_state(mine["torch_rng"])
+        if self.device.type == "cuda" and mine["cuda_rng"]:
+            torch.cuda.set_rng_state_all(mine["cuda_rng"])
 
     def state(self, *, epoch: int, batch: int) -> dict[str, Any]:
         """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""
@@ -234,27 +276,7 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
     run = Run(cfg, run_dir or _new_run_dir(cfg, world), device, world, amp_dtype, train_loader, val_loader, model,
               ctx)
     if resume is not None:
-        mine = resume["ranks"][world.rank]
-        try:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            scaler.load_state_dict(resume["scaler"])
-            mixer.load_state_dict(mine["mixer"])
-            train_loader.load_state_dict(mine["loader"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise DataError(f"{run.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
-                            "it was edited or written by another version — start a new run") from None
-        # The schedule is a pure function of the step; rebuilt for the (possibly extended) epochs, then advanced.
-        scheduler.last_epoch = int(resume["step"])
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * lr_factor(scheduler.last_epoch, total_steps=total, warmup_steps=warmup)
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-        run.start_epoch, run.skip_batches = int(resume["epoch"]), int(resume["batch"])
-        run.best_acc, run.best_epoch = float(resume["best_acc"]), int(resume["best_epoch"])
-        run.bad_epochs, run.stopped_early = int(resume["bad_epochs"]), bool(resume["stopped_early"])
-        torch.set_rng_state(mine["torch_rng"])
-        if device.type == "cuda" and mine["cuda_rng"]:
-            torch.cuda.set_rng_state_all(mine["cuda_rng"])
+        run.load_state(resume)
     return run
 
 
@@ -344,18 +366,38 @@ def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
     return poll
 
 
-def _reduced(stats: dict, val: dict, run: Run) -> dict:
+def _epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict:
+    """This rank's figures for the epoch so far: `before` (its part trained before an interruption, or {} at the
+    epoch's start) plus `stats` of the part just trained. Sums, not means, so parts add up to the straight epoch."""
+    n = stats["images"]
+    out = dict(before)
+    out["images"] = before.get("images", 0) + n
+    out["loss_sum"] = before.get("loss_sum", 0.0) + stats["train_loss"] * n
+    out["correct"] = before.get("correct", 0) + round(stats["train_acc"] * n)  # an exact count behind the mean
+    for key in ("nonfinite_losses", "skipped_steps", "data_time_s", "epoch_time_s"):
+        out[key] = before.get(key, 0) + stats[key]
+    out["completed"] = stats["completed"]  # the batch position counts the skipped batches already
+    for key, value in resources.items():
+        if key.endswith("_mean_pct"):  # a mean over time: weighted by each part's duration
+            t0, t1 = before.get("epoch_time_s", 0.0), stats["epoch_time_s"]
+            out[key] = (before.get(key, 0.0) * t0 + value * t1) / max(t0 + t1, 1e-9) if key in before else value
+        else:  # peaks
+            out[key] = max(before.get(key, value), value)
+    return out
+
+
+def _reduced(totals: dict, val: dict, run: Run) -> dict:
     """Epoch figures summed over ranks: every training image and every validation sample counted once."""
-    n, vn = stats["images"], val["val_images"]
+    n, vn = totals["images"], val["val_images"]
     keys = ("train_loss", "train_acc", "nonfinite_losses", "skipped_steps", "val_loss", "val_acc")
-    sums = distributed.all_sum([stats["train_loss"] * n, stats["train_acc"] * n, stats["nonfinite_losses"],
-                                stats["skipped_steps"], val["val_loss"] * vn, val["val_acc"] * vn, n, vn,
-                                stats["completed"]], run.world, run.device)
+    sums = distributed.all_sum([totals["loss_sum"], totals["correct"], totals["nonfinite_losses"],
+                                totals["skipped_steps"], val["val_loss"] * vn, val["val_acc"] * vn, n, vn,
+                                totals["completed"]], run.world, run.device)
     total_n, total_vn = max(sums[6], 1), max(sums[7], 1)
     out = dict(zip(keys, (sums[0] / total_n, sums[1] / total_n, int(sums[2]), int(sums[3]), sums[4] / total_vn,
                           sums[5] / total_vn)))
     out["train_images"] = int(sums[6])
-    out["images_per_s"] = sums[6] / stats["epoch_time_s"] if stats["epoch_time_s"] > 0 else math.nan
+    out["images_per_s"] = sums[6] / totals["epoch_time_s"] if totals["epoch_time_s"] > 0 else math.nan
     out["all_steps_nonfinite"] = sums[2] >= sums[8] > 0
     return out
 
@@ -370,16 +412,18 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         run.train_loader.set_epoch(epoch)
         if run.skip_batches == 0:
             run.loader_state = run.train_loader.state_dict()
-        else:  # resuming inside this epoch: the loader state is the one saved at its start
+            run.epoch_so_far = {"lr": run.ctx.optimizer.param_groups[0]["lr"]}  # the LR the epoch starts at
+        else:  # resuming inside this epoch: loader state and figures so far are the checkpoint's (Run.load_state)
             log(f"resuming epoch {epoch + 1} at batch {run.skip_batches + 1}/{len(run.train_loader)}")
         bar, update = _progress(len(run.train_loader), epoch + 1, cfg) if main else (None, None)
-        lr = run.ctx.optimizer.param_groups[0]["lr"]
         with monitor:
             stats = train_one_epoch(run.ctx, run.train_loader, skip=run.skip_batches, should_stop=poll,
                                     on_progress=update)
         if bar is not None:
             bar.close()
+        totals = _epoch_totals(run.epoch_so_far, stats, monitor.figures())
         if stats["completed"] < len(run.train_loader):
+            run.epoch_so_far = totals
             run.save("last.pth", run.state(epoch=epoch, batch=stats["completed"]))
             raise Interrupted(f"stopped in epoch {epoch + 1} after batch {stats['completed']}; last.pth saved. "
                               f"Resume with: dali-train --resume {run.run_dir}", 128 + (stop.signum or 2))
@@ -387,11 +431,13 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         distributed.sync_buffers(run.model, run.world)
         val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                        channels_last=cfg.channels_last)
-        figures = _reduced(stats, val, run)
+        figures = _reduced(totals, val, run)
         if figures.pop("all_steps_nonfinite"):
             raise DaliTrainError(f"training diverged in epoch {epoch + 1} (every loss was inf/nan); lower --lr or "
                                  "use --amp-dtype bfloat16")
-        row = {**stats, **val, "epoch": epoch + 1, "lr": lr, **figures, **monitor.figures()}
+        lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
+        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "completed")}
+        row.update(val, epoch=epoch + 1, lr=lr, **figures)
         rows.append(row)
         log(_epoch_line(cfg, row))
         improved = row["val_acc"] > run.best_acc  # the same reduced value on every rank: the same decision
@@ -401,6 +447,7 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
             run.bad_epochs += 1
         run.stopped_early = cfg.patience > 0 and run.bad_epochs >= cfg.patience
         run.loader_state = run.train_loader.state_dict()
+        run.epoch_so_far = {}
         state = run.state(epoch=epoch + 1, batch=0)
         if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
             write_rows(metrics_path, rows)
@@ -458,25 +505,41 @@ def finish(run: Run, started: float, log=print) -> dict:
     return summary
 
 
-def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log,
-           train: bool = True) -> dict:
+def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool = True,
+           stop: StopSignal | None = None, build: Callable[..., Run] = build_run) -> dict:
     started = time.time()
     try:
-        run = build_run(cfg, resume=resume_state, run_dir=run_dir)
+        run = build(cfg, resume=resume_state, run_dir=run_dir)
         if run.world.is_main:
             (run.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if train:  # summary.json marks a finished run: one from before these epochs would be stale
+                (run.run_dir / "summary.json").unlink(missing_ok=True)
             _announce(run, log)
-        if train:
-            with StopSignal() as stop:
-                train_epochs(run, stop, log)
-        return finish(run, started, log)
+        with (stop if stop is not None else StopSignal()) as flag:
+            if train:
+                train_epochs(run, flag, log)
+            with FinalEvaluationSignal() as final:
+                try:
+                    summary = finish(run, started, log)
+                except KeyboardInterrupt:
+                    raise Interrupted(f"aborted in the final evaluation; last.pth and best.pth hold the trained run, "
+                                      f"summary.json is not written. Finish it with: dali-train --resume "
+                                      f"{run.run_dir}", 128 + (final.signum or signal.SIGINT)) from None
+            if final.signum is not None:
+                log(f"{signal.Signals(final.signum).name} arrived during the final evaluation, which completed: "
+                    "the run is finished")
+            return summary
     finally:
         distributed.cleanup()
 
 
-def fit(cfg: TrainConfig, *, log=print) -> dict:
-    """Start a new run from `cfg` and train it to the end (or to early stopping)."""
-    return _train(cfg, resume_state=None, run_dir=None, log=log)
+def fit(cfg: TrainConfig, *, log=print, stop: StopSignal | None = None,
+        build: Callable[..., Run] = build_run) -> dict:
+    """Start a new run from `cfg` and train it to the end (or to early stopping).
+
+    `stop` is polled after every step (default: a StopSignal on SIGINT/SIGTERM); `build` makes the Run from the
+    config (build_run; a caller may wrap it, to watch the run's loaders for instance)."""
+    return _train(cfg, resume_state=None, run_dir=None, log=log, stop=stop, build=build)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -495,7 +558,7 @@ def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig
             raise ConfigError(f"--epochs={epochs} is invalid: the run already trained {state['epoch']} epochs")
         cfg = cfg.replace(epochs=epochs)
     done = state.get("stopped_early") or (int(state["epoch"]) >= cfg.epochs and not state.get("batch"))
-    if done and not (ckpt_path.parent / "summary.json").exists():
+    if done and not _summary_matches(ckpt_path.parent / "summary.json", state):
         return cfg, state, True  # interrupted during the final evaluation: finish it
     if done:
         why = "stopped early" if state.get("stopped_early") else f"finished its {cfg.epochs} epochs"
@@ -504,13 +567,25 @@ def _read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig
     return cfg, state, False
 
 
-def resume(path: str | Path, *, epochs: int | None = None, log=print) -> dict:
-    """Continue a run in place from its last.pth (or a given checkpoint), with its saved config.
+def _summary_matches(path: Path, state: dict) -> bool:
+    """Whether summary.json exists and reports the epochs `state` holds (one from a shorter run is stale)."""
+    try:
+        summary = json.loads(path.read_text())
+        return int(summary["epochs_run"]) == int(state["epoch"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: StopSignal | None = None,
+           build: Callable[..., Run] = build_run) -> dict:
+    """Continue a run in place from its last.pth (or a given checkpoint), with its saved config; `stop` and
+    `build` as for :func:`fit`.
 
     Under torchrun, every rank reads the checkpoint (the run directory must be visible to all of them)."""
     ckpt_path = find_checkpoint(path)
     cfg, state, finish_only = _read_resume_state(ckpt_path, epochs)
-    return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log, train=not finish_only)
+    return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log, train=not finish_only, stop=stop,
+                  build=build)
 
 
 def _announce(run: Run, log) -> None:

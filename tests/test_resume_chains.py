@@ -1,0 +1,158 @@
+"""Chains of interrupts and resumes land exactly where the uninterrupted run lands: metrics.csv, weights, summary.
+
+Interrupts are real SIGINTs sent by this process to itself at a chosen batch of the training or validation
+loader (the run's own StopSignal handles them), or a stop source passed in (StopAfter) for the epoch boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import StopAfter
+
+from training import run as run_mod
+from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
+
+EPOCHS, BATCHES = 3, 6  # 96 training samples in batches of 16; validation: 19 samples, 2 batches
+DETERMINISTIC = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images",
+                 "nonfinite_losses", "skipped_steps")
+SUMMARY = ("epochs_run", "stopped_early", "final_epoch_val_acc", "best_val_acc", "best_epoch",
+           "best_reloaded_val_acc", "best_reloaded_val_loss")
+
+
+def chain_config(out: Path) -> TrainConfig:
+    # Every random stream the resume must carry: augmentation (DALI), Mixup/CutMix, drop path.
+    return TrainConfig(dataset="synthetic", model="resnet20", batch_size=16, num_samples=96, epochs=EPOCHS,
+                       lr=0.05, warmup_epochs=1.0, augment="weak", mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.5,
+                       drop_path=0.1, output=str(out), num_threads=1, patience=0, device="cpu")
+
+
+class SignalAt:
+    """A loader that sends this process SIGINT as it hands out chosen batches: `at` holds (pass, batch) pairs,
+    where a pass is the loader's epoch (`by_epoch`, the training loader) or the count of passes over it in this
+    process (the validation loader: one per epoch, then one for the final evaluation)."""
+
+    def __init__(self, loader, at: set[tuple[int, int]], *, by_epoch: bool):
+        self._loader, self._at, self._by_epoch, self._passes = loader, at, by_epoch, -1
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        self._passes += 1
+        current = self._loader.epoch if self._by_epoch else self._passes
+        for k, batch in enumerate(self._loader):
+            if (current, k) in self._at:
+                signal.raise_signal(signal.SIGINT)
+            yield batch
+
+
+def signals(train=(), val=()):
+    """A build_run that wraps the run's loaders in SignalAt."""
+
+    def build(cfg, **kwargs):
+        run = run_mod.build_run(cfg, **kwargs)
+        run.train_loader = SignalAt(run.train_loader, set(train), by_epoch=True)
+        run.val_loader = SignalAt(run.val_loader, set(val), by_epoch=False)
+        return run
+
+    return build
+
+
+def attempt(first: bool, out: Path, *, build=run_mod.build_run, stop=None) -> tuple[str, list[str]]:
+    """One process's worth of the run: `fit` first, `resume` after. Returns how it ended and what it logged."""
+    lines: list[str] = []
+    try:
+        if first:
+            run_mod.fit(chain_config(out), log=lines.append, build=build, stop=stop)
+        else:
+            run_mod.resume(out, log=lines.append, build=build, stop=stop)
+    except run_mod.Interrupted as e:
+        assert e.exit_code == 128 + signal.SIGINT or (stop is not None and e.exit_code == 128 + signal.SIGTERM)
+        assert f"--resume {out}" in str(e), str(e)
+        return ("aborted" if "aborted in the final evaluation" in str(e) else "interrupted"), lines
+    return "finished", lines
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert attempt(True, out)[0] == "finished"
+    return out
+
+
+T, V = "train", "val"
+# Per case, one entry per process: (where its SIGINTs go, how it must end). Epochs and passes are 0-based.
+CHAINS = {
+    "first_epoch_mid_way": [({T: [(0, 2)]}, "interrupted"), ({T: [(1, 3)]}, "interrupted"), ({}, "finished")],
+    "later_epoch_mid_way": [({T: [(1, 1)]}, "interrupted"), ({T: [(2, 4)]}, "interrupted"), ({}, "finished")],
+    # the third interrupt lands on a batch the resume draws but skips: it stops after the first one it trains
+    "three_times_in_one_epoch": [({T: [(1, 1)]}, "interrupted"), ({T: [(1, 3)]}, "interrupted"),
+                                 ({T: [(1, 3)]}, "interrupted"), ({}, "finished")],
+    # the stop source turns true at the poll after an epoch's checkpoint (6 steps, then the epoch-end poll)
+    "between_epochs": [({"stop": BATCHES + 1}, "interrupted"), ({"stop": BATCHES + 1}, "interrupted"),
+                       ({"stop": BATCHES + 1}, "interrupted"), ({}, "finished")],
+    "during_validation": [({V: [(0, 0)]}, "interrupted"), ({V: [(0, 1)]}, "interrupted"), ({}, "finished")],
+    # resumed in epoch 2, the process's validation passes are: after epoch 2, after epoch 3, the final one
+    "during_the_final_evaluation": [({T: [(1, 2)]}, "interrupted"), ({V: [(2, 0), (2, 1)]}, "aborted"),
+                                    ({V: [(0, 0)]}, "finished")],
+}
+
+
+@pytest.mark.parametrize("case", list(CHAINS))
+def test_a_chain_of_interrupts_and_resumes_ends_exactly_where_the_straight_run_ends(tmp_path, straight,
+                                                                                     case) -> None:
+    out = tmp_path / "run"
+    positions = []
+    for k, (where, expected) in enumerate(CHAINS[case]):
+        stop = StopAfter(where["stop"]) if "stop" in where else None
+        ended, lines = attempt(k == 0, out, build=signals(where.get(T, ()), where.get(V, ())), stop=stop)
+        assert ended == expected, (case, k, lines)
+        if ended == "interrupted":
+            state = load_checkpoint(out / "last.pth")
+            assert state["ranks"][0]["loader"]["backend"] == "dali"  # the state a second save used to lose
+            positions.append((state["epoch"], state["batch"]))
+        if ended == "aborted":
+            assert not (out / "summary.json").exists()
+    if case == "three_times_in_one_epoch":
+        assert positions == [(1, 2), (1, 4), (1, 5)]
+    if case == "between_epochs":
+        assert positions == [(1, 0), (2, 0), (3, 0)]
+    if case == "during_the_final_evaluation":
+        assert any("arrived during the final evaluation" in line for line in lines), lines
+
+    rows_a = run_mod.read_metrics(straight / "metrics.csv")
+    rows_b = run_mod.read_metrics(out / "metrics.csv")
+    assert [[r[k] for k in DETERMINISTIC] for r in rows_b] == [[r[k] for k in DETERMINISTIC] for r in rows_a]
+    for name in ("last.pth", "best.pth"):
+        a, b = load_checkpoint(straight / name)["model"], load_checkpoint(out / name)["model"]
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+    summary_a = json.loads((straight / "summary.json").read_text())
+    summary_b = json.loads((out / "summary.json").read_text())
+    assert {k: summary_b[k] for k in SUMMARY} == {k: summary_a[k] for k in SUMMARY}
+
+
+def test_an_extension_aborted_in_its_final_evaluation_leaves_no_stale_summary(tmp_path, straight) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    old_summary = (out / "summary.json").read_text()
+    # resumed at the end of epoch 3 for a 4th: validation passes are after epoch 4, then the final evaluation
+    lines: list[str] = []
+    with pytest.raises(run_mod.Interrupted, match="aborted in the final evaluation") as aborted:
+        run_mod.resume(out, epochs=EPOCHS + 1, log=lines.append, build=signals(val=[(1, 0), (1, 1)]))
+    assert aborted.value.exit_code == 128 + signal.SIGINT and "second interrupt" not in str(aborted.value)
+    assert not (out / "summary.json").exists()  # the 3-epoch summary would call the 4-epoch run finished
+    # a summary.json left by an older dali-train that did not remove it: resume sees it is stale and finishes
+    (out / "summary.json").write_text(old_summary)
+    run_mod.resume(out, log=lines.append)
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == EPOCHS + 1
+    assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
