@@ -389,3 +389,21 @@ def test_gpu_check_spent_budget_skips_the_remaining_parts(tmp_path) -> None:
     report = gc.run_check(parts, total_budget_s=gc.KILL_GRACE_S / 2, output=None, mode="test", say=lambda _m: None,
                           log_dir=tmp_path)
     assert report["parts"][0]["status"] == "skipped" and not report["ok"]
+
+
+def test_gpu_check_full_plan_is_the_asked_check_within_8_minutes(tmp_path) -> None:
+    from benchmarks import gpu_check as gc
+
+    parts = {p.name: p for p in gc.plan(False, tmp_path)}
+    assert list(parts) == ["pytest", "augment", "train", "dali_train"]
+    # every budget, the kill grace of each, inside the total; the total inside 8 minutes
+    assert sum(p.budget_s for p in parts.values()) + gc.KILL_GRACE_S <= gc.TOTAL_BUDGET_S <= 480
+    assert parts["pytest"].command[-6:-4] == ["gpu", "tests"]
+    full = gc.SIZES["full"]
+    assert full["augment"]["presets"] == ["none", "weak", "standard", "weak+autoaugment"]
+    assert full["augment"]["batch_sizes"] == [128, 1024] and full["augment"]["device"] == "all"
+    assert full["train"]["models"] == ["resnet18"] and full["train"]["device"] == "cuda"
+    command = parts["dali_train"].command
+    assert command[1:3] == ["-m", "training"] and command[command.index("--epochs") + 1] == "2"
+    assert command[command.index("--amp-dtype") + 1] == "float16" and command[command.index("--device") + 1] == "cuda"
+    assert "--cpu-smoke" not in parts["augment"].command and "--cpu-smoke" in gc.plan(True, tmp_path)[1].command
