@@ -198,7 +198,9 @@ def test_static_int8_is_under_30_percent_of_the_float_file_and_within_a_point(tr
     assert r["float_bytes"] == (out / "model_fp32.pth").stat().st_size
     assert r["int8_bytes"] == (out / "model_int8.pth").stat().st_size
     assert r["int8_bytes"] <= 0.30 * r["float_bytes"], r
-    assert r["float_acc"] == pytest.approx(summary["best_reloaded_val_acc"])
+    # The run evaluated under its bf16 autocast, dali-quantize evaluates the float model in fp32: a few of the 1,000
+    # validation images near the decision boundary may change sides, nothing more.
+    assert r["float_acc"] == pytest.approx(summary["best_reloaded_val_acc"], abs=0.005)
     assert abs(r["float_acc"] - r["int8_acc"]) <= 0.01, r
     for name in ("float", "int8"):
         for b in (1, 64):
