@@ -153,8 +153,13 @@ def test_an_existing_run_is_never_overwritten(tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.csv").write_text("precious\n")
+    (out / "last.pth").write_bytes(b"a checkpoint")
     code, text = invoke([*TINY, "--num-samples", "64", "--epochs", "1", "--output", str(out)])
-    assert code == 2 and "--resume" in text
+    assert code == 2 and f"--resume {out}" in text and "already holds a run" in text
+    assert (out / "metrics.csv").read_text() == "precious\n" and (out / "last.pth").read_bytes() == b"a checkpoint"
+    (out / "last.pth").unlink()  # some outputs of a run, but nothing to resume or restart it from
+    code, text = invoke([*TINY, "--num-samples", "64", "--epochs", "1", "--output", str(out)])
+    assert code == 2 and "leftovers of a dali-train run (metrics.csv)" in text and "--resume" not in text
     assert (out / "metrics.csv").read_text() == "precious\n"
 
 

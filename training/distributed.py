@@ -34,6 +34,11 @@ class World:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: torch.device) -> tuple[World, torch.device]:
     """Join the process group torchrun describes in the environment; a world of one needs none."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

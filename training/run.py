@@ -28,7 +28,7 @@ from dali_pipes import ConfigError, DaliTrainError, DataError, create_loader
 from dali_pipes.loader import cpu_count
 from dali_pipes.plan import derive_seed
 
-from . import distributed
+from . import distributed, rundir
 from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import World
@@ -36,6 +36,7 @@ from .engine import StepContext, evaluate, train_one_epoch
 from .mixing import MixConfig, Mixer
 from .models import create_model
 from .monitor import ResourceMonitor
+from .rundir import RunDirLock
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images", "images_per_s",
                  "data_time_s",
@@ -131,6 +132,7 @@ class Run:
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
+    lock: RunDirLock | None = None  # held from the creation of a new run directory (rank 0)
     loader_state: dict = field(default_factory=dict)  # the train loader's state at the start of the epoch in progress
     epoch_so_far: dict = field(default_factory=dict)  # this rank's figures of the epoch in progress (_epoch_totals)
 
@@ -196,21 +198,39 @@ class Run:
             save_checkpoint(state, self.run_dir / name)
 
 
-def _new_run_dir(cfg: TrainConfig, world: World) -> Path:
-    """Rank 0 creates the run directory; every rank learns its path, or the reason it was refused."""
-    run_dir, error = None, None
+def _new_run_dir(cfg: TrainConfig, world: World) -> tuple[Path, RunDirLock | None]:
+    """Rank 0 creates the run directory and locks it; every rank learns its path, or the reason it was refused."""
+    run_dir, lock, error = None, None, None
     if world.is_main:
         run_dir = Path(cfg.output) if cfg.output else Path("runs") / (
             time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.model}-{cfg.dataset}")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            error = (f"--output {run_dir} already holds a run; choose another --output, or continue it with "
-                     f"--resume {run_dir}")
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            rundir.classify(run_dir)  # a file in the way is refused before anything is created
+            rundir.make(run_dir)
+            lock = RunDirLock(run_dir).acquire()  # before looking inside: a run starting there now is seen
+            kind = rundir.classify(run_dir)
+            if kind == rundir.RUN:
+                raise ConfigError(f"--output {run_dir} already holds a run; continue it with --resume {run_dir}, "
+                                  "or choose another --output")
+            if kind == rundir.UNSTARTED:
+                raise ConfigError(f"--output {run_dir} holds a run stopped before its first checkpoint "
+                                  f"(config.yaml, no last.pth); start it over from its saved config with "
+                                  f"--resume {run_dir}, or choose another --output")
+            if kind == rundir.LEFTOVERS:
+                raise ConfigError(f"--output {run_dir} holds leftovers of a dali-train run ({rundir.listing(run_dir)})"
+                                  " but no last.pth or config.yaml to resume or restart it from; move them away, or "
+                                  "choose another --output")
+            if kind == rundir.FOREIGN:
+                raise ConfigError(f"--output {run_dir} is not a dali-train run and not empty (it holds "
+                                  f"{rundir.listing(run_dir)}); choose another --output, or an empty folder")
+        except DaliTrainError as e:
+            if lock is not None:
+                lock.release()
+            error = e
     run_dir, error = distributed.broadcast((run_dir, error), world)
     if error:
-        raise ConfigError(error)
-    return Path(run_dir)
+        raise error
+    return Path(run_dir), lock
 
 
 def _loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any, Any]:
@@ -273,8 +293,10 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
     if cfg.compile:
         net = torch.compile(net)
     ctx = StepContext(net, optimizer, scheduler, scaler, mixer, device, amp_dtype, cfg.channels_last)
-    run = Run(cfg, run_dir or _new_run_dir(cfg, world), device, world, amp_dtype, train_loader, val_loader, model,
-              ctx)
+    lock = None
+    if run_dir is None:
+        run_dir, lock = _new_run_dir(cfg, world)
+    run = Run(cfg, run_dir, device, world, amp_dtype, train_loader, val_loader, model, ctx, lock=lock)
     if resume is not None:
         run.load_state(resume)
     return run
@@ -508,6 +530,7 @@ def finish(run: Run, started: float, log=print) -> dict:
 def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool = True,
            stop: StopSignal | None = None, build: Callable[..., Run] = build_run) -> dict:
     started = time.time()
+    run = None
     try:
         run = build(cfg, resume=resume_state, run_dir=run_dir)
         if run.world.is_main:
@@ -530,6 +553,8 @@ def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None,
                     "the run is finished")
             return summary
     finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
         distributed.cleanup()
 
 
@@ -576,16 +601,52 @@ def _summary_matches(path: Path, state: dict) -> bool:
         return False
 
 
+def _saved_config(run_dir: Path, epochs: int | None) -> TrainConfig:
+    """The config.yaml of a run stopped before its first checkpoint (with --epochs applied, when given)."""
+    path = run_dir / "config.yaml"
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise DataError(f"{path}: unreadable ({reason}); start a new run with another --output") from None
+    if not isinstance(values, dict):
+        raise DataError(f"{path}: not a dali-train config (a mapping of options); start a new run with another "
+                        "--output")
+    cfg = TrainConfig.from_dict(values, source=str(path))
+    return cfg if epochs is None else cfg.replace(epochs=epochs)
+
+
 def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: StopSignal | None = None,
            build: Callable[..., Run] = build_run) -> dict:
     """Continue a run in place from its last.pth (or a given checkpoint), with its saved config; `stop` and
-    `build` as for :func:`fit`.
+    `build` as for :func:`fit`. A run directory with config.yaml but no last.pth (stopped before its first
+    checkpoint) starts over from that config.
 
-    Under torchrun, every rank reads the checkpoint (the run directory must be visible to all of them)."""
-    ckpt_path = find_checkpoint(path)
-    cfg, state, finish_only = _read_resume_state(ckpt_path, epochs)
-    return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log, train=not finish_only, stop=stop,
-                  build=build)
+    Under torchrun, every rank reads the checkpoint (the run directory must be visible to all of them); rank 0
+    alone holds the run directory's lock."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent if path.is_file() else None
+    lock = RunDirLock(run_dir).acquire() if run_dir is not None and distributed.launched_rank() == 0 else None
+    try:
+        if path.is_dir() and not (path / "last.pth").exists():
+            kind = rundir.classify(path, "--resume")
+            if kind != rundir.UNSTARTED:
+                held = ", it is empty" if kind == rundir.EMPTY else f"; it holds {rundir.listing(path)}"
+                raise DataError(f"--resume {path}: not a dali-train run (no last.pth or config.yaml{held}); pass a "
+                                "run directory or a .pth file written by dali-train")
+            cfg = _saved_config(path, epochs)
+            log(f"{path}: stopped before its first checkpoint (config.yaml, no last.pth); starting it over from "
+                "its config.yaml")
+            if distributed.launched_rank() == 0:
+                rundir.clear_outputs(path, keep=("config.yaml",))
+            return _train(cfg, resume_state=None, run_dir=path, log=log, stop=stop, build=build)
+        ckpt_path = find_checkpoint(path)
+        cfg, state, finish_only = _read_resume_state(ckpt_path, epochs)
+        return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log, train=not finish_only,
+                      stop=stop, build=build)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _announce(run: Run, log) -> None:

@@ -1,0 +1,131 @@
+"""The run directory: what a folder holds, and one writer at a time.
+
+A folder is empty, a run (last.pth), a run stopped before its first checkpoint (config.yaml, no last.pth: nothing
+to resume, everything to restart it), leftovers of a run (some of its outputs, neither of those two), or not a
+dali-train run. One process writes a run directory at a time: it
+holds an flock on LOCK_NAME inside it, which the kernel drops when the process ends however it ends (kill -9
+included), so a crashed run never leaves its directory locked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+from pathlib import Path
+
+from dali_pipes import ConfigError, DaliTrainError
+
+LOCK_NAME = ".dali-train.lock"
+# Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
+OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json")
+_TEMP = re.compile(r"^(metrics\.csv\.tmp|\.(last|best)\.pth\..+\.tmp)$")
+
+EMPTY, RUN, UNSTARTED, LEFTOVERS, FOREIGN = "empty", "run", "unstarted", "leftovers", "foreign"
+
+
+def _entries(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+
+
+def _ours(name: str) -> bool:
+    return name in OUTPUTS or bool(_TEMP.match(name))
+
+
+def classify(path: Path, option: str = "--output") -> str:
+    """EMPTY (or missing), RUN, UNSTARTED, LEFTOVERS or FOREIGN; a path that is a file is a ConfigError naming
+    `option`."""
+    if not path.exists():
+        return EMPTY
+    if not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder path (it is created if missing)")
+    names = _entries(path)
+    if not names:
+        return EMPTY
+    if "last.pth" in names:
+        return RUN
+    if "config.yaml" in names:
+        return UNSTARTED
+    return LEFTOVERS if all(_ours(n) for n in names) else FOREIGN
+
+
+def listing(path: Path) -> str:
+    """A few of the names in `path` (those that are not a run's first), for a message about what it holds."""
+    names = _entries(path)
+    names = [n for n in names if not _ours(n)] + [n for n in names if _ours(n)]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def make(path: Path) -> None:
+    """Create the folder (and its parents); a file in the way is a ConfigError naming the path."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise ConfigError(f"--output {path}: cannot create the folder, {e.filename or path} is a file "
+                          f"({e.strerror}); give a folder path") from None
+    except OSError as e:
+        raise ConfigError(f"--output {path}: cannot create the folder ({e.strerror}); give a writable folder path") \
+            from None
+
+
+def clear_outputs(path: Path, *, keep: tuple[str, ...] = ()) -> None:
+    """Remove what a run stopped before its first checkpoint wrote (outputs and temp files but `keep`), nothing
+    else."""
+    for name in _entries(path):
+        if name not in keep and _ours(name) and (path / name).is_file():
+            (path / name).unlink()
+
+
+class RunDirLock:
+    """An exclusive flock on `run_dir/LOCK_NAME`, holding this process's pid for the message of the next one."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise DaliTrainError(f"{self.run_dir}: cannot create its lock file {LOCK_NAME} ({e.strerror}); "
+                                     "the run directory must be writable") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise DaliTrainError(f"{self.run_dir}: cannot lock {LOCK_NAME} ({e.strerror}); the file "
+                                         "system must support flock") from None
+                raise DaliTrainError(f"{self.run_dir} is in use by another dali-train process (pid {holder}); "
+                                     "wait for it to end or stop it — one process writes a run at a time") from None
+            # A holder that released (and removed) the file between our open and flock left us the lock of an
+            # orphaned file: start again on the file now at the path.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+            return self
+
+    def release(self) -> None:
+        """Remove the file while still holding it (the next process re-checks the path), then drop the lock."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
