@@ -215,6 +215,30 @@ def test_atomic_checkpoint_write_leaves_no_partial_file(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_path) -> None:
+    path = tmp_path / "last.pth"
+    save_checkpoint({"config": {}, "model": {}, "epoch": 1}, path)
+    big = {"config": {}, "model": {"w": torch.zeros(250_000)}, "epoch": 2}
+    save_checkpoint(big, tmp_path / "reference.pth")  # the size the failed file needed
+    needed = (tmp_path / "reference.pth").stat().st_size
+    assert needed > 250_000 * 4
+    (tmp_path / "reference.pth").unlink()
+    # A real failing write: the process may not write files over 200 kB (RLIMIT_FSIZE), as on a disk near full.
+    script = ("import resource, sys, torch\nfrom dali_pipes import DaliTrainError\n"
+              "from training.checkpoint import save_checkpoint\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))\n"
+              "state = {'config': {}, 'model': {'w': torch.zeros(250_000)}, 'epoch': 2}\n"
+              "try:\n    save_checkpoint(state, sys.argv[1])\n"
+              "except DaliTrainError as e:\n    print(e)\n    sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    message = proc.stdout.strip()
+    assert len(message.splitlines()) == 1 and str(path) in message and "unexpected pos" not in message, message
+    assert "the write failed (File too large)" in message and f"needs {needed:,} bytes" in message, message
+    assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint survives
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # and the temp file is gone
+
+
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_zero() -> None:
     f = [lr_factor(s, total_steps=100, warmup_steps=10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)

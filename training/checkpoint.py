@@ -6,14 +6,16 @@ one never runs code, and anything that is not one of ours is refused with a one-
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dali_pipes import DataError
+from dali_pipes import DaliTrainError, DataError
 
 from .config import TrainConfig
 
@@ -21,16 +23,65 @@ FORMAT = "dali-train/1"
 REQUIRED = ("format", "config", "model", "epoch")
 
 
+class _Counter:
+    """A write-only sink that counts bytes: the size a state serializes to, without holding it."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_error(e: BaseException, state: dict[str, Any], path: Path) -> DaliTrainError:
+    """A one-line error for a failed checkpoint write: the path, the cause, and the bytes the file needs."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):  # torch reports a failed write as RuntimeError
+        cause = cause.__cause__ or cause.__context__
+    counter = _Counter()
+    try:
+        torch.save(state, counter)
+        needed = f"{counter.size:,} bytes ({counter.size / 2**20:.1f} MiB)"
+    except Exception:  # noqa: BLE001 — the figure is a courtesy; the error must still be raised
+        needed, counter.size = "an unknown number of bytes", 0
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT) or (
+            cause is None and free is not None and free < counter.size):
+        why = "the disk is full" + (f" ({free:,} bytes free)" if free is not None else "")
+    elif isinstance(cause, OSError):
+        why = f"the write failed ({cause.strerror or cause})"
+    else:
+        why = f"the write failed ({type(e).__name__})"
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    return DaliTrainError(f"{path}: cannot write the checkpoint, {why}; it needs {needed}; {kept}; "
+                          "free space (or fix the folder) and resume")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new one."""
+    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new one.
+    A failed write (disk full...) is a one-line DaliTrainError; the temp file is removed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    state = {"format": FORMAT, **state}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(e, state, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(e, state, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
