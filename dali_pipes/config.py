@@ -3,7 +3,8 @@
 A recipe is validated when it is built (``AugmentConfig(...)`` raises :class:`ConfigError` naming the field), never
 mid-epoch. Order of operations, identical on both backends:
 
-    pad-crop -> horizontal flip -> rotation -> color jitter -> policy (auto/rand/trivial) -> normalize -> erasing
+    pad-crop -> horizontal flip -> rotation -> random affine -> color jitter -> Gaussian blur
+      -> policy (auto/rand/trivial) -> normalize -> erasing
 
 Geometry and colour work on uint8 HWC images (what DALI's auto_aug and torchvision v2 policies take); erasing works
 on the normalized float image, so ``erase_value`` is in normalized units (0 = the dataset mean colour), as in
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConfigError
@@ -42,6 +44,19 @@ class AugmentConfig:
     saturation: float = 0.0  # factor drawn from [max(0, 1-s), 1+s]
     hue: float = 0.0  # shift drawn from [-h, h] in turns (0.5 = 180 degrees); at most 0.5
     rotation: float = 0.0  # degrees, angle drawn from [-r, r]; nearest neighbour, filled with pad_fill
+    # Random affine (torchvision's RandomAffine about the image centre, applied with probability affine_p):
+    # angle from [-d, d] degrees, shift from [-t, t] x the side (whole pixels), scale from the range, x-shear from
+    # [-s, s] degrees; nearest neighbour, filled with pad_fill.
+    affine_p: float = 0.0
+    affine_degrees: float = 0.0
+    affine_translate: float = 0.0
+    affine_scale: tuple[float, float] = (1.0, 1.0)
+    affine_shear: float = 0.0
+    # Gaussian blur with probability blur_p: odd square kernel of blur_kernel pixels, sigma from the range (pixels),
+    # borders mirrored without repeating the edge (torchvision's GaussianBlur).
+    blur_p: float = 0.0
+    blur_kernel: int = 5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
     policy: str = "none"  # "none" | "autoaugment" (CIFAR-10 policy) | "randaugment" | "trivialaugment"
     randaugment_n: int = 2  # operations per image (randaugment only)
     randaugment_m: int = 9  # magnitude bin in [0, 30] (randaugment only, 31 bins as in torchvision)
@@ -54,13 +69,22 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from YAML); store them as tuples so the config stays hashable and frozen.
-        for name in ("erase_scale", "erase_ratio", "mean", "std"):
+        for name in ("erase_scale", "erase_ratio", "mean", "std", "affine_scale", "blur_sigma"):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
             except (TypeError, ValueError):
                 _fail(name, value, "expected a sequence of numbers")
         _validate(self)
+
+    @property
+    def has_affine(self) -> bool:
+        return self.affine_p > 0 and (self.affine_degrees > 0 or self.affine_translate > 0 or self.affine_shear > 0
+                                      or self.affine_scale != (1.0, 1.0))
+
+    @property
+    def has_blur(self) -> bool:
+        return self.blur_p > 0
 
     @property
     def has_color_jitter(self) -> bool:
@@ -96,7 +120,7 @@ def _validate(c: AugmentConfig) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             _fail(field, v, f"expected an integer in [{lo}, {hi}]")
 
-    for field in ("flip_p", "erase_p"):
+    for field in ("flip_p", "erase_p", "affine_p", "blur_p"):
         if not 0.0 <= number(field) <= 1.0:
             _fail(field, getattr(c, field), "a probability must lie in [0, 1]")
     for field in ("brightness", "contrast", "saturation", "rotation"):
@@ -106,6 +130,19 @@ def _validate(c: AugmentConfig) -> None:
         _fail("hue", c.hue, "must lie in [0, 0.5] (turns of the colour wheel)")
     if number("rotation") > 180:
         _fail("rotation", c.rotation, "must lie in [0, 180] degrees")
+    if not 0.0 <= number("affine_degrees") <= 180:
+        _fail("affine_degrees", c.affine_degrees, "must lie in [0, 180] degrees")
+    if not 0.0 <= number("affine_translate") <= 1.0:
+        _fail("affine_translate", c.affine_translate, "must lie in [0, 1] (a fraction of the image side)")
+    if not 0.0 <= number("affine_shear") < 90:
+        _fail("affine_shear", c.affine_shear, "must lie in [0, 90) degrees")
+    if len(c.affine_scale) != 2 or not 0.0 < c.affine_scale[0] <= c.affine_scale[1] <= 10.0:
+        _fail("affine_scale", c.affine_scale, "expected (min, max) with 0 < min <= max <= 10")
+    v = c.blur_kernel
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0 or v > 63:
+        _fail("blur_kernel", v, "expected an odd integer in [1, 63]")
+    if len(c.blur_sigma) != 2 or not 0.0 < c.blur_sigma[0] <= c.blur_sigma[1] <= 100.0:
+        _fail("blur_sigma", c.blur_sigma, "expected (min, max) with 0 < min <= max <= 100 pixels")
     integer("crop_padding", 0, 1024)
     integer("pad_fill", 0, 255)
     integer("randaugment_n", 1, 16)
@@ -135,28 +172,80 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_augment(augment: str | AugmentConfig, *, mean: tuple[float, float, float] | None = None,
-                    std: tuple[float, float, float] | None = None) -> AugmentConfig:
-    """Turn a preset name (optionally ``"<preset>+<policy>"``, e.g. ``"weak+autoaugment"``) or a config into a config.
-
-    ``mean``/``std`` (the dataset's statistics) replace the recipe's normalization when given for a preset name.
-    """
-    if isinstance(augment, AugmentConfig):
-        return augment
-    if not isinstance(augment, str):
-        raise ConfigError(f"augment={augment!r} is invalid: expected a preset name or an AugmentConfig")
-    base, _, policy = augment.partition("+")
+def _preset_values(name: str) -> dict[str, Any]:
+    base, _, policy = name.partition("+")
     if base not in PRESETS:
-        raise ConfigError(f"augment={augment!r}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}"
+        raise ConfigError(f"augment={name!r}: unknown preset {base!r}; choose one of {', '.join(PRESETS)}"
                           f" (optionally +{'|+'.join(POLICIES[1:])})")
     values = dict(PRESETS[base])
     if policy:
         values["policy"] = policy
+    return values
+
+
+def resolve_augment(augment: str | AugmentConfig | Mapping[str, Any], *,
+                    mean: tuple[float, float, float] | None = None,
+                    std: tuple[float, float, float] | None = None) -> AugmentConfig:
+    """Turn a recipe into a config: a preset name (optionally ``"<preset>+<policy>"``, e.g. ``"weak+autoaugment"``),
+    a mapping of a ``preset`` plus field overrides (``{"preset": "standard", "erase_p": 0.25}``; without
+    ``preset`` the fields override ``none``), or a config (returned as is).
+
+    ``mean``/``std`` (the dataset's statistics) are the normalization unless the recipe sets its own.
+    """
+    if isinstance(augment, AugmentConfig):
+        return augment
+    if isinstance(augment, str):
+        values = _preset_values(augment)
+    elif isinstance(augment, Mapping):
+        overrides = {str(k): v for k, v in augment.items()}
+        preset = overrides.pop("preset", "none")
+        if not isinstance(preset, str):
+            raise ConfigError(f"augment.preset={preset!r} is invalid: expected a preset name such as 'standard'")
+        values = {**_preset_values(preset), **overrides}
+    else:
+        raise ConfigError(f"augment={augment!r} is invalid: expected a preset name, a mapping or an AugmentConfig")
     if mean is not None:
-        values["mean"] = mean
+        values.setdefault("mean", mean)
     if std is not None:
-        values["std"] = std
-    return AugmentConfig(**values)
+        values.setdefault("std", std)
+    return AugmentConfig.from_dict(values)
+
+
+def recipe_fields(augment: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping recipe (``preset`` plus overrides) resolved to every field, as run records save it: the saved
+    recipe does not depend on what a preset means in a later version. ``mean``/``std`` stay out unless the recipe
+    sets them, so the dataset's statistics still apply. Idempotent."""
+    full = resolve_augment(augment).to_dict()
+    return {k: v for k, v in full.items() if k not in ("mean", "std") or k in augment}
+
+
+def describe_augment(augment: str | Mapping[str, Any]) -> str:
+    """A one-line name for a recipe: the preset string, or the fields that differ from `none`."""
+    if isinstance(augment, str):
+        return augment
+    base = AugmentConfig().to_dict()
+    changed = [f"{k}={v}" for k, v in recipe_fields(augment).items() if base.get(k) != v]
+    return "{" + ", ".join(changed) + "}" if changed else "none"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"field=value"`` (value in YAML: ``0.25``, ``[0.9, 1.1]``, ``reflect``) -> (field, value), field checked."""
+    import yaml
+
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    known = {f.name for f in fields(AugmentConfig)} | {"preset"}
+    if not sep or not name:
+        raise ConfigError(f"--aug {text!r} is invalid: expected FIELD=VALUE, e.g. --aug erase_p=0.25")
+    if name not in known:
+        raise ConfigError(f"--aug {text!r}: unknown field {name!r}; valid fields: {', '.join(sorted(known))}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--aug {text!r}: the value is not a number, word or [list]") from None
+    if value is None:
+        raise ConfigError(f"--aug {text!r}: give a value after '='")
+    return name, value
 
 
 def eval_config(train: AugmentConfig) -> AugmentConfig:

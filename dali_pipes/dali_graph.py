@@ -52,6 +52,48 @@ def _pad_crop(images, cfg: AugmentConfig, size: tuple[int, int]):
                     fill_values=float(cfg.pad_fill))
 
 
+def _affine(images, cfg: AugmentConfig, size: tuple[int, int]):
+    """torchvision's RandomAffine, applied with probability `affine_p`: scale, x-shear and rotation about the
+    centre, then a shift by whole pixels; nearest neighbour, filled with `pad_fill`. Components whose range is
+    empty are left out of the matrix (DALI cannot draw from an empty range)."""
+    h, w = size
+    centre = [w / 2.0, h / 2.0]  # (x, y): DALI's pixel centres sit at +0.5, so this is torchvision's centre
+    steps = []
+    lo, hi = cfg.affine_scale
+    if lo < hi:
+        scale = _uniform(lo, hi)
+        steps.append(lambda m: fn.transforms.scale(*m, scale=fn.stack(scale, scale), center=centre))
+    elif lo != 1.0:
+        steps.append(lambda m: fn.transforms.scale(*m, scale=[lo, lo], center=centre))
+    if cfg.affine_shear > 0:
+        shear = _uniform(-cfg.affine_shear, cfg.affine_shear)
+        steps.append(lambda m: fn.transforms.shear(*m, angles=fn.stack(shear, shear * 0.0), center=centre))
+    if cfg.affine_degrees > 0:
+        angle = _uniform(-cfg.affine_degrees, cfg.affine_degrees)
+        steps.append(lambda m: fn.transforms.rotation(*m, angle=angle, center=centre))
+    if cfg.affine_translate > 0:
+        # torchvision rounds each shift to whole pixels: round(uniform(-t * side, t * side))
+        shift = [dmath.floor(_uniform(-cfg.affine_translate * side, cfg.affine_translate * side) + 0.5)
+                 for side in (w, h)]
+        steps.append(lambda m: fn.transforms.translation(*m, offset=fn.stack(*shift)))
+    matrix: tuple = ()
+    for step in steps:
+        matrix = (step(matrix),)
+    if fn.random.coin_flip(probability=cfg.affine_p):
+        images = fn.warp_affine(images, matrix=matrix[0], inverse_map=False, fill_value=float(cfg.pad_fill),
+                                interp_type=types.INTERP_NN)
+    return images
+
+
+def _blur(images, cfg: AugmentConfig):
+    """torchvision's GaussianBlur with probability `blur_p`: sigma drawn per image, borders mirrored (reflect 101)."""
+    lo, hi = cfg.blur_sigma
+    sigma = _uniform(lo, hi) if lo < hi else lo
+    if fn.random.coin_flip(probability=cfg.blur_p):
+        images = fn.gaussian_blur(images, window_size=cfg.blur_kernel, sigma=sigma)
+    return images
+
+
 def _color_jitter(images, cfg: AugmentConfig):
     if cfg.contrast > 0 or cfg.brightness > 0:
         # brightness * (pivot + contrast * (image - pivot)), rounded and saturated to uint8 by the cast: what
@@ -143,8 +185,12 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int]):
     if cfg.rotation > 0:
         images = fn.rotate(images, angle=_uniform(-cfg.rotation, cfg.rotation), keep_size=True,
                            fill_value=float(cfg.pad_fill), interp_type=types.INTERP_NN)
+    if cfg.has_affine:
+        images = _affine(images, cfg, size)
     if cfg.has_color_jitter:
         images = _color_jitter(images, cfg)
+    if cfg.has_blur:
+        images = _blur(images, cfg)
     images = _policy(images, cfg, size)
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                       mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std])

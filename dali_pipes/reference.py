@@ -30,8 +30,15 @@ def build_transform(cfg: AugmentConfig, size: tuple[int, int], *, resize: bool =
         steps.append(v2.RandomHorizontalFlip(cfg.flip_p))
     if cfg.rotation > 0:
         steps.append(v2.RandomRotation(cfg.rotation, interpolation=InterpolationMode.NEAREST, fill=cfg.pad_fill))
+    if cfg.has_affine:
+        affine = v2.RandomAffine(cfg.affine_degrees, translate=(cfg.affine_translate, cfg.affine_translate),
+                                 scale=cfg.affine_scale, shear=cfg.affine_shear or None,
+                                 interpolation=InterpolationMode.NEAREST, fill=cfg.pad_fill)
+        steps.append(v2.RandomApply([affine], p=cfg.affine_p))
     if cfg.has_color_jitter:
         steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
+    if cfg.has_blur:
+        steps.append(v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma)], p=cfg.blur_p))
     if cfg.policy == "autoaugment":
         steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
     elif cfg.policy == "randaugment":

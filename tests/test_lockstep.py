@@ -182,3 +182,76 @@ def test_per_channel_statistics_agree_for_each_preset(preset: str) -> None:
     z = (md - mt).abs() / (vd + vt).sqrt()
     assert (z < 4).all(), (preset, md, mt, z)  # channel means agree within 4 standard errors
     assert ((sd - st).abs() / st).max() < STD_TOLERANCE.get(preset, 0.06), (preset, sd, st)
+
+
+# ----------------------------------------------------------------------------- random affine and Gaussian blur
+def shifts_at_centre(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the centre pixel of each output came from, relative to the centre (coordinate_images)."""
+    return (u[:, 0, 16, 16] - 4) / 7 - 16, (u[:, 1, 16, 16] - 4) / 7 - 16
+
+
+def test_affine_shifts_are_whole_pixels_drawn_as_torchvision_draws_them() -> None:
+    n = 1500
+    cfg = AugmentConfig(affine_p=1.0, affine_translate=0.1)  # up to 3.2 px, rounded: -3..3
+    # round(uniform(-3.2, 3.2)): 1/6.4 for each of -2..2, 0.7/6.4 for -3 and 3
+    expected = torch.tensor([0.7, 1, 1, 1, 1, 1, 0.7]) / 6.4
+    for backend in BACKENDS:
+        u = run(coordinate_images(n), backend, cfg).round()
+        for shift in shifts_at_centre(u):
+            assert torch.equal(shift, shift.round()) and shift.abs().max() <= 3, backend
+            counts = torch.bincount((shift + 3).long(), minlength=7) / n
+            assert (counts - expected).abs().max() < 0.035, (backend, counts)
+        assert ((u[:, 0, 16, 20] - u[:, 0, 16, 12]) / 7 == 8).all(), backend  # no rotation or scale was asked
+
+
+def test_affine_rotation_scale_and_shear_agree_with_the_reference() -> None:
+    n = 1500
+    cfg = AugmentConfig(affine_p=1.0, affine_degrees=15, affine_translate=0.1, affine_scale=(0.9, 1.1),
+                        affine_shear=10)
+    stats = {}
+    for backend in BACKENDS:
+        u = run(coordinate_images(n), backend, cfg).round()
+        filled = (u[:, 2] != 200).float().mean(dim=(1, 2))  # the part of the output with no source pixel
+        assert ((u.permute(1, 0, 2, 3)[:, u[:, 2] != 200]) == 0).all(), backend  # filled with pad_fill
+        span = (u[:, 0, 16, 26] - u[:, 0, 16, 6]) / 7 / 20  # source columns per output column
+        stats[backend] = (filled.mean().item(), span.mean().item(), span.std().item())
+    (fd, md, sd), (ft, mt, st) = stats["dali"], stats["torchvision"]
+    assert 0.05 < fd < 0.2 and abs(fd - ft) < 0.01, stats
+    assert abs(md - mt) < 0.01 and abs(sd - st) < 0.015 and sd > 0.03, stats
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_affine_is_applied_with_its_probability(backend: str) -> None:
+    n = 1500
+    u = run(coordinate_images(n), backend, AugmentConfig(affine_p=0.5, affine_translate=0.1)).round()
+    dx, dy = shifts_at_centre(u)
+    moved = ((dx != 0) | (dy != 0)).float().mean().item()
+    assert abs(moved - 0.5 * (1 - (1 / 6.4) ** 2)) < 0.04  # a drawn shift of (0, 0) moves nothing
+
+
+def noise_images(n: int) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    return ArrayDataset("noise", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, dtype=np.int64),
+                        ("0",))
+
+
+def test_blur_with_a_fixed_sigma_equals_the_reference_within_rounding() -> None:
+    data = noise_images(64)
+    cfg = AugmentConfig(blur_p=1.0, blur_sigma=(1.5, 1.5))
+    out = {backend: run(data, backend, cfg).round() for backend in BACKENDS}
+    diff = (out["dali"] - out["torchvision"]).abs()
+    assert diff.max() <= 1 and diff.mean() < 0.01  # same kernel, same mirrored borders; rounding only
+    assert (out["dali"] != torch.from_numpy(data.images).permute(0, 3, 1, 2)).any()
+
+
+def test_blur_rate_and_strength_agree_with_the_reference() -> None:
+    data = noise_images(400)
+    original = torch.from_numpy(data.images).permute(0, 3, 1, 2).float()
+    cfg = AugmentConfig(blur_p=0.5, blur_sigma=(1.0, 2.0))
+    ratios = {}
+    for backend in BACKENDS:
+        u = run(data, backend, cfg).round()
+        blurred = (u != original).flatten(1).any(dim=1)
+        assert abs(blurred.float().mean().item() - 0.5) < 0.07, backend
+        ratios[backend] = (u.std(dim=(1, 2, 3)) / original.std(dim=(1, 2, 3)))[blurred]
+    assert abs(ratios["dali"].mean() - ratios["torchvision"].mean()) < 0.02, ratios

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dali_pipes import DATASETS, ConfigError, resolve_augment
+from dali_pipes.config import recipe_fields
 
 AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
@@ -26,7 +28,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = True
     warmup_epochs: float = 5.0  # linear warmup from 0, per step, then cosine to 0 (capped at half the run)
-    augment: str = "weak+autoaugment"
+    # A preset name ("weak+autoaugment") or a recipe mapping ({preset: standard, erase_p: 0.25}); a mapping is
+    # stored resolved to every field (dali_pipes.config.recipe_fields), which is what config.yaml and resume see.
+    augment: str | dict[str, Any] = "weak+autoaugment"
     mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0
     mix_prob: float = 0.5
@@ -51,6 +55,11 @@ class TrainConfig:
     dali_batch_size: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, Mapping):
+            try:
+                object.__setattr__(self, "augment", recipe_fields(self.augment))
+            except ConfigError as e:
+                raise ConfigError(f"--augment: {e}") from None
         _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
