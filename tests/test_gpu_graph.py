@@ -35,6 +35,12 @@ def recipes() -> list[tuple[str, AugmentConfig]]:
             cfg = resolve_augment(name)
             modes = PAD_MODES if cfg.crop_padding > 0 else PAD_MODES[:1]
             out += [(f"{name}/{mode}", replace(cfg, pad_mode=mode)) for mode in modes]
+    # The seed chapter's affine and blur, with every component drawn, and with the ranges that are left out.
+    chapter = dict(affine_p=0.5, affine_degrees=15, affine_translate=0.1, affine_scale=(0.9, 1.1), affine_shear=10,
+                   blur_p=0.5, blur_kernel=5, blur_sigma=(0.1, 2.0))
+    out.append(("standard+affine+blur", resolve_augment({"preset": "standard+randaugment", **chapter})))
+    fixed = dict(affine_p=1.0, affine_scale=(1.2, 1.2), blur_p=1.0, blur_sigma=(1.5, 1.5))
+    out.append(("fixed-affine+blur", resolve_augment(fixed)))
     return out
 
 
