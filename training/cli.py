@@ -53,7 +53,8 @@ def _options(f: Callable) -> Callable:
         click.option("--seed", type=int, default=_D.seed),
         click.option("--num-samples", type=int, default=_D.num_samples, help="Synthetic train size (0: 50,000)."),
         click.option("--num-threads", type=int, default=_D.num_threads,
-                     help="DALI threads / DataLoader workers (0: all available cores)."),
+                     help="DALI threads / DataLoader workers (0: the available cores, shared among torchrun's "
+                          "processes on the node)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -147,7 +148,8 @@ def _data_options(f: Callable) -> Callable:
         click.option("--num-samples", type=int, default=None,
                      help="Synthetic train size (val is a fifth). Default: the checkpoint's."),
         click.option("--num-threads", type=int, default=None,
-                     help="DALI threads / DataLoader workers (0: all available cores). Default: all."),
+                     help="DALI threads / DataLoader workers (0: the available cores, shared among torchrun's "
+                          "processes on the node). Default: 0 for dali-eval, the checkpoint's otherwise."),
     ]
     for opt in reversed(opts):
         f = opt(f)

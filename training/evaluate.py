@@ -10,7 +10,6 @@ from typing import Any
 import torch
 
 from dali_pipes import DataError, create_loader
-from dali_pipes.loader import cpu_count
 
 from .checkpoint import checkpoint_config, load_checkpoint
 from .config import TrainConfig
@@ -24,7 +23,7 @@ def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, a
     n = cfg.num_samples or None
     if n and split == "val":
         n = max(1, n // 5)
-    threads = cfg.num_threads or cpu_count()
+    threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
     return create_loader(cfg.dataset, cfg.data_dir, split, batch_size=cfg.batch_size, backend=cfg.backend,
                          device=device, augment=augment or cfg.augment, seed=cfg.seed, num_threads=threads,
                          num_workers=threads, num_samples=n)
@@ -52,7 +51,7 @@ def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str
     state = load_checkpoint(path)
     cfg = checkpoint_config(state, path, dataset=dataset, data_dir=data_dir, backend=backend, device=device,
                             batch_size=batch_size, num_samples=num_samples,
-                            num_threads=num_threads if num_threads is not None else cpu_count())
+                            num_threads=num_threads if num_threads is not None else 0)
     dev = resolve_device(cfg.device)
     loader = data_loader(cfg, dev)
     model = model_from_checkpoint(state, path, cfg, len(loader.classes)).to(dev)

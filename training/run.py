@@ -25,7 +25,6 @@ import torch
 import yaml
 
 from dali_pipes import ConfigError, DaliTrainError, DataError, create_loader
-from dali_pipes.loader import cpu_count
 from dali_pipes.plan import derive_seed
 
 from . import distributed, rundir
@@ -235,7 +234,7 @@ def _new_run_dir(cfg: TrainConfig, world: World) -> tuple[Path, RunDirLock | Non
 
 def _loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any, Any]:
     """This rank's shards: training shards of equal size (ranks step in lockstep), validation every sample once."""
-    threads = cfg.num_threads or cpu_count()
+    threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
     common = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, backend=cfg.backend,
                   device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads,
                   shard_id=world.rank, num_shards=world.size)
