@@ -239,6 +239,15 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # and the temp file is gone
 
 
+def test_the_cuda_rng_state_of_a_checkpoint_is_one_device_and_old_lists_still_load() -> None:
+    one = torch.arange(16, dtype=torch.uint8)
+    listed = [torch.full((16,), k, dtype=torch.uint8) for k in range(2)]  # older checkpoints: every visible GPU's
+    assert run_mod.cuda_rng_entry(one, 3) is one
+    assert run_mod.cuda_rng_entry(listed, 1) is listed[1]
+    assert run_mod.cuda_rng_entry(listed, 5) is listed[0]  # resumed on a device index the old run did not see
+    assert run_mod.cuda_rng_entry([], 0) is None and run_mod.cuda_rng_entry(None, 0) is None
+
+
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_zero() -> None:
     f = [lr_factor(s, total_steps=100, warmup_steps=10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)

@@ -7,6 +7,7 @@ has one code path. Under torchrun (WORLD_SIZE > 1): NCCL on GPU, gloo on CPU, de
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,10 @@ class World:
         return self.rank == 0
 
 
+def _takes_device_id() -> bool:
+    return "device_id" in inspect.signature(dist.init_process_group).parameters
+
+
 def launched_rank() -> int:
     """This process's rank as torchrun set it (0 without torchrun), before any process group exists."""
     return int(os.environ.get("RANK", "0"))
@@ -53,7 +58,10 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
         torch.cuda.set_device(device)
     try:
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=_TIMEOUT)
+            # Bound at init, NCCL sets up its communicator on this rank's GPU now (failures show here, with the
+            # rendezvous message below) instead of lazily at the first collective.
+            bind = {"device_id": device} if device.type == "cuda" and _takes_device_id() else {}
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=_TIMEOUT, **bind)
     except (RuntimeError, ValueError, OSError) as e:
         raise DaliTrainError(f"rank {rank}: joining the process group at {os.environ.get('MASTER_ADDR')}:"
                              f"{os.environ.get('MASTER_PORT')} failed ({str(e).splitlines()[0][:160]}); check the "

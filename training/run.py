@@ -114,6 +114,16 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def cuda_rng_entry(saved: Any, index: int) -> torch.Tensor | None:
+    """The CUDA RNG state to restore on device `index` from a checkpoint's: one state (that of the rank's device),
+    or, in older checkpoints, a list of every visible device's (entry `index`, else the first); None: nothing."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if isinstance(saved, (list, tuple)) and saved:
+        return saved[index] if index < len(saved) else saved[0]
+    return None
+
+
 @dataclass
 class Run:
     cfg: TrainConfig
@@ -143,7 +153,8 @@ class Run:
             "loader": self.loader_state,
             "epoch_so_far": self.epoch_so_far,
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # the device this rank uses, not every visible one: a resume may see fewer GPUs
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -171,8 +182,11 @@ class Run:
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         self.bad_epochs, self.stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
         torch.set_rng_state(mine["torch_rng"])
-        if self.device.type == "cuda" and mine["cuda_rng"]:
-            torch.cuda.set_rng_state_all(mine["cuda_rng"])
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            cuda_rng = cuda_rng_entry(mine["cuda_rng"], index)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
 
     def state(self, *, epoch: int, batch: int) -> dict[str, Any]:
         """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""
