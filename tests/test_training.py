@@ -20,7 +20,7 @@ from helpers import StopAfter
 from dali_pipes import DataError
 from training import run as run_mod
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.cli import eval_main, main
+from training.cli import _run_guarded, eval_main, main
 from training.config import TrainConfig
 from training.run import lr_factor
 
@@ -246,6 +246,20 @@ def test_the_cuda_rng_state_of_a_checkpoint_is_one_device_and_old_lists_still_lo
     assert run_mod.cuda_rng_entry(listed, 1) is listed[1]
     assert run_mod.cuda_rng_entry(listed, 5) is listed[0]  # resumed on a device index the old run did not see
     assert run_mod.cuda_rng_entry([], 0) is None and run_mod.cuda_rng_entry(None, 0) is None
+
+
+@pytest.mark.parametrize("raised, line", [
+    (run_mod.SecondSignal, "aborted by a second interrupt"),  # a second signal while a safe stop was pending
+    (KeyboardInterrupt, "interrupted; what was saved before is kept"),  # a first Ctrl-C where no handler waits
+])
+def test_only_a_second_signal_is_reported_as_one(capsys, raised, line) -> None:
+    def interrupted():
+        raise raised
+
+    with pytest.raises(SystemExit) as exited:
+        _run_guarded(interrupted)
+    err = capsys.readouterr().err
+    assert exited.value.code == 130 and err.startswith(f"error: {line}") and len(err.splitlines()) == 1, err
 
 
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_zero() -> None:

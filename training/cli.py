@@ -89,10 +89,14 @@ def _fail(message: str, code: int) -> None:
 
 
 def _run_guarded(fn: Callable[[], Any], *,
-                 second_interrupt: str = "aborted by a second interrupt; last.pth holds the last completed epoch"
-                 ) -> Any:
-    """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal."""
-    from .run import Interrupted
+                 second_interrupt: str = "aborted by a second interrupt; last.pth holds the last completed epoch",
+                 interrupt: str = "interrupted; what was saved before is kept (rerun the command, or --resume a run "
+                                  "directory that holds last.pth)") -> Any:
+    """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal.
+
+    `second_interrupt` is the line for a second signal while a StopSignal waits for a safe stop; `interrupt` the
+    line for Ctrl-C where none is installed (start-up, or a tool that has no safe stop)."""
+    from .run import Interrupted, SecondSignal
 
     try:
         return fn()
@@ -102,8 +106,10 @@ def _run_guarded(fn: Callable[[], Any], *,
         _fail(str(e), 2)
     except DaliTrainError as e:
         _fail(str(e), 1)
-    except KeyboardInterrupt:
+    except SecondSignal:
         _fail(second_interrupt, 130)
+    except KeyboardInterrupt:
+        _fail(interrupt, 130)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -201,7 +207,7 @@ def quantize_main(checkpoint: str, mode: str, calibration_batches: int, quant_ba
                               latency=latency, latency_repeats=latency_repeats)
         return run_quantize(_checkpoint_path(checkpoint), Path(output), qcfg, log=click.echo, **data)
 
-    _run_guarded(work, second_interrupt="aborted by a second interrupt; --output may hold partial files")
+    _run_guarded(work, interrupt="interrupted; --output may hold partial files")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

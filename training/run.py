@@ -51,6 +51,10 @@ class Interrupted(DaliTrainError):
         self.exit_code = exit_code
 
 
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM while a StopSignal is installed: stop at once, without saving."""
+
+
 class StopSignal:
     """Turns the first SIGINT/SIGTERM into a flag the loop polls after each step; a second one aborts at once."""
 
@@ -62,7 +66,7 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise SecondSignal
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: {self.note}", file=sys.stderr, flush=True)
 
@@ -236,10 +240,11 @@ def _new_run_dir(cfg: TrainConfig, world: World) -> tuple[Path, RunDirLock | Non
             if kind == rundir.FOREIGN:
                 raise ConfigError(f"--output {run_dir} is not a dali-train run and not empty (it holds "
                                   f"{rundir.listing(run_dir)}); choose another --output, or an empty folder")
-        except DaliTrainError as e:
+        except (DaliTrainError, OSError) as e:  # every rank raises it, not rank 0 alone (the others would wait)
             if lock is not None:
                 lock.release()
-            error = e
+            error = e if isinstance(e, DaliTrainError) else ConfigError(
+                f"--output {run_dir}: cannot use it ({e.strerror or e}); give a folder this user may write")
     run_dir, error = distributed.broadcast((run_dir, error), world)
     if error:
         raise error
