@@ -177,14 +177,24 @@ class _DaliBackend:
         iterator = DALIGenericIterator([pipe], outputs, last_batch_policy=LastBatchPolicy.PARTIAL,
                                        auto_reset=False, prepare_first_batch=False,
                                        **({"reader_name": READER_NAME} if self._folder else {}))
-        for out, group, chunk in zip(iterator, groups, self._chunks):
-            images = out[0]["images"]
-            index = out[0]["index"].reshape(-1) if self._folder else torch.from_numpy(chunk)
-            if images.shape[0] != len(chunk) or (self._folder and not torch.equal(index, torch.from_numpy(chunk))):
-                raise RuntimeError(f"DALI returned {images.shape[0]} images for a planned batch of {len(chunk)}; "
-                                   "the loader and the pipeline disagree on the epoch plan")
-            sizes = [len(b) for b in group]
-            yield from zip(images.split(sizes), index.split(sizes))
+        try:
+            for out, group, chunk in zip(iterator, groups, self._chunks):
+                images = out[0]["images"]
+                index = out[0]["index"].reshape(-1) if self._folder else torch.from_numpy(chunk)
+                if images.shape[0] != len(chunk) or (self._folder and not torch.equal(index, torch.from_numpy(chunk))):
+                    raise RuntimeError(f"DALI returned {images.shape[0]} images for a planned batch of {len(chunk)}; "
+                                       "the loader and the pipeline disagree on the epoch plan")
+                sizes = [len(b) for b in group]
+                yield from zip(images.split(sizes), index.split(sizes))
+        except RuntimeError as exc:
+            # A file the listing could not vet (damaged compressed data, changed since) fails the pipeline with
+            # DALI's multi-line report: one line naming the file instead. Anything else is a bug and stays as is.
+            from .folder import dali_file_error
+
+            error = dali_file_error(exc, self.data.files, self.data.root) if self._folder else None
+            if error is None:
+                raise
+            raise error from None
         # Rewind the source past its StopIteration, then record the boundary state before anything is prefetched.
         pipe.reset()
         self._checkpoint = pipe.checkpoint()
@@ -225,10 +235,17 @@ class _TorchvisionBackend:
                                                   generator=torch.Generator().manual_seed(seed), **workers)
 
     def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from .errors import DataError
+
         if not batches:
             return
         self.sampler.batches = [[(epoch, int(i)) for i in b] for b in batches]
-        yield from self.loader
+        try:
+            yield from self.loader
+        except DataError as exc:
+            from .reference import worker_error  # a worker's DataError arrives with its traceback as the message
+
+            raise worker_error(exc) from None
 
     def state_dict(self) -> dict:
         return {}  # per-sample seeds are functions of (seed, epoch, index): nothing to carry

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from .config import AugmentConfig
+from .errors import DataError
 from .plan import derive_seed
 from .sources import ArrayDataset, FolderDataset
 
@@ -50,6 +51,20 @@ def build_transform(cfg: AugmentConfig, size: tuple[int, int], *, resize: bool =
         steps.append(v2.RandomErasing(cfg.erase_p, scale=cfg.erase_scale, ratio=cfg.erase_ratio,
                                       value=cfg.erase_value))
     return v2.Compose(steps)
+
+
+def worker_error(exc: DataError) -> DataError:
+    """``exc`` as one line: a DataLoader re-raises a worker's error with the worker's traceback as its message.
+
+    The message then reads "Caught DataError in DataLoader worker process 0.\\nOriginal Traceback ...", ending with
+    "dali_pipes.errors.DataError: <the original message>"; that last part is what the user needs.
+    """
+    lines = str(exc).splitlines()
+    if len(lines) <= 1:
+        return exc
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    original = next((line[len(prefix):] for line in reversed(lines) if line.startswith(prefix)), lines[0])
+    return type(exc)(original)
 
 
 class ReferenceDataset(Dataset):
