@@ -242,3 +242,29 @@ def test_non_utf8_class_folder_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not valid UTF-8.*rename it") as info:
         list_image_folder(root, "train")
     assert repr(folder) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splits without a usable image
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_val_whose_images_are_all_corrupt(tmp_path: Path, backend: str) -> None:
+    root = _folder(tmp_path / "ds")
+    for path in (root / "val").rglob("*.jpg"):
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"no usable image in {root / 'val'} \(expected <root>/train"):
+        create_loader("folder", root, "val", batch_size=4, backend=backend, device="cpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_split_without_images(tmp_path: Path, backend: str) -> None:
+    root = tmp_path / "ds"
+    for cls in ("a", "b"):
+        (root / "train" / cls).mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"class folder {root / 'train' / 'a'} has no usable image \(empty\)"):
+        create_loader("folder", root, "train", batch_size=4, backend=backend, device="cpu")
+    (root / "train" / "a").rmdir()
+    (root / "train" / "b").rmdir()
+    with pytest.raises(DataError, match=r"no class folders in .*train"):
+        create_loader("folder", root, "train", batch_size=4, backend=backend, device="cpu")
