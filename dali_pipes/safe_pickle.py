@@ -2,6 +2,11 @@
 
 ``pickle.load`` runs whatever callable a file names, so a crafted ``data_batch_1`` could execute code on load.
 :func:`safe_load` resolves only the few globals that plain numpy arrays need and refuses everything else.
+
+Even those are narrowed to the calls numpy's own pickles make: ``numpy.ndarray`` is only a token that
+``_reconstruct`` accepts as its first argument, and ``_reconstruct`` only builds the empty ``(0,)`` array that the
+file's state then fills. Calling ``numpy.ndarray(shape, dtype)`` (REDUCE or NEWOBJ) or ``_reconstruct`` with
+another shape would hand back uninitialised memory of any size as "pixels".
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from .errors import DataError
 
 _FIX = ("CIFAR files contain only arrays, lists and dicts; the file is corrupt or crafted — "
         "replace it with the official download")
+
+
+class _Refused(pickle.UnpicklingError):
+    """An allowed global called in a way numpy's own pickles never call it."""
 
 
 def _multiarray_attr(name: str) -> Any:
@@ -35,7 +44,7 @@ def _frombuffer(buf: Any, dtype: np.dtype, shape: tuple[int, ...], order: str) -
     """
     dtype = np.dtype(dtype)
     if dtype.hasobject:
-        raise pickle.UnpicklingError("object dtype in a protocol-5 array")
+        raise _Refused("an object dtype in a protocol-5 array")
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
 
 
@@ -46,23 +55,54 @@ def _codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     which a crafted file could use as a decompression bomb.
     """
     if not isinstance(obj, str) or codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
     return codecs.encode(obj, encoding, errors)
 
 
-def _allowed() -> dict[tuple[str, str], Callable[..., Any] | type]:
+class _NdarrayToken:
+    """What ``numpy.ndarray`` resolves to: usable only as :func:`_reconstruct`'s first argument.
+
+    Not callable, not a type (so NEWOBJ refuses it) and without attributes (so BUILD cannot change it).
+    """
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("numpy.ndarray called directly (it would return uninitialised memory)")
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayToken()
+_EMPTY = (0,)  # the shape numpy's ndarray.__reduce__ always pickles; the file's state then sets the real one
+_DUMMY_DTYPES = (b"b", "b")  # ... and its dummy dtype (bytes; str when read from a Python 2 text pickle)
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for the one call numpy's pickles make: ``(ndarray, (0,), b'b')``, an empty array."""
+    if subtype is not _NDARRAY:
+        raise _Refused(f"_reconstruct of {subtype!r} (only numpy.ndarray is expected)")
+    if type(shape) is not tuple or shape != _EMPTY or dtype not in _DUMMY_DTYPES:
+        raise _Refused(
+            f"_reconstruct with shape {shape!r} and dtype {dtype!r} (numpy pickles (0,) and b'b' and fills the "
+            "array from the file; anything else is uninitialised memory)"
+        )
+    return _multiarray_attr("_reconstruct")(np.ndarray, _EMPTY, b"b")
+
+
+def _allowed() -> dict[tuple[str, str], Callable[..., Any] | _NdarrayToken]:
     """The complete list of globals a CIFAR pickle (official or re-pickled by numpy 1 or 2) refers to."""
-    reconstruct = _multiarray_attr("_reconstruct")
     scalar = _multiarray_attr("scalar")
-    table: dict[tuple[str, str], Callable[..., Any] | type] = {
-        ("numpy", "ndarray"): np.ndarray,
+    table: dict[tuple[str, str], Callable[..., Any] | _NdarrayToken] = {
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _codecs_encode,
     }
     # Both spellings map to the installed numpy's function: official files say numpy.core (Python 2 era),
     # files re-pickled under numpy 2 say numpy._core.
     for pkg in ("numpy.core", "numpy._core"):
-        table[(f"{pkg}.multiarray", "_reconstruct")] = reconstruct
+        table[(f"{pkg}.multiarray", "_reconstruct")] = _reconstruct
         table[(f"{pkg}.multiarray", "scalar")] = scalar
         table[(f"{pkg}.numeric", "_frombuffer")] = _frombuffer
     return table
@@ -94,6 +134,8 @@ def _reject_object_arrays(obj: object, path: Path, depth: int = 0) -> None:
     """
     if depth > 8:  # CIFAR dicts are 2 levels deep; deeper nesting is not a CIFAR file.
         raise DataError(f"{path}: nested more deeply than any CIFAR file; {_FIX}")
+    if obj is _NDARRAY:
+        raise DataError(f"{path}: holds numpy.ndarray itself where data belongs; {_FIX}")
     if isinstance(obj, np.ndarray):
         if obj.dtype.hasobject:
             raise DataError(f"{path}: contains an array of object dtype; {_FIX}")
@@ -118,6 +160,8 @@ def safe_load(path: Path) -> object:
             obj = _CifarUnpickler(f, path).load()
     except DataError:
         raise
+    except _Refused as e:
+        raise DataError(f"{path}: refused to unpickle {e}; {_FIX}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
     except Exception as e:

@@ -161,6 +161,76 @@ def test_codecs_other_than_latin1_refused(tmp_path: Path) -> None:
         safe_load(path)
 
 
+class _NdarrayCall:
+    """Pickles as a call of numpy.ndarray(shape, dtype): REDUCE on the class itself."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (np.ndarray, ((self.n, 3072), np.dtype(np.uint8)))
+
+
+class _ReconstructFull:
+    """Pickles as _reconstruct(ndarray, (n, 3072), 'B') without the state that would fill it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (self.n, 3072), b"B"))
+
+
+# NEWOBJ: numpy.ndarray.__new__(numpy.ndarray, (4, 3072)), written with opcodes since pickle refuses to emit it.
+_NEWOBJ_NDARRAY = b"\x80\x02}U\x04datacnumpy\nndarray\nK\x07M\x00\x0c\x86\x85\x81s."
+
+
+@pytest.mark.parametrize("how", ["ndarray_called", "reconstruct_full_shape", "ndarray_newobj"])
+def test_uninitialised_arrays_refused(tmp_path: Path, how: str) -> None:
+    """Allowed globals called other than the way numpy's pickles call them would yield uninitialised memory."""
+    made = _make("cifar10", tmp_path)
+    path = made["folder"] / "test_batch"
+    if how == "ndarray_newobj":
+        path.write_bytes(_NEWOBJ_NDARRAY)
+        expected = "NEWOBJ"
+    else:
+        data = _NdarrayCall(N_TEST) if how == "ndarray_called" else _ReconstructFull(N_TEST)
+        _edit(path, data=data)
+        expected = "refused to unpickle numpy.ndarray called directly" if how == "ndarray_called" else \
+            "refused to unpickle _reconstruct with shape (7, 3072)"
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", tmp_path, "val", download=False)
+    msg = str(err.value)
+    assert str(path) in msg and expected in msg and "\n" not in msg
+
+
+def test_ndarray_is_only_reconstructs_argument(tmp_path: Path) -> None:
+    path = tmp_path / "bare"
+    path.write_bytes(b"\x80\x02}U\x04datacnumpy\nndarray\ns.")  # {b"data": numpy.ndarray}, the class itself
+    with pytest.raises(DataError, match="holds numpy.ndarray itself"):
+        safe_load(path)
+    other = tmp_path / "other_subtype"  # _reconstruct(numpy.dtype, (0,), b"b")
+    other.write_bytes(b"\x80\x02cnumpy._core.multiarray\n_reconstruct\ncnumpy\ndtype\nK\x00\x85U\x01b\x87R.")
+    with pytest.raises(DataError, match=r"refused to unpickle _reconstruct of <class 'numpy.dtype'>"):
+        safe_load(other)
+
+
+@pytest.mark.parametrize("protocol", sorted({2, 3, 4, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL}))
+def test_numpy2_pickles_load_with_every_protocol(tmp_path: Path, protocol: int) -> None:
+    """Files re-pickled under numpy 2 name numpy._core; protocols 2-4 use _reconstruct, 5 uses _frombuffer."""
+    made = _make("cifar10", tmp_path)
+    for path in made["folder"].iterdir():
+        _write(path, _read(path), protocol=protocol)
+    raw = (made["folder"] / "test_batch").read_bytes()
+    assert (b"_frombuffer" if protocol >= 5 else b"numpy._core.multiarray") in raw
+    for split in ("train", "val"):
+        ds = load_cifar("cifar10", tmp_path, split, download=False)
+        np.testing.assert_array_equal(ds.images, made[split][0])
+        np.testing.assert_array_equal(ds.labels, made[split][1])
+
+
 @pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
 def test_broken_file(tmp_path: Path, how: str) -> None:
     made = _make("cifar10", tmp_path)
