@@ -247,6 +247,13 @@ def load_cifar(name: str, data_dir: str | Path, split: str, *, download: bool = 
     classes = _read_classes(folder / layout.meta_file, layout)
     batches = [_read_batch(folder / f, layout) for f in files]
     n = sum(b[0].shape[0] for b in batches)
+    if n == 0:
+        # Valid files without rows would otherwise run whole "epochs" of nothing and report 0 img/s.
+        where = f"{folder / files[0]} holds" if len(files) == 1 else f"{folder}: {', '.join(files)} all hold"
+        raise DataError(
+            f"{where} 0 images, so the {split} split is empty; write the dataset again with images "
+            f"(write_cifar), or delete {folder} to download the official one"
+        )
     # Write each batch's planar rows straight into the HWC output: one copy, no intermediate concatenation.
     images = np.empty((n, 32, 32, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)

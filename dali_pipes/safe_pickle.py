@@ -59,6 +59,13 @@ def _codecs_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     return codecs.encode(obj, encoding, errors)
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``: how pickle protocols 0-2 write ``b""``, e.g. the pixel buffer of a batch with no images."""
+    if args:
+        raise _Refused(f"bytes() called with {len(args)} arguments (only the empty bytes object is expected)")
+    return b""
+
+
 class _NdarrayToken:
     """What ``numpy.ndarray`` resolves to: usable only as :func:`_reconstruct`'s first argument.
 
@@ -98,6 +105,8 @@ def _allowed() -> dict[tuple[str, str], Callable[..., Any] | _NdarrayToken]:
         ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): _codecs_encode,
+        ("__builtin__", "bytes"): _empty_bytes,  # protocol <= 2 names builtins the Python 2 way
+        ("builtins", "bytes"): _empty_bytes,
     }
     # Both spellings map to the installed numpy's function: official files say numpy.core (Python 2 era),
     # files re-pickled under numpy 2 say numpy._core.

@@ -231,6 +231,41 @@ def test_numpy2_pickles_load_with_every_protocol(tmp_path: Path, protocol: int) 
         np.testing.assert_array_equal(ds.labels, made[split][1])
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_empty_split_refused(tmp_path: Path, name: str) -> None:
+    """Valid files with zero rows: refused at load, named, and called empty (not corrupt or crafted)."""
+    none = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
+    folder = write_cifar(name, tmp_path, none, none)
+    test_file = "test_batch" if name == "cifar10" else "test"
+    with pytest.raises(DataError) as err:
+        load_cifar(name, tmp_path, "val", download=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder / test_file} holds 0 images, so the val split is empty")
+    assert "crafted" not in msg and "corrupt" not in msg and "\n" not in msg
+    with pytest.raises(DataError, match="0 images, so the train split is empty") as err:
+        load_cifar(name, tmp_path, "train", download=False)
+    assert str(folder) in str(err.value)
+
+
+def test_empty_batches_among_full_ones_load(tmp_path: Path) -> None:
+    """Three images over five CIFAR-10 batch files leave two of them empty: protocol 2 writes b"" as bytes()."""
+    rng = np.random.default_rng(3)
+    train = (rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8), np.array([1, 2, 3]))
+    folder = write_cifar("cifar10", tmp_path, train, train)
+    empty = [f for f in sorted(folder.glob("data_batch_*")) if not _read(f)[b"labels"]]
+    assert len(empty) == 2 and b"__builtin__\nbytes" in empty[0].read_bytes()
+    ds = load_cifar("cifar10", tmp_path, "train", download=False)
+    np.testing.assert_array_equal(ds.images, train[0])
+    np.testing.assert_array_equal(ds.labels, train[1])
+
+
+def test_bytes_with_arguments_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sized"
+    path.write_bytes(b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R.")  # bytes(2**30): a gigabyte of zeros
+    with pytest.raises(DataError, match="refused to unpickle bytes\\(\\) called with 1 arguments"):
+        safe_load(path)
+
+
 @pytest.mark.parametrize("how", ["truncated", "garbage", "empty"])
 def test_broken_file(tmp_path: Path, how: str) -> None:
     made = _make("cifar10", tmp_path)
