@@ -118,15 +118,51 @@ def _extract_local_archive(layout: _Layout, archive: Path) -> None:
         raise DataError(f"{archive}: cannot extract ({e}); delete it and download again") from None
 
 
+def _check_root(layout: _Layout, root: Path) -> None:
+    """Refuse a data dir that is a file (or lies under one), saying which folder to pass instead."""
+    existing = next(p for p in (root, *root.parents) if p.exists() or p == p.parent)
+    if existing.is_dir():
+        if (root / layout.folder).exists() and not (root / layout.folder).is_dir():
+            raise DataError(f"{root / layout.folder} is a file, not the dataset folder; move it away or pass "
+                            "another data dir")
+        return
+    if existing.name == layout.archive or existing.parent.name == layout.folder:
+        # The archive itself or a file of the dataset folder: the folder to pass is the one holding them.
+        instead = existing.parent if existing.name == layout.archive else existing.parent.parent
+        hint = f"pass {instead}, the folder that holds '{layout.folder}' or {layout.archive}"
+    else:
+        hint = (f"pass the folder that holds (or should receive) '{layout.folder}', e.g. {existing.parent}, "
+                "not a file")
+    where = "is a file" if existing == root else f"lies under {existing}, which is a file"
+    raise DataError(f"data dir {root} {where}; {hint}")
+
+
+def _check_writable(layout: _Layout, root: Path, action: str) -> None:
+    """Fail in one line, before any network traffic, when ``root`` (or the folder that would hold it) is read-only."""
+    target = next(p for p in (root, *root.parents) if p.is_dir())  # download creates the missing folders below it
+    try:
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".dali-train-write-test-")
+    except OSError as e:
+        raise DataError(
+            f"cannot write to {target} ({e.strerror or e}), so {layout.archive} cannot be {action} there; pass a "
+            f"writable data dir, or put the extracted '{layout.folder}' folder under {root} by hand"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _ensure_files(layout: _Layout, root: Path, needed: list[str], download: bool) -> Path:
     """Make sure ``root/<folder>`` holds ``needed``; download or extract only when the folder is absent."""
+    _check_root(layout, root)
     folder = root / layout.folder
     if not folder.is_dir():
         archive = root / layout.archive
         archive_ok = archive.is_file() and check_integrity(str(archive), layout.md5)
         if archive_ok:
+            _check_writable(layout, root, "extracted")
             _extract_local_archive(layout, archive)
         elif download:
+            _check_writable(layout, root, "downloaded")
             # A bad archive here is usually a half-finished earlier download; torchvision overwrites it.
             _download(layout, root, had_bad_archive=archive.is_file())
         elif archive.is_file():
@@ -240,7 +276,7 @@ def load_cifar(name: str, data_dir: str | Path, split: str, *, download: bool = 
     layout = _layout(name)
     if split not in _SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {list(_SPLITS)} ('val' is the official test set)")
-    root = Path(data_dir).expanduser()
+    root = Path(data_dir).expanduser().absolute()  # messages name real folders, not "."
     files = list(layout.train_files) if split == "train" else [layout.test_file]
     folder = _ensure_files(layout, root, [*files, layout.meta_file], download)
 

@@ -7,6 +7,7 @@ import os
 import pickle
 import socket
 import tarfile
+import tempfile
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -396,3 +397,56 @@ def test_local_archive_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(cifar_mod, "check_integrity", lambda path, md5: md5 == "c58f30108f718f92721af3b95e74349a")
     ds = load_cifar("cifar10", data_dir, "train", download=False)
     np.testing.assert_array_equal(ds.images, made["train"][0])
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_data_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, download: bool) -> None:
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(DataError) as err:
+        load_cifar("cifar10", a_file, "train", download=download)
+    msg = str(err.value)
+    assert msg.startswith(f"data dir {a_file} is a file;") and f"e.g. {tmp_path}" in msg
+    assert "File exists" not in msg and "\n" not in msg
+    with pytest.raises(DataError, match=f"data dir {a_file / 'sub'} lies under {a_file}, which is a file"):
+        load_cifar("cifar10", a_file / "sub", "train", download=download)
+
+
+def test_data_dir_that_is_a_file_of_the_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive or a batch file passed as the data dir: the message names the folder to pass."""
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+    made = _make("cifar10", tmp_path)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
+    for wrong in (tmp_path / "cifar-10-python.tar.gz", made["folder"] / "data_batch_1"):
+        with pytest.raises(DataError, match=f"data dir {wrong} is a file; pass {tmp_path}, the folder that holds"):
+            load_cifar("cifar10", wrong, "train", download=True)
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read_only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    # Permission bits do not stop root; kernel file systems refuse it files.
+    for folder in (Path("/sys"), Path("/proc")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder)
+        except OSError:
+            return folder
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("running as root, and /sys and /proc accept new files here: no folder to refuse a download")
+
+
+def test_unwritable_data_dir_when_a_download_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+    folder = _unwritable_folder(tmp_path)
+    for data_dir in (folder, folder / "cifar" / "here"):  # missing folders are created under the first existing one
+        with pytest.raises(DataError) as err:
+            load_cifar("cifar100", data_dir, "train", download=True)
+        msg = str(err.value)
+        assert msg.startswith(f"cannot write to {folder} (") and "cannot be downloaded there" in msg
+        assert "writable data dir" in msg and "\n" not in msg
