@@ -39,6 +39,11 @@ _STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CI
           "synthetic": (CIFAR10_MEAN, CIFAR10_STD), "folder": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
+def dataset_stats(dataset: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The per-channel (mean, std) in [0, 1] units a dataset's recipes normalize with by default."""
+    return _STATS[_choice("dataset", dataset, DATASETS)]
+
+
 def cpu_count() -> int:
     """Cores this process may run on (the affinity mask, not the machine's total)."""
     try:

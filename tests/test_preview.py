@@ -1,0 +1,48 @@
+"""dali-preview: the grid's tiles are the images the loaders return, on both backends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from dali_pipes import load_source
+from dali_pipes.config import resolve_augment
+from training.preview import preview, single_operations, subset
+
+
+def test_rows_are_the_originals_and_the_draws_of_each_backend(tmp_path) -> None:
+    out = tmp_path / "grid.png"
+    rows = preview(dataset="synthetic", data_dir="unused", augment="standard", output=out, num_images=5, draws=2,
+                   num_samples=64)
+    originals = subset(load_source("synthetic", "unused", "train", num_samples=64), 5).images
+    assert np.array_equal(rows[0].tiles, originals)  # normalized and back: exact
+    assert [r.label for r in rows] == ["original", "DALI CPU #1", "DALI CPU #2", "torchvision #1", "torchvision #2"]
+    for row in rows[1:]:
+        assert row.tiles.shape == originals.shape and row.tiles.dtype == np.uint8
+        assert not np.array_equal(row.tiles, originals)  # the recipe was applied
+    assert not np.array_equal(rows[1].tiles, rows[2].tiles)  # draws differ
+    with Image.open(out) as png:
+        assert png.size[0] > 5 * 60 and png.size[1] > 5 * 60
+
+
+def test_one_row_per_operation_in_the_recipes_order(tmp_path) -> None:
+    recipe = {"preset": "standard+autoaugment", "affine_p": 0.3, "affine_degrees": 10, "blur_p": 0.2}
+    names = [name for name, _ in single_operations(resolve_augment(recipe))]
+    assert names == ["pad-crop", "flip", "affine", "colour jitter", "blur", "autoaugment", "erasing"]
+    rows = preview(dataset="synthetic", data_dir="unused", augment={"preset": "weak"}, output=tmp_path / "ops.png",
+                   num_images=4, draws=1, ops=True, num_samples=32)
+    assert [r.label for r in rows] == ["original", "pad-crop: DALI CPU #1", "pad-crop: torchvision #1",
+                                       "flip: DALI CPU #1", "flip: torchvision #1"]
+    for flipped in rows[3:]:  # flip alone is always applied: exactly the mirrored originals
+        assert np.array_equal(flipped.tiles, rows[0].tiles[:, :, ::-1])
+
+
+def test_the_command_refuses_an_unknown_field_in_one_line(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-c", "from training.preview import main; main()", "--dataset",
+                           "synthetic", "--aug", "blurr_p=0.5", "--output", str(tmp_path / "x.png")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown field 'blurr_p'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.png").exists()

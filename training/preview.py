@@ -1,0 +1,177 @@
+"""`dali-preview`: look at a recipe. The same images un-augmented, then several draws of the recipe through the DALI
+graph and through the torchvision reference, as one labelled PNG grid; with ``--ops``, one row per single operation
+of the recipe on both backends (the seed chapter's visual table).
+
+Tiles are exactly what the loaders return (float, normalized), mapped back to uint8 with the recipe's mean/std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dali_pipes import AugmentConfig, ConfigError, Loader, load_source
+from dali_pipes.config import eval_config, resolve_augment
+from dali_pipes.loader import dataset_stats, resolve_device
+from dali_pipes.sources import ArrayDataset, FolderDataset
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    tiles: np.ndarray  # uint8 (N, H, W, 3)
+
+
+def subset(data: ArrayDataset | FolderDataset, count: int) -> ArrayDataset | FolderDataset:
+    """The first `count` samples (spread over the classes where the dataset is sorted by class)."""
+    if count < 1:
+        raise ConfigError(f"--num-images={count} is invalid: expected an integer >= 1")
+    pick = np.linspace(0, len(data) - 1, num=min(count, len(data))).round().astype(np.int64)
+    if isinstance(data, FolderDataset):
+        return FolderDataset(data.name, data.root, tuple(data.files[i] for i in pick), data.labels[pick],
+                             data.classes)
+    return ArrayDataset(data.name, np.ascontiguousarray(data.images[pick]), data.labels[pick], data.classes)
+
+
+def to_uint8(images: torch.Tensor, cfg: AugmentConfig) -> np.ndarray:
+    """Normalized float NCHW -> uint8 NHWC, undoing the recipe's normalization."""
+    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(cfg.std).view(1, 3, 1, 1) * 255
+    x = (images.float().cpu() * std + mean).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def draw(data, cfg: AugmentConfig, *, backend: str, device: torch.device, size: tuple[int, int], epoch: int,
+         seed: int = 0) -> np.ndarray:
+    """One pass of `cfg` over every sample of `data` (epoch `epoch`'s draws), returned in dataset order."""
+    loader = Loader(data, train=True, cfg=cfg, backend=backend, device=device, batch_size=len(data), seed=seed,
+                    shard_id=0, num_shards=1, drop_last=False, return_index=True, num_threads=1, num_workers=0,
+                    size=size)
+    loader.set_epoch(epoch)
+    images, _, index = next(iter(loader))
+    return to_uint8(images[torch.argsort(index.cpu())], cfg)
+
+
+def single_operations(cfg: AugmentConfig) -> list[tuple[str, AugmentConfig]]:
+    """Each operation of the recipe alone (always applied where it has a probability), in the recipe's order."""
+    plain = eval_config(cfg)
+    ops = []
+    if cfg.crop_padding > 0:
+        ops.append(("pad-crop", replace(plain, crop_padding=cfg.crop_padding, pad_mode=cfg.pad_mode,
+                                        pad_fill=cfg.pad_fill)))
+    if cfg.flip_p > 0:
+        ops.append(("flip", replace(plain, flip_p=1.0)))
+    if cfg.rotation > 0:
+        ops.append(("rotation", replace(plain, rotation=cfg.rotation, pad_fill=cfg.pad_fill)))
+    if cfg.has_affine:
+        ops.append(("affine", replace(plain, affine_p=1.0, affine_degrees=cfg.affine_degrees,
+                                      affine_translate=cfg.affine_translate, affine_scale=cfg.affine_scale,
+                                      affine_shear=cfg.affine_shear, pad_fill=cfg.pad_fill)))
+    if cfg.has_color_jitter:
+        ops.append(("colour jitter", replace(plain, brightness=cfg.brightness, contrast=cfg.contrast,
+                                             saturation=cfg.saturation, hue=cfg.hue)))
+    if cfg.has_blur:
+        ops.append(("blur", replace(plain, blur_p=1.0, blur_kernel=cfg.blur_kernel, blur_sigma=cfg.blur_sigma)))
+    if cfg.policy != "none":
+        ops.append((cfg.policy, replace(plain, policy=cfg.policy, randaugment_n=cfg.randaugment_n,
+                                        randaugment_m=cfg.randaugment_m)))
+    if cfg.erase_p > 0:
+        ops.append(("erasing", replace(plain, erase_p=1.0, erase_scale=cfg.erase_scale, erase_ratio=cfg.erase_ratio,
+                                       erase_value=cfg.erase_value)))
+    return ops
+
+
+def preview_rows(data, cfg: AugmentConfig, *, backends: tuple[str, ...], device: torch.device,
+                 size: tuple[int, int], draws: int, ops: bool) -> list[Row]:
+    """The grid's rows: the originals, then `draws` draws of the recipe per backend (or of each operation)."""
+    rows = [Row("original", draw(data, eval_config(cfg), backend="torchvision", device=torch.device("cpu"),
+                                 size=size, epoch=0))]
+    recipes = single_operations(cfg) if ops else [("recipe", cfg)]
+    for name, recipe in recipes:
+        for backend in backends:
+            label = "DALI " + ("GPU" if device.type == "cuda" else "CPU") if backend == "dali" else "torchvision"
+            for k in range(draws):
+                tiles = draw(data, recipe, backend=backend, device=device if backend == "dali" else
+                             torch.device("cpu"), size=size, epoch=k)
+                rows.append(Row(f"{name}: {label} #{k + 1}" if name != "recipe" else f"{label} #{k + 1}", tiles))
+    return rows
+
+
+def write_grid(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = rows[0].tiles.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.8, 1.1 * len(rows) + 0.6), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(row.tiles[c], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[r][0].set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=8)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(title, width=int(12 * n + 20)), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str = "both", device: str = "cpu",
+            num_images: int = 8, draws: int = 3, ops: bool = False, image_size: int = 32, num_samples: int = 512,
+            split: str = "train") -> list[Row]:
+    """Build the rows and write the PNG; returns the rows (what the tiles are made of)."""
+    dev = resolve_device(device)
+    mean, std = dataset_stats(dataset)
+    cfg = resolve_augment(augment, mean=mean, std=std)
+    data = subset(load_source(dataset, data_dir, split, num_samples=num_samples), num_images)
+    size = (image_size, image_size) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
+    backends = ("dali", "torchvision") if backend == "both" else (backend,)
+    rows = preview_rows(data, cfg, backends=backends, device=dev, size=size, draws=draws, ops=ops)
+    from dali_pipes.config import describe_augment
+
+    name = augment if isinstance(augment, str) else describe_augment(augment)
+    write_grid(rows, Path(output), f"{dataset}: {name}" + (" — one operation per row" if ops else ""))
+    return rows
+
+
+def main() -> None:
+    import click
+
+    from dali_pipes import DATASETS
+    from dali_pipes.config import parse_override
+
+    from .cli import _run_guarded
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+    @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10")
+    @click.option("--data-dir", default="./data")
+    @click.option("--augment", default="weak+autoaugment", help="Preset, optionally +policy.")
+    @click.option("--aug", "overrides", multiple=True, metavar="FIELD=VALUE",
+                  help="Override one recipe field (repeatable), e.g. --aug blur_p=0.5.")
+    @click.option("--backend", type=click.Choice(["both", "dali", "torchvision"]), default="both")
+    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where DALI runs.")
+    @click.option("--num-images", type=click.IntRange(1, 32), default=8)
+    @click.option("--draws", type=click.IntRange(1, 8), default=3, help="Draws per backend.")
+    @click.option("--ops/--no-ops", default=False, help="One row per single operation of the recipe.")
+    @click.option("--image-size", type=click.IntRange(8, 1024), default=32, help="Folder datasets only.")
+    @click.option("--output", type=click.Path(dir_okay=False), default="augment_preview.png")
+    def command(dataset, data_dir, augment, overrides, backend, device, num_images, draws, ops, image_size,
+                output) -> None:
+        """Write a PNG grid of a recipe: the same images un-augmented and augmented on both backends."""
+
+        def work() -> None:
+            recipe = {"preset": augment, **dict(parse_override(o) for o in overrides)} if overrides else augment
+            rows = preview(dataset=dataset, data_dir=data_dir, augment=recipe, output=Path(output), backend=backend,
+                           device=device, num_images=num_images, draws=draws, ops=ops, image_size=image_size)
+            click.echo(f"wrote {output}: {len(rows)} rows x {rows[0].tiles.shape[0]} images")
+
+        _run_guarded(work)
+
+    command()
