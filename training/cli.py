@@ -13,6 +13,7 @@ import click
 import yaml
 
 from dali_pipes import ConfigError, DaliTrainError
+from dali_pipes.config import parse_override
 
 from .config import AMP_DTYPES, DEVICES, TrainConfig
 
@@ -33,7 +34,11 @@ def _options(f: Callable) -> Callable:
         click.option("--nesterov/--no-nesterov", default=_D.nesterov),
         click.option("--warmup-epochs", type=float, default=_D.warmup_epochs),
         click.option("--augment", default=_D.augment,
-                     help="none|weak|standard|strong, optionally +autoaugment|+randaugment|+trivialaugment."),
+                     help="none|weak|standard|strong, optionally +autoaugment|+randaugment|+trivialaugment; in "
+                          "--config also a mapping {preset: standard, erase_p: 0.25, ...}."),
+        click.option("--aug", "aug_overrides", multiple=True, metavar="FIELD=VALUE",
+                     help="Override one field of the recipe (repeatable), e.g. --aug erase_p=0.25 --aug "
+                          "affine_scale=[0.9,1.1]; see dali_pipes.AugmentConfig for the fields."),
         click.option("--mixup-alpha", type=float, default=_D.mixup_alpha, help="0 disables Mixup."),
         click.option("--cutmix-alpha", type=float, default=_D.cutmix_alpha, help="0 disables CutMix."),
         click.option("--mix-prob", type=float, default=_D.mix_prob, help="Probability a batch is mixed."),
@@ -55,6 +60,9 @@ def _options(f: Callable) -> Callable:
         click.option("--num-threads", type=int, default=_D.num_threads,
                      help="DALI threads / DataLoader workers (0: the available cores, shared among torchrun's "
                           "processes on the node)."),
+        click.option("--dali-batch-size", type=int, default=_D.dali_batch_size,
+                     help="Samples per DALI graph iteration, split into training batches (0: about 2**20 pixels' "
+                          "worth, 1024 CIFAR images)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -123,7 +131,10 @@ def main(ctx: click.Context, config_file: str | None, resume: str | None, **opti
     """Train an image classifier (default: CIFAR-10 ResNet-18, the full recipe) with DALI augmentation."""
     from click.core import ParameterSource
 
+    overrides = options.pop("aug_overrides")
     given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    if overrides:
+        given.add("aug")
 
     def work() -> Any:
         from . import run
@@ -137,6 +148,11 @@ def main(ctx: click.Context, config_file: str | None, resume: str | None, **opti
             return run.resume(resume, epochs=options["epochs"] if "epochs" in given else None)
         values = _config_file(config_file) if config_file else {}
         values.update({k: v for k, v in options.items() if k in given or k not in values})
+        if overrides:
+            recipe = values["augment"]
+            recipe = dict(recipe) if isinstance(recipe, dict) else {"preset": recipe}
+            recipe.update(parse_override(o) for o in overrides)
+            values["augment"] = recipe
         return run.fit(TrainConfig.from_dict(values, source=config_file or "options"))
 
     _run_guarded(work)

@@ -26,7 +26,7 @@ def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, a
     threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
     return create_loader(cfg.dataset, cfg.data_dir, split, batch_size=cfg.batch_size, backend=cfg.backend,
                          device=device, augment=augment or cfg.augment, seed=cfg.seed, num_threads=threads,
-                         num_workers=threads, num_samples=n)
+                         num_workers=threads, num_samples=n, dali_batch_size=cfg.dali_batch_size or None)
 
 
 def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from dali_pipes import ConfigError, DaliTrainError, DataError, create_loader
+from dali_pipes.config import describe_augment
 from dali_pipes.plan import derive_seed
 
 from . import distributed, rundir
@@ -40,7 +41,8 @@ from .rundir import RunDirLock
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images", "images_per_s",
                  "data_time_s",
                  "epoch_time_s", "nonfinite_losses", "skipped_steps", "max_mem_allocated_mib",
-                 "max_mem_reserved_mib", "gpu_util_mean_pct", "gpu_mem_used_max_mib", "host_rss_peak_mib")
+                 "max_mem_reserved_mib", "gpu_util_mean_pct", "gpu_mem_used_max_mib", "gpu_mem_process_max_mib",
+                 "host_rss_peak_mib")
 
 
 class Interrupted(DaliTrainError):
@@ -256,6 +258,7 @@ def _loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any,
     threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
     common = dict(dataset=cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, backend=cfg.backend,
                   device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads,
+                  dali_batch_size=cfg.dali_batch_size or None,
                   shard_id=world.rank, num_shards=world.size)
     train_n = cfg.num_samples or None
     val_n = max(1, cfg.num_samples // 5) if cfg.num_samples else None
@@ -369,7 +372,11 @@ def _epoch_line(cfg: TrainConfig, row: dict) -> str:
         parts.append(f"cuda peak alloc {row['max_mem_allocated_mib']:.0f} MiB reserved "
                      f"{row['max_mem_reserved_mib']:.0f} MiB")
     if "gpu_util_mean_pct" in row:
-        parts.append(f"gpu {row['gpu_util_mean_pct']:.0f}% used {row['gpu_mem_used_max_mib']:.0f} MiB")
+        parts.append(f"gpu {row['gpu_util_mean_pct']:.0f}%")
+    if "gpu_mem_used_max_mib" in row:  # the whole device, every process
+        parts.append(f"device used {row['gpu_mem_used_max_mib']:.0f} MiB")
+    if "gpu_mem_process_max_mib" in row:  # this process: CUDA context, torch and DALI
+        parts.append(f"process {row['gpu_mem_process_max_mib']:.0f} MiB")
     parts.append(f"host rss {row['host_rss_peak_mib']:.0f} MiB")
     if row["nonfinite_losses"] or row["skipped_steps"]:
         parts.append(f"non-finite losses {row['nonfinite_losses']}, skipped steps {row['skipped_steps']}")
@@ -674,6 +681,7 @@ def _announce(run: Run, log) -> None:
     amp = f"AMP {str(run.amp_dtype).replace('torch.', '')}" if run.amp_dtype else "FP32"
     params = sum(p.numel() for p in run.model.parameters())
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
-        f"{where}, {amp}, backend {cfg.backend}, augment {cfg.augment}, run directory {run.run_dir}")
+        f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
+        f"run directory {run.run_dir}")
     if run.device.type == "cpu" and cfg.amp and cfg.amp_dtype == "float16":
         log("note: autocast on the CPU uses bfloat16 (float16 is for CUDA)")
