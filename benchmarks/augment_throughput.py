@@ -20,6 +20,14 @@ How it measures (the numbers decide which backend users pick, so every row is me
   other rows go on; ``--json`` is rewritten after each preset, so a run stopped midway keeps the finished
   presets (``"complete": false``).
 
+``--dataset folder`` measures the image-folder path instead (random-resized-crop to ``--image-size`` for presets with
+a random crop, resize + centre crop for ``none``) on a folder of JPEGs generated into a temporary directory
+(``--folder-images`` files of ``--image-shape`` WxH, smooth noise at quality 90, as photos compress), plus
+decode-only rows (the files decoded and nothing else: DALI's CPU decoder with ``dali_threads`` threads, and the
+reference's decode_image_rgb in one process, what each DataLoader worker pays per image):
+
+    python benchmarks/augment_throughput.py --dataset folder --device cpu --presets none,standard
+
 Rows are timed exactly as a training loop over ``create_loader`` would see them: whatever the backend pays per
 epoch (worker start-up, if its workers do not persist) is part of the timed epochs.
 """
@@ -321,11 +329,18 @@ def format_header(report: dict) -> str:
         f"  gpu         {gpu}",
         f"  versions    python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
         f"DALI {m['dali']}",
-        f"  config      synthetic train split, {c['num_samples']} samples, training batch {batches}{dali_batch}, "
+        f"  config      {_dataset_line(c)} train split, {c['num_samples']} samples, training batch {batches}{dali_batch}, "
         f"{c['repeats']} repeat(s) x {c['epochs_per_repeat']} epoch(s) after 1 warm-up epoch, "
         f"dali threads {c['dali_threads']}, device {c['device']}",
     ]
     return "\n".join(lines)
+
+
+def _dataset_line(c: dict) -> str:
+    if c.get("dataset") != "folder":
+        return "synthetic"
+    w, h = c["image_shape"]
+    return f"folder ({w}x{h} JPEGs -> {c['image_size']} px)"
 
 
 def _num(x: float | None) -> str:
@@ -433,6 +448,118 @@ def plot(report: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------------ image folders
+def make_jpeg_folder(root: str | Path, *, num_images: int, shape: tuple[int, int] = (500, 375),
+                     classes: int = 2, seed: int = 0) -> Path:
+    """`num_images` JPEGs of `shape` (width, height) under root/{train,val}/<class>/ (val: one per class).
+
+    Pixels are smooth noise (random values on a grid 1/16 of the size, upsampled), which JPEG compresses about as
+    well as photos (~40-80 KB at 500x375, quality 90): decode time depends on the entropy-coded data.
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    w, h = shape
+    for split, count in (("train", num_images), ("val", classes)):
+        for k in range(count):
+            folder = root / split / f"c{k % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            small = rng.integers(0, 256, (max(1, h // 16), max(1, w // 16), 3), dtype=np.uint8)
+            image = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+            image.save(folder / f"{k:06d}.jpg", quality=90)
+    return root
+
+
+def measure_decode(files: Sequence[str], *, dali_threads: int, repeats: int = 3) -> list[dict]:
+    """Decode-only rows: images/s decoding `files` (median over `repeats`, after one untimed pass)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    from dali_pipes.folder import decode_image_rgb
+
+    batch = min(64, len(files))
+
+    @pipeline_def
+    def decode_only():
+        encoded, _ = fn.readers.file(files=list(files), pad_last_batch=True)
+        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
+
+    pipe = decode_only(batch_size=batch, num_threads=dali_threads, device_id=None)
+    pipe.build()
+    steps = -(-len(files) // batch)
+
+    def dali_pass() -> None:
+        for _ in range(steps):
+            pipe.run()
+
+    def reference_pass() -> None:
+        for f in files:
+            decode_image_rgb(f)
+
+    rows = []
+    # DALI's last batch is padded with repeats of the last file: those are decoded too, so they count
+    for name, threads, images, run_pass in (("decode-only dali-cpu", dali_threads, steps * batch, dali_pass),
+                                            ("decode-only torchvision (1 process)", 1, len(files), reference_pass)):
+        run_pass()
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run_pass()
+            runs.append(images / (time.perf_counter() - start))
+        rows.append({"row": name, "workers_or_threads": threads, "median_images_per_s": statistics.median(runs),
+                     "min": min(runs), "max": max(runs)})
+    return rows
+
+
+def measure_folder(presets: Sequence[str], *, num_images: int = 512, image_shape: tuple[int, int] = (500, 375),
+                   image_size: int = 224, root: str | Path | None = None,
+                   on_update: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`measure` over a generated JPEG folder at `image_size` (kwargs as measure's), plus decode-only rows."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="folder-bench-") as tmp:
+        folder = make_jpeg_folder(root or tmp, num_images=num_images, shape=image_shape)
+        extra = {"dataset": "folder", "num_samples": num_images, "image_shape": list(image_shape),
+                 "image_size": image_size}
+
+        def make_loader(**kw: Any):
+            kw.pop("num_samples", None)
+            return create_loader(**{**kw, "dataset": "folder", "data_dir": folder, "image_size": image_size})
+
+        def updated(report: dict[str, Any]) -> None:
+            report["config"].update(extra)
+            if on_update is not None:
+                on_update(report)
+
+        report = measure(presets, make_loader=make_loader, num_samples=num_images, on_update=updated, **kwargs)
+        report["config"].update(extra)
+        from dali_pipes.folder import list_image_folder
+
+        files = list(list_image_folder(folder, "train").files)
+        report["decode_only"] = measure_decode(files, dali_threads=report["config"]["dali_threads"],
+                                               repeats=kwargs.get("repeats", 3))
+    return report
+
+
+def format_decode(report: dict) -> str:
+    rows = report.get("decode_only") or []
+    return "\n".join(f"{r['row']:<40} {r['median_images_per_s']:>10,.0f} img/s  (threads/processes "
+                     f"{r['workers_or_threads']}, min {r['min']:,.0f}, max {r['max']:,.0f})" for r in rows)
+
+
+def _parse_shape(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 500x375") from None
+    if w < 1 or h < 1:
+        raise click.BadParameter(f"{value!r}: expected WIDTHxHEIGHT, e.g. 500x375")
+    return w, h
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 def _parse_presets(ctx, param, value: str) -> list[str]:
     presets = [p.strip() for p in value.split(",") if p.strip()]
@@ -489,22 +616,39 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
                    "[default: 0..cores available].")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Size of the synthetic training split (one epoch).")
+@click.option("--dataset", type=click.Choice(["synthetic", "folder"]), default="synthetic", show_default=True,
+              help="synthetic CIFAR arrays, or a generated folder of JPEGs (--folder-images, --image-shape).")
+@click.option("--image-size", type=click.IntRange(min=8), default=224, show_default=True,
+              help="--dataset folder: the crop side in pixels.")
+@click.option("--image-shape", default="500x375", show_default=True, callback=_parse_shape,
+              help="--dataset folder: WIDTHxHEIGHT of the generated JPEGs.")
+@click.option("--folder-images", type=click.IntRange(min=1), default=512, show_default=True,
+              help="--dataset folder: generated training images (one epoch).")
 @output_options
 def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_size: int | None, repeats: int,
-         epochs_per_repeat: int, workers: list[int] | None, num_samples: int, json_path: str | None,
-         plot_path: str | None, quiet: bool) -> None:
+         epochs_per_repeat: int, workers: list[int] | None, num_samples: int, dataset: str, image_size: int,
+         image_shape: tuple[int, int], folder_images: int, json_path: str | None, plot_path: str | None,
+         quiet: bool) -> None:
     """Measure augmentation throughput (images/s) of torchvision workers vs DALI CPU/GPU per preset."""
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
+    common = dict(device=device, workers=workers, batch_sizes=batch_sizes, repeats=repeats,
+                  epochs_per_repeat=epochs_per_repeat, progress=progress, dali_batch_size=dali_batch_size,
+                  on_update=json_updater(json_path, to_json))
     try:
-        report = measure(presets, device=device, workers=workers, batch_sizes=batch_sizes, repeats=repeats,
-                         epochs_per_repeat=epochs_per_repeat, num_samples=num_samples, progress=progress,
-                         dali_batch_size=dali_batch_size, on_update=json_updater(json_path, to_json))
+        if dataset == "folder":
+            report = measure_folder(presets, num_images=folder_images, image_shape=image_shape,
+                                    image_size=image_size, **common)
+        else:
+            report = measure(presets, num_samples=num_samples, **common)
     except DaliTrainError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     click.echo(format_header(report))
     click.echo("")
     click.echo(format_table(report))
+    if report.get("decode_only"):
+        click.echo("")
+        click.echo(format_decode(report))
     if json_path or plot_path:
         click.echo("")
     write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
