@@ -173,6 +173,7 @@ class _Row:
         self.spec = spec
         self.tmp = tempfile.mkdtemp(prefix="train-bench-")
         self.run = self.stream = None
+        self.steps_done = 0  # optimizer steps so far: the LR schedule's position
         self.runs: list[dict] = []
         self.device = torch.device(spec["device"])
         try:
@@ -209,9 +210,10 @@ class _Row:
 
     def train(self, steps: int) -> dict:
         _sync(self.device)
-        stats = train_one_epoch(self.run.ctx, self.batches(steps))
-        if stats["completed"] != steps:
-            raise RuntimeError(f"{self.spec['row']}: {stats['completed']} of {steps} steps ran")
+        stats = train_one_epoch(self.run.ctx, self.batches(steps), step=self.steps_done)
+        self.steps_done += stats["steps"]
+        if stats["steps"] != steps:
+            raise RuntimeError(f"{self.spec['row']}: {stats['steps']} of {steps} steps ran")
         return stats
 
     def measure(self, steps: int, monitor: ResourceMonitor) -> dict:

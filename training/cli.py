@@ -45,6 +45,8 @@ def _options(f: Callable) -> Callable:
         click.option("--switch-prob", type=float, default=_D.switch_prob, help="CutMix instead of Mixup."),
         click.option("--mix-mode", type=click.Choice(["batch", "elem"]), default=_D.mix_mode),
         click.option("--label-smoothing", type=float, default=_D.label_smoothing),
+        click.option("--clip-grad", type=float, default=_D.clip_grad,
+                     help="Clip the global grad norm (L2, after unscaling) to this; 0 disables clipping."),
         click.option("--drop-path", type=float, default=_D.drop_path, help="Stochastic depth at the last block."),
         click.option("--amp/--no-amp", default=_D.amp, help="Mixed precision (bfloat16 on the CPU)."),
         click.option("--amp-dtype", type=click.Choice(AMP_DTYPES), default=_D.amp_dtype),

@@ -37,6 +37,7 @@ class TrainConfig:
     switch_prob: float = 0.5
     mix_mode: str = "batch"
     label_smoothing: float = 0.1
+    clip_grad: float = 0.0  # max global L2 norm of the gradients (after unscaling); 0: no clipping
     drop_path: float = 0.05
     amp: bool = True  # autocast (and GradScaler for float16); on the CPU, bfloat16 is the dtype that autocast has
     amp_dtype: str = "float16"
@@ -119,6 +120,7 @@ def _validate(c: TrainConfig) -> None:
     num("momentum", 0.0, 1.0, hi_open=True)
     num("weight_decay", 0.0)
     num("warmup_epochs", 0.0)
+    num("clip_grad", 0.0)
     num("mixup_alpha", 0.0)
     num("cutmix_alpha", 0.0)
     num("mix_prob", 0.0, 1.0)

@@ -1,8 +1,9 @@
 """One training epoch and one evaluation: a single code path for CPU/GPU and AMP on/off.
 
 The device and the autocast dtype are parameters; ``GradScaler(enabled=dtype is float16)`` is a no-op otherwise.
-Running sums stay on the device; the host reads them only where a number is printed (every `log_every` steps on a
-terminal, and at the end of the epoch).
+The LR is a pure function of the optimizer step (``StepContext.lr_at``), written into the param groups before each
+step: no scheduler object, nothing to save or re-sync on resume. Running sums stay on the device; the host reads
+them only where a number is printed (every `log_every` steps on a terminal, and at the end of the epoch).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,49 @@ class StepContext:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    lr_at: Callable[[int], float]  # the LR of optimizer step k (0-based), a pure function of k
     scaler: torch.amp.GradScaler
     mixer: Mixer
     device: torch.device
     amp_dtype: torch.dtype | None  # None: no autocast
     channels_last: bool
+    clip_grad: float = 0.0  # max global grad norm (L2); 0: no clipping
+    params: list[torch.nn.Parameter] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write `lr` into every param group (the optimizer reads it at its next step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def scaler_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
+                params: list[torch.nn.Parameter], clip_grad: float = 0.0) -> tuple[torch.Tensor | None, bool]:
+    """scale -> backward -> unscale -> clip (when `clip_grad` > 0) -> step -> update, through GradScaler's public API.
+
+    Returns the global grad norm before clipping (a device tensor; None when not clipping, so that no norm is
+    computed for nothing) and whether the scaler skipped the step (fp16 gradients with inf/nan).
+
+    Skipped steps are told by the public ``get_scale()``: the scaler lowers its scale exactly when it skips. That
+    reads the scale on the host twice per step, but only when the scaler is enabled (float16 AMP), and then
+    ``scaler.step`` already waits for the device to tell whether gradients were finite, so the two reads add no
+    new stall; bfloat16 and FP32 runs take no host sync here.
+    """
+    scaler.scale(loss).backward()
+    norm = None
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    if not scaler.is_enabled():
+        optimizer.step()
+        return norm, False
+    before = scaler.get_scale()
+    scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
+    scaler.update()
+    return norm, scaler.get_scale() < before
 
 
 def _autocast(ctx_device: torch.device, dtype: torch.dtype | None):
@@ -41,14 +79,17 @@ def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
-def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, skip: int = 0,
-                    should_stop: Callable[[], bool] = lambda: False,
+def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, step: int = 0,
+                    skip: int = 0, should_stop: Callable[[], bool] = lambda: False,
                     on_progress: Callable[[int, dict[str, float]], None] | None = None, log_every: int = 50) -> dict:
-    """Train over `batches`; the first `skip` batches are drawn but not trained on (exact mid-epoch resume).
+    """Train over `batches`, the first optimizer step being step `step` of the run (it sets the LR); the first
+    `skip` batches are drawn but not trained on (exact mid-epoch resume).
 
-    Returns the epoch's figures and ``completed`` (batches trained, counting the skipped ones) — fewer than the
+    Returns sums, not means, so that the parts of an interrupted epoch add up to the straight epoch: ``loss_sum``
+    (per-sample loss summed), ``correct``, ``images``, ``steps`` (optimizer steps taken, skipped ones included) and
+    ``position`` (the batch position reached in the epoch, the `skip` batches drawn included) — fewer than the
     epoch has when `should_stop()` turned true (SIGINT/SIGTERM): the step in flight finishes, the rest is left.
-    Train accuracy is measured against the dominant label of each (possibly mixed) target.
+    Train accuracy counts the dominant label of each (possibly mixed) target.
     """
     model = ctx.model
     model.train()
@@ -56,15 +97,16 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     correct = torch.zeros((), device=dev, dtype=torch.int64)
     nonfinite = torch.zeros((), device=dev, dtype=torch.int64)
-    skipped_by_scaler = torch.zeros((), device=dev, dtype=torch.int64)
+    skipped_by_scaler = 0
     seen = 0
-    completed = 0
+    position = 0
+    steps = 0
     data_time = 0.0
     start = time.perf_counter()
     fetch_start = start
     for images, labels in batches:
-        completed += 1
-        if completed <= skip:
+        position += 1
+        if position <= skip:
             fetch_start = time.perf_counter()
             continue
         data_time += time.perf_counter() - fetch_start
@@ -73,21 +115,18 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             logits = model(images)
         loss = soft_target_cross_entropy(logits, targets)
         ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.scaler.scale(loss).backward()
-        prev_scale = ctx.scaler._scale.clone() if ctx.scaler.is_enabled() else None
-        ctx.scaler.step(ctx.optimizer)  # skips the update when fp16 gradients overflowed
-        ctx.scaler.update()
-        if prev_scale is not None:  # the scaler lowers its scale exactly when it skipped the step
-            skipped_by_scaler += (ctx.scaler._scale < prev_scale).to(torch.int64)
-        ctx.scheduler.step()
+        set_lr(ctx.optimizer, ctx.lr_at(step + steps))
+        _, skipped = scaler_step(loss, ctx.optimizer, ctx.scaler, params=ctx.params, clip_grad=ctx.clip_grad)
+        skipped_by_scaler += skipped
+        steps += 1
         n = labels.shape[0]
         seen += n
         detached = loss.detach()
         nonfinite += (~torch.isfinite(detached)).to(torch.int64)
         loss_sum += torch.nan_to_num(detached.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
         correct += (logits.detach().argmax(1) == dominant_labels(labels, targets)).sum()
-        if on_progress is not None and completed % log_every == 0:
-            on_progress(completed, {"loss": (loss_sum / max(seen, 1)).item(), "acc": (correct / max(seen, 1)).item()})
+        if on_progress is not None and position % log_every == 0:
+            on_progress(position, {"loss": (loss_sum / max(seen, 1)).item(), "acc": (correct / max(seen, 1)).item()})
         if should_stop():
             break
         fetch_start = time.perf_counter()
@@ -95,12 +134,13 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         torch.cuda.synchronize(dev)  # before reading the clock
     elapsed = time.perf_counter() - start
     return {
-        "train_loss": (loss_sum / max(seen, 1)).item(),
-        "train_acc": (correct.double() / max(seen, 1)).item(),
+        "loss_sum": float(loss_sum.item()),
+        "correct": int(correct.item()),
         "nonfinite_losses": int(nonfinite.item()),
-        "skipped_steps": int(skipped_by_scaler.item()),
+        "skipped_steps": skipped_by_scaler,
         "images": seen,
-        "completed": completed,
+        "steps": steps,
+        "position": position,
         "data_time_s": data_time,
         "epoch_time_s": elapsed,
         "images_per_s": seen / elapsed if elapsed > 0 else math.nan,

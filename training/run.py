@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +141,7 @@ class Run:
     model: torch.nn.Module  # the module whose state is saved (never the compiled wrapper)
     ctx: StepContext
     start_epoch: int = 0
+    step: int = 0  # optimizer steps taken (the LR schedule's position)
     skip_batches: int = 0
     best_acc: float = -1.0
     best_epoch: int = 0
@@ -178,12 +178,9 @@ class Run:
         # A mid-epoch checkpoint holds the loader state of its epoch's start: the next save of this epoch needs it.
         self.loader_state = mine["loader"]
         self.epoch_so_far = dict(mine.get("epoch_so_far") or {})
-        # The schedule is a pure function of the step: rebuilt for the (possibly extended) epochs, then advanced.
-        scheduler = self.ctx.scheduler
-        scheduler.last_epoch = int(state["step"]) - 1
-        with warnings.catch_warnings():  # its "step() before optimizer.step()" warning: no step is skipped here
-            warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()
+        # The LR is a pure function of the step (ctx.lr_at), so the step is all there is to restore; checkpoints
+        # that also hold a "scheduler" entry (a LambdaLR's state) are read the same way, that entry ignored.
+        self.step = int(state["step"])
         self.start_epoch, self.skip_batches = int(state["epoch"]), int(state["batch"])
         self.best_acc, self.best_epoch = float(state["best_acc"]), int(state["best_epoch"])
         self.bad_epochs, self.stopped_early = int(state["bad_epochs"]), bool(state["stopped_early"])
@@ -200,11 +197,10 @@ class Run:
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.ctx.optimizer.state_dict(),
-            "scheduler": self.ctx.scheduler.state_dict(),
             "scaler": self.ctx.scaler.state_dict(),
             "epoch": epoch,  # the epoch to run next (0-based); `batch` of it already trained
             "batch": batch,
-            "step": self.ctx.scheduler.last_epoch,
+            "step": self.step,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
@@ -299,8 +295,10 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
     total = cfg.epochs * steps_per_epoch
     # A short run (a smoke test with the default 5 warmup epochs) warms up over half of it at most.
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps=total, warmup_steps=warmup))
+
+    def lr_at(step: int) -> float:
+        return cfg.lr * lr_factor(step, total_steps=total, warmup_steps=warmup)
+
     amp_dtype = resolve_amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     mixer = Mixer(MixConfig(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob,
@@ -313,7 +311,8 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
                                                         else None)
     if cfg.compile:
         net = torch.compile(net)
-    ctx = StepContext(net, optimizer, scheduler, scaler, mixer, device, amp_dtype, cfg.channels_last)
+    ctx = StepContext(net, optimizer, lr_at, scaler, mixer, device, amp_dtype, cfg.channels_last,
+                      clip_grad=cfg.clip_grad)
     lock = None
     if run_dir is None:
         run_dir, lock = _new_run_dir(cfg, world)
@@ -419,11 +418,12 @@ def _epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dic
     n = stats["images"]
     out = dict(before)
     out["images"] = before.get("images", 0) + n
-    out["loss_sum"] = before.get("loss_sum", 0.0) + stats["train_loss"] * n
-    out["correct"] = before.get("correct", 0) + round(stats["train_acc"] * n)  # an exact count behind the mean
+    out["loss_sum"] = before.get("loss_sum", 0.0) + stats["loss_sum"]
+    out["correct"] = before.get("correct", 0) + stats["correct"]
+    out["steps"] = before.get("steps", before.get("completed", 0)) + stats["steps"]  # "completed": older checkpoints
+    out.pop("completed", None)
     for key in ("nonfinite_losses", "skipped_steps", "data_time_s", "epoch_time_s"):
         out[key] = before.get(key, 0) + stats[key]
-    out["completed"] = stats["completed"]  # the batch position counts the skipped batches already
     for key, value in resources.items():
         if key.endswith("_mean_pct"):  # a mean over time: weighted by each part's duration
             t0, t1 = before.get("epoch_time_s", 0.0), stats["epoch_time_s"]
@@ -439,7 +439,7 @@ def _reduced(totals: dict, val: dict, run: Run) -> dict:
     keys = ("train_loss", "train_acc", "nonfinite_losses", "skipped_steps", "val_loss", "val_acc")
     sums = distributed.all_sum([totals["loss_sum"], totals["correct"], totals["nonfinite_losses"],
                                 totals["skipped_steps"], val["val_loss"] * vn, val["val_acc"] * vn, n, vn,
-                                totals["completed"]], run.world, run.device)
+                                totals["steps"]], run.world, run.device)
     total_n, total_vn = max(sums[6], 1), max(sums[7], 1)
     out = dict(zip(keys, (sums[0] / total_n, sums[1] / total_n, int(sums[2]), int(sums[3]), sums[4] / total_vn,
                           sums[5] / total_vn)))
@@ -459,20 +459,21 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         run.train_loader.set_epoch(epoch)
         if run.skip_batches == 0:
             run.loader_state = run.train_loader.state_dict()
-            run.epoch_so_far = {"lr": run.ctx.optimizer.param_groups[0]["lr"]}  # the LR the epoch starts at
+            run.epoch_so_far = {"lr": run.ctx.lr_at(run.step)}  # the LR the epoch starts at
         else:  # resuming inside this epoch: loader state and figures so far are the checkpoint's (Run.load_state)
             log(f"resuming epoch {epoch + 1} at batch {run.skip_batches + 1}/{len(run.train_loader)}")
         bar, update = _progress(len(run.train_loader), epoch + 1, cfg) if main else (None, None)
         with monitor:
-            stats = train_one_epoch(run.ctx, run.train_loader, skip=run.skip_batches, should_stop=poll,
-                                    on_progress=update)
+            stats = train_one_epoch(run.ctx, run.train_loader, step=run.step, skip=run.skip_batches,
+                                    should_stop=poll, on_progress=update)
+        run.step += stats["steps"]
         if bar is not None:
             bar.close()
         totals = _epoch_totals(run.epoch_so_far, stats, monitor.figures())
-        if stats["completed"] < len(run.train_loader):
+        if stats["position"] < len(run.train_loader):
             run.epoch_so_far = totals
-            run.save("last.pth", run.state(epoch=epoch, batch=stats["completed"]))
-            raise Interrupted(f"stopped in epoch {epoch + 1} after batch {stats['completed']}; last.pth saved. "
+            run.save("last.pth", run.state(epoch=epoch, batch=stats["position"]))
+            raise Interrupted(f"stopped in epoch {epoch + 1} after batch {stats['position']}; last.pth saved. "
                               f"Resume with: dali-train --resume {run.run_dir}", 128 + (stop.signum or 2))
         run.skip_batches = 0
         distributed.sync_buffers(run.model, run.world)
@@ -483,7 +484,7 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
             raise DaliTrainError(f"training diverged in epoch {epoch + 1} (every loss was inf/nan); lower --lr or "
                                  "use --amp-dtype bfloat16")
         lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
-        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "completed")}
+        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
         rows.append(row)
         log(_epoch_line(cfg, row))
