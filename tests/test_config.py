@@ -57,3 +57,25 @@ def test_config_is_frozen() -> None:
     cfg = AugmentConfig()
     with pytest.raises(AttributeError):
         cfg.flip_p = 0.5  # type: ignore[misc]
+
+
+def test_the_default_warmup_scales_with_the_schedule_and_a_given_one_is_kept(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from training.cli import _config_file, main
+    from training.config import TrainConfig, default_warmup_epochs
+
+    assert TrainConfig().warmup_epochs == 5.0  # the 100-epoch recipe
+    assert TrainConfig(epochs=15).warmup_epochs == 0.75  # 5% of a short run, not a third of it
+    assert TrainConfig(epochs=200).warmup_epochs == 5.0  # at most 5 epochs
+    assert TrainConfig(epochs=15, warmup_epochs=5.0).warmup_epochs == 5.0  # a value given is used as is
+    assert TrainConfig(epochs=15, warmup_epochs=0.0).warmup_epochs == 0.0
+    assert [default_warmup_epochs(e) for e in (1, 20, 60)] == [0.05, 1.0, 3.0]
+    # resolved once: config.yaml (and a resume that extends the run) hold the number the run used
+    assert TrainConfig.from_dict(TrainConfig(epochs=15).to_dict()).replace(epochs=40).warmup_epochs == 0.75
+    # the CLI leaves it to the config unless given (its --help says the rule); a YAML "5e-1" is the number
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("warmup_epochs: 5e-1\n")
+    assert _config_file(str(cfg_file))["warmup_epochs"] == 0.5
+    result = CliRunner().invoke(main, ["--help"])
+    assert "5% of --epochs, at most 5" in result.output, result.output

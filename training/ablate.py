@@ -127,7 +127,7 @@ def load_study(spec: str, base: TrainConfig) -> Study:
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     """YAML 1.1 reads `1e-3` as a string; a float option given that way is taken as the number it spells."""
-    floats = {f.name for f in fields(TrainConfig) if f.type in ("float", float)}
+    floats = {f.name for f in fields(TrainConfig) if f.type in ("float", float, "float | None")}
     out = {}
     for k, v in values.items():
         if k in floats and isinstance(v, str):

@@ -32,7 +32,8 @@ def _options(f: Callable) -> Callable:
         click.option("--momentum", type=float, default=_D.momentum),
         click.option("--weight-decay", type=float, default=_D.weight_decay),
         click.option("--nesterov/--no-nesterov", default=_D.nesterov),
-        click.option("--warmup-epochs", type=float, default=_D.warmup_epochs),
+        click.option("--warmup-epochs", type=float, default=None, show_default="5% of --epochs, at most 5",
+                     help="Linear LR warmup (then cosine to 0); a value given is used as is."),
         click.option("--augment", default=_D.augment,
                      help="none|weak|standard|strong, optionally +autoaugment|+randaugment|+trivialaugment; in "
                           "--config also a mapping {preset: standard, erase_p: 0.25, ...}."),
@@ -85,7 +86,7 @@ def _config_file(path: str) -> dict[str, Any]:
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     # YAML 1.1 reads "5e-2" (no dot) as a string; for a float option it is plainly a number
     for f in fields(TrainConfig):
-        if f.type == "float" and isinstance(values.get(f.name), str):
+        if f.type in ("float", "float | None") and isinstance(values.get(f.name), str):
             try:
                 values[f.name] = float(values[f.name])
             except ValueError:

@@ -14,6 +14,14 @@ AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
 
 
+def default_warmup_epochs(epochs: int) -> float:
+    """Warmup when none is given: 5% of the run, at most 5 epochs (100 epochs: 5; 15 epochs: 0.75).
+
+    A fixed 5 epochs suits the 100-epoch recipe but takes a third of a 15-epoch run, where it cost accuracy (a
+    held-out check in issue 13: best val 96.7% with warmup 5 against 98.3% with warmup 1)."""
+    return min(5.0, epochs / 20)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every `dali-train` option. Defaults are the full recipe of the seed chapter's 4.7 for CIFAR-10 ResNet-18."""
@@ -27,7 +35,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = True
-    warmup_epochs: float = 5.0  # linear warmup from 0, per step, then cosine to 0 (capped at half the run)
+    # Linear warmup from 0, per step, then cosine to 0 (capped at half the run). None: scaled with the schedule,
+    # default_warmup_epochs(epochs) — 5 epochs for the 100-epoch recipe, not a third of a 15-epoch run. The value
+    # is resolved here, so config.yaml and checkpoints hold the number the run used.
+    warmup_epochs: float | None = None
     # A preset name ("weak+autoaugment") or a recipe mapping ({preset: standard, erase_p: 0.25}); a mapping is
     # stored resolved to every field (dali_pipes.config.recipe_fields), which is what config.yaml and resume see.
     augment: str | dict[str, Any] = "weak+autoaugment"
@@ -56,6 +67,8 @@ class TrainConfig:
     dali_batch_size: int = 0
 
     def __post_init__(self) -> None:
+        if self.warmup_epochs is None and isinstance(self.epochs, int) and not isinstance(self.epochs, bool):
+            object.__setattr__(self, "warmup_epochs", default_warmup_epochs(self.epochs))
         if isinstance(self.augment, Mapping):
             try:
                 object.__setattr__(self, "augment", recipe_fields(self.augment))

@@ -293,7 +293,7 @@ def build_run(cfg: TrainConfig, *, resume: dict | None = None, run_dir: Path | N
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
-    # A short run (a smoke test with the default 5 warmup epochs) warms up over half of it at most.
+    # A run shorter than twice its warmup (a smoke test) warms up over half of it at most.
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 2)
 
     def lr_at(step: int) -> float:
