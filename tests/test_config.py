@@ -78,4 +78,4 @@ def test_the_default_warmup_scales_with_the_schedule_and_a_given_one_is_kept(tmp
     cfg_file.write_text("warmup_epochs: 5e-1\n")
     assert _config_file(str(cfg_file))["warmup_epochs"] == 0.5
     result = CliRunner().invoke(main, ["--help"])
-    assert "5% of --epochs, at most 5" in result.output, result.output
+    assert "5% of --epochs, at most 5" in " ".join(result.output.split()), result.output
