@@ -29,10 +29,11 @@ which of these are missing. The repository itself need not be installed: this sc
 
 On the lent device machine (device tool; nothing can be fetched there, DALI travels as wheels):
 
-1. here, in the repository root: ``bash ../shared/tools/device-wheels.sh nvidia-dali-cuda120==2.4.0
+1. here, in the repository root: ``bash ../shared/tools/device-wheels.sh nvidia-dali-cuda130==2.4.0
    astunparse==1.6.3 gast==0.7.0 optree==0.20.0 makefun==1.16.0 libcst==1.9.0 nvtx==0.2.17
-   nvidia-nvimgcodec-cu12==0.9.0.20 nvidia-nvjpeg-cu12==12.4.0.76`` (the last two: GPU JPEG decoding, which
-   the folder test of ``pytest -m gpu`` uses); it prints the number NN of ``.whl-parts`` folders;
+   nvidia-libnvcomp-cu13==5.3.0.16 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43`` (DALI's CUDA 13
+   build, as the device's torch; nvimgcodec and nvjpeg decode images, which the folder tests of ``pytest -m gpu``
+   use; versions as in requirements/stack.txt); it prints the number NN of ``.whl-parts`` folders;
 2. device ``run`` calls back to back (the machine stays warm 30 s): for k = 01 .. NN-1, carry
    ``[".whl-parts/k"]``, command ``true``;
 3. last call, carry ``[".whl-parts/NN", ".whl-parts/install.sh"]`` (install.sh at the top of .whl-parts is what
