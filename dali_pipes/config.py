@@ -3,8 +3,24 @@
 A recipe is validated when it is built (``AugmentConfig(...)`` raises :class:`ConfigError` naming the field), never
 mid-epoch. Order of operations, identical on both backends:
 
-    pad-crop -> horizontal flip -> rotation -> random affine -> color jitter -> Gaussian blur
+    crop -> horizontal flip -> rotation -> random affine -> color jitter -> Gaussian blur
       -> policy (auto/rand/trivial) -> normalize -> erasing
+
+The crop (field ``crop``, resolved per dataset by :func:`resolve_crop`):
+
+- ``"pad"``: pad by ``crop_padding`` and crop back to the image size at random (CIFAR's crop). Arrays always use
+  it; an image folder with ``crop="pad"`` first squashes every image to ``image_size`` (aspect ratio lost).
+- ``"resized"`` (folders): torchvision's RandomResizedCrop: a box of ``rrc_scale`` of the image's area and aspect
+  ratio (w/h) from ``rrc_ratio`` (log-uniform), up to 10 tries, else the centre crop at the nearest allowed ratio;
+  then resized to ``image_size`` (bilinear, antialiased). On DALI the crop is fused with decoding.
+- ``"centre"`` (folders): resize the shorter side to ``int(image_size / crop_ratio)`` (bilinear, antialiased) and
+  take the centre ``image_size`` square: the evaluation path, and what ``augment="none"`` does on folders.
+- ``"auto"`` (default): ``"pad"`` on arrays; on folders ``"resized"`` when the recipe asks for a random crop
+  (``crop_padding > 0``, or a policy), else ``"centre"``. The folder's random crop replaces the padding.
+
+Images smaller than the crop are upsampled (bilinear) by both crops, never refused. The policies keep their
+torchvision parameters at every size (AutoAugment's CIFAR-10 policy, translations relative to the image side;
+TrivialAugment's up to 32 px).
 
 Geometry and colour work on uint8 HWC images (what DALI's auto_aug and torchvision v2 policies take); erasing works
 on the normalized float image, so ``erase_value`` is in normalized units (0 = the dataset mean colour), as in
@@ -28,6 +44,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 POLICIES = ("none", "autoaugment", "randaugment", "trivialaugment")
+CROPS = ("auto", "pad", "resized", "centre")
 PAD_MODES = ("constant", "reflect")
 
 
@@ -35,6 +52,7 @@ PAD_MODES = ("constant", "reflect")
 class AugmentConfig:
     """Training-time augmentation recipe. All probabilities in [0, 1]; pixel values in uint8 units (0..255)."""
 
+    crop: str = "auto"  # "auto" | "pad" | "resized" | "centre": which crop (module docstring, resolve_crop)
     crop_padding: int = 0  # pixels added on each side before the random crop back to the image size
     pad_mode: str = "constant"  # "constant" (fill with pad_fill) | "reflect" (mirror without repeating the edge)
     pad_fill: int = 0  # uint8 fill value for pad_mode="constant"
@@ -60,6 +78,9 @@ class AugmentConfig:
     policy: str = "none"  # "none" | "autoaugment" (CIFAR-10 policy) | "randaugment" | "trivialaugment"
     randaugment_n: int = 2  # operations per image (randaugment only)
     randaugment_m: int = 9  # magnitude bin in [0, 30] (randaugment only, 31 bins as in torchvision)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # crop="resized": box area as a fraction of the image's
+    rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop="resized": box aspect ratio w/h, drawn log-uniformly
+    crop_ratio: float = 0.875  # crop="centre": image_size / the resized shorter side (torchvision's 224/256)
     erase_p: float = 0.0  # probability of random erasing
     erase_scale: tuple[float, float] = (0.02, 0.33)  # erased area as a fraction of the image
     erase_ratio: tuple[float, float] = (0.3, 3.3)  # aspect ratio h/w range, drawn log-uniformly
@@ -69,7 +90,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from YAML); store them as tuples so the config stays hashable and frozen.
-        for name in ("erase_scale", "erase_ratio", "mean", "std", "affine_scale", "blur_sigma"):
+        for name in ("erase_scale", "erase_ratio", "mean", "std", "affine_scale", "blur_sigma", "rrc_scale", "rrc_ratio"):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
@@ -149,6 +170,16 @@ def _validate(c: AugmentConfig) -> None:
     integer("randaugment_m", 0, 30)
     if c.pad_mode not in PAD_MODES:
         _fail("pad_mode", c.pad_mode, f"expected one of {', '.join(PAD_MODES)}")
+    if c.crop not in CROPS:
+        _fail("crop", c.crop, f"expected one of {', '.join(CROPS)}")
+    if c.crop in ("resized", "centre") and c.crop_padding > 0:
+        _fail("crop", c.crop, f"crop={c.crop!r} takes no padding: set crop_padding=0 (crop_padding is the pad-crop's)")
+    if len(c.rrc_scale) != 2 or not 0.0 < c.rrc_scale[0] <= c.rrc_scale[1] <= 1.0:
+        _fail("rrc_scale", c.rrc_scale, "expected (min, max) with 0 < min <= max <= 1 (a fraction of the area)")
+    if len(c.rrc_ratio) != 2 or not 0.0 < c.rrc_ratio[0] <= c.rrc_ratio[1] <= 100.0:
+        _fail("rrc_ratio", c.rrc_ratio, "expected (min, max) with 0 < min <= max <= 100 (width / height)")
+    if not 0.0 < number("crop_ratio") <= 1.0:
+        _fail("crop_ratio", c.crop_ratio, "must lie in (0, 1] (crop side / resized shorter side)")
     if c.policy not in POLICIES:
         _fail("policy", c.policy, f"expected one of {', '.join(POLICIES)}")
     number("erase_value")
@@ -249,5 +280,25 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def eval_config(train: AugmentConfig) -> AugmentConfig:
-    """The validation recipe that goes with a training recipe: its normalization and nothing random."""
-    return replace(AugmentConfig(), mean=train.mean, std=train.std)
+    """The validation recipe that goes with a training recipe: its normalization and nothing random; on folders the
+    resize + centre crop at the recipe's ``crop_ratio`` (or the squash resize when the recipe pad-crops them)."""
+    return replace(AugmentConfig(), mean=train.mean, std=train.std, crop_ratio=train.crop_ratio,
+                   crop="pad" if train.crop == "pad" else "auto")
+
+
+def resolve_crop(cfg: AugmentConfig, *, folder: bool) -> AugmentConfig:
+    """``cfg`` with ``crop`` resolved to "pad" | "resized" | "centre" for an image folder or an array dataset.
+
+    Folders resolving "auto" to a random-resized-crop drop ``crop_padding`` (the random crop replaces it). A crop
+    only folders have ("resized", "centre") on an array dataset is a :class:`ConfigError`: arrays are already at
+    their size, so they keep the pad-crop. Idempotent.
+    """
+    if not folder:
+        if cfg.crop not in ("auto", "pad"):
+            _fail("crop", cfg.crop, "array datasets (CIFAR, synthetic) use the pad-crop: set crop to 'auto' or 'pad'")
+        return cfg if cfg.crop == "pad" else replace(cfg, crop="pad")
+    if cfg.crop != "auto":
+        return cfg
+    if cfg.crop_padding > 0 or cfg.policy != "none":
+        return replace(cfg, crop="resized", crop_padding=0)
+    return replace(cfg, crop="centre")

@@ -10,6 +10,10 @@ reference (tested with tolerances in tests/test_lockstep.py):
   but along a different colour wheel, so single images differ while the drawn range is the same.
 - random erasing clamps a box that would not fit to the image, where torchvision redraws up to 10 times: the
   erased-area distribution differs only for the largest scale/ratio combinations.
+- folder crops (dali_pipes.config): random-resized-crop draws as torchvision's does (area uniform, ratio
+  log-uniform, 10 tries) but, after 10 failed tries, places its fallback box at random where torchvision centres it;
+  resizing (bilinear, antialiased on both) rounds differently, so the resize + centre crop of ``augment="none"`` on
+  folders agrees to 1 uint8 level, not exactly (tests/test_folder_resolution.py).
 - AutoAugment uses DALI's CIFAR-10 policy (the same sub-policies as torchvision's; DALI's 11 magnitude bins), with
   translations scaled so each bin shifts as far as torchvision's does.
 """
@@ -216,17 +220,55 @@ def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], 
     return augment(images, cfg, size)
 
 
+def _decode_cropped(encoded, cfg: AugmentConfig, size: tuple[int, int], device: str):
+    """Encoded files -> uint8 HWC images of `size`, by the recipe's crop ("pad" | "resized" | "centre").
+
+    Both decoders upsample JPEG chroma the way libjpeg-turbo (and so torchvision's reference decoder) does by
+    default ("fancy" upsampling); nvJPEG's own default differs, which would make GPU and CPU pixels disagree. EXIF
+    orientation is applied (DALI's default, and the reference's decode_image_rgb), so a photo is upright. Resizing
+    is bilinear and antialiased on both backends (torchvision v2 with antialias=True).
+    """
+    decoder = dict(device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
+    if cfg.crop == "resized":
+        # torchvision's RandomResizedCrop, fused with decoding (a JPEG decodes only the box's region): log-uniform
+        # w/h ratio, area fraction uniform, 10 tries. When every try fails DALI takes the whole image clamped to the
+        # ratio range at a random position, where torchvision centres that box; DALI also re-checks the rounded
+        # box's ratio. Both differences only matter for extreme aspect ratios or images of a few pixels.
+        images = fn.decoders.image_random_crop(encoded, random_area=list(cfg.rrc_scale),
+                                               random_aspect_ratio=list(cfg.rrc_ratio), num_attempts=10, **decoder)
+        return fn.resize(images, size=list(size), antialias=True)
+    images = fn.decoders.image(encoded, **decoder)
+    if cfg.crop != "centre":
+        return fn.resize(images, size=list(size), antialias=True)  # squash (pad-crop recipe): aspect ratio lost
+    # torchvision's Resize(int(size / crop_ratio)) + CenterCrop(size), in its integer arithmetic: the shorter side
+    # becomes `short`, the longer int(short * long / shorter) (truncated), and the crop's corner is
+    # round((side - crop) / 2) with Python's round-half-to-even. The image's size comes from its header, on the
+    # CPU, since resize and slice take their sizes as CPU arguments.
+    shape = fn.peek_image_shape(encoded, dtype=types.FLOAT)  # (H, W, C) after EXIF orientation, as decoded
+    h, w = shape[0], shape[1]
+    short = float(int(size[0] / cfg.crop_ratio))
+    shorter = dmath.min(h, w)
+    out_h, out_w = dmath.floor(short * h / shorter), dmath.floor(short * w / shorter)
+    images = fn.resize(images, size=fn.stack(out_h, out_w), antialias=True)
+    start = [_round_half_even((out - side) / 2.0) for out, side in ((out_h, size[0]), (out_w, size[1]))]
+    return fn.slice(images, start=fn.cast(fn.stack(*start), dtype=types.INT32), shape=list(size), axes=[0, 1])
+
+
+def _round_half_even(x):
+    """Python's round() of a non-negative multiple of 0.5: ties go to the even integer."""
+    k = dmath.floor(x)
+    tie = dmath.floor(2.0 * (x - k) + 0.5)  # 1 on a tie (x = k + 0.5), else 0
+    odd = k - 2.0 * dmath.floor(k / 2.0)
+    return k + tie * odd
+
+
 @pipeline_def(enable_conditionals=True)
 def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size: tuple[int, int], device: str):
-    """Files read in the given order (the epoch plan), decoded (nvJPEG on GPU) and resized to `size`.
+    """Files read in the given order (the epoch plan), decoded (nvJPEG on GPU) and cropped to `size` by the recipe.
 
-    The reader's labels carry dataset indices, which the loader checks against the plan. Both decoders upsample
-    JPEG chroma the way libjpeg-turbo (and so torchvision's reference decoder) does by default ("fancy"
-    upsampling); nvJPEG's own default differs, which would make GPU and CPU pixels disagree.
+    The reader's labels carry dataset indices, which the loader checks against the plan.
     """
     encoded, index = fn.readers.file(files=files, labels=indices, random_shuffle=False, pad_last_batch=True,
                                      name=READER_NAME)
-    images = fn.decoders.image(encoded, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB,
-                               jpeg_fancy_upsampling=True)
-    images = fn.resize(images, size=list(size), antialias=True)  # uint8 in, uint8 out (rounded)
+    images = _decode_cropped(encoded, cfg, size, device)
     return augment(images, cfg, size), fn.cast(index, dtype=types.INT64)

@@ -32,6 +32,9 @@ Defined behaviour of :func:`list_image_folder`:
   - BMP: the header is one DALI knows (12 bytes, or 40 and more), width and height are non-zero, and for
     uncompressed or bit-field files the pixel rows fit in the file (truncation).
 
+  - Size: an image of more than ``MAX_IMAGE_PIXELS`` (2**26) pixels, read from the same header, is skipped with
+    ONE ``UserWarning`` per split naming the file and its size, so memory per decoded image stays bounded.
+
   Not checked: the compressed image data itself (JPEG entropy-coded scans, PNG IDAT contents and CRCs, RLE BMP
   data), since that means decoding every file. Damage there either decodes to wrong pixels (JPEG decoders conceal
   it) or fails in the middle of an epoch, as a one-line :class:`DataError` on both backends that names the file
@@ -49,7 +52,8 @@ Defined behaviour of :func:`list_image_folder`:
   deterministic; ``labels`` is an int64 array.
 
 :func:`decode_image_rgb` returns uint8 CHW RGB for any file the listing keeps (grey, CMYK, RGBA, palette, 16-bit),
-matching DALI's CPU decoder, and turns decode failures into :class:`DataError`; a PNG is first checked for what makes
+matching DALI's CPU decoder, with EXIF orientation applied as DALI's decoders do by default (a photo taken on its
+side comes out upright, as a viewer shows it; torchvision's ``decode_image`` and PIL ignore EXIF unless asked), and turns decode failures into :class:`DataError`; a PNG is first checked for what makes
 libpng stop with an error, on which torchvision's PNG decoder would crash the process. :func:`dali_file_error` does
 the same for DALI's multi-line report of a file it cannot read or decode.
 """
@@ -91,6 +95,20 @@ _JPEG_SOS = 0xDA
 # PNG colour type -> allowed bit depths (PNG specification, table 11.1)
 _PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
 _PNG_MAX_CHUNK = 2**31 - 1
+# Largest image (width x height) a listing keeps: decoding one takes 3 bytes per pixel (6 for 16-bit PNG) on the
+# host or the GPU, per image of a DALI batch and per worker, so a 20000x20000 scan would need 1.2 GB for one image.
+# 2**26 pixels (e.g. 8192x8192, 192 MiB decoded) is above any camera's output and bounds memory per decoded image.
+MAX_IMAGE_PIXELS = 1 << 26
+
+
+class _TooLarge(str):
+    """A problem string for an image above MAX_IMAGE_PIXELS (warned about separately from damaged files)."""
+
+
+def _size_problem(width: int, height: int) -> str | None:
+    if width * height > MAX_IMAGE_PIXELS:
+        return _TooLarge(f"{width}x{height} pixels, above the limit of {MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS)")
+    return None
 
 
 class _Bytes:
@@ -134,6 +152,8 @@ def _jpeg_problem(data: _Bytes) -> str | None:
                 return f"corrupt: {components} colour components (1, 3 or 4 expected)"
             if not height or not width:
                 return f"corrupt: frame size {width}x{height}"
+            if too_large := _size_problem(width, height):
+                return too_large
             has_frame = True
         pos += 2 + length
     if not has_frame:
@@ -155,6 +175,8 @@ def _png_problem(data: _Bytes) -> str | None:
         return f"corrupt: bit depth {depth} with colour type {colour}"
     if not width or not height:
         return f"corrupt: image size {width}x{height}"
+    if too_large := _size_problem(width, height):
+        return too_large
     pos = 8 + 25
     while True:
         chunk = data.at(pos, 8)
@@ -185,6 +207,8 @@ def _bmp_problem(data: _Bytes) -> str | None:
         return f"corrupt: BMP header of {header_size} bytes (12, or 40 and more, expected)"
     if not width or not height:
         return f"corrupt: image size {width}x{height}"
+    if too_large := _size_problem(width, height):
+        return too_large
     if compression in (0, 3):  # BI_RGB, BI_BITFIELDS: rows of whole 32-bit words, so the size is known
         if offset + (width * bits + 31) // 32 * 4 * height > data.size:
             return "truncated: the pixel rows run past the end of the file"
@@ -280,24 +304,32 @@ def list_image_folder(root: str | Path, split: str) -> FolderDataset:
     not_utf8: list[Path] = []
     corrupt: list[Path] = []
     problems: list[str] = []  # why each of `corrupt` was skipped
+    too_large: list[Path] = []
+    sizes: list[str] = []  # the size of each of `too_large`
     # Label order, not directory order, so train and val list classes identically.
     for folder in sorted(class_dirs, key=lambda p: label_of[p.name]):
         n_before = len(files)
-        skipped_before = (len(not_images), len(not_utf8), len(corrupt))
+        skipped_before = (len(not_images), len(not_utf8), len(corrupt), len(too_large))
         for path in _visible_children(folder):
             if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
                 not_images.append(path)
             elif not _utf8(path.name):
                 not_utf8.append(path)
             elif problem := _image_problem(path):
-                corrupt.append(path)
-                problems.append(problem)
+                if isinstance(problem, _TooLarge):
+                    too_large.append(path)
+                    sizes.append(problem)
+                else:
+                    corrupt.append(path)
+                    problems.append(problem)
             else:
                 files.append(str(path))
                 labels.append(label_of[folder.name])
         if split == "train" and len(files) == n_before:
-            counts = (len(now) - before for now, before in zip((not_images, not_utf8, corrupt), skipped_before))
-            kinds = ("non-image entries", "names not valid UTF-8", "empty, truncated or corrupt images")
+            counts = (len(now) - before
+                      for now, before in zip((not_images, not_utf8, corrupt, too_large), skipped_before))
+            kinds = ("non-image entries", "names not valid UTF-8", "empty, truncated or corrupt images",
+                     "images too large")
             detail = ", ".join(f"{n} {kind}" for n, kind in zip(counts, kinds) if n)
             if len(corrupt) > skipped_before[2]:
                 detail += f", e.g. {_shown(corrupt[-1])}: {problems[-1]}"
@@ -310,6 +342,8 @@ def list_image_folder(root: str | Path, split: str) -> FolderDataset:
 
     _warn_skipped(not_images, "entries that are not image files (.jpg/.jpeg/.png/.bmp)", split)
     _warn_skipped(corrupt, "empty, truncated or corrupt image files", split, f" ({problems[0]})" if problems else "")
+    _warn_skipped(too_large, f"image files larger than {MAX_IMAGE_PIXELS} pixels (memory per decoded image is "
+                  "bounded; downscale them)", split, f" ({sizes[0]})" if sizes else "")
     _warn_skipped(not_utf8, "image files whose names are not valid UTF-8 (DALI's file reader cannot open them; "
                   "rename them to UTF-8)", split)
     _warn_skipped(loose, "files outside any class folder", split)
@@ -408,7 +442,8 @@ def decode_image_rgb(path: str) -> torch.Tensor:
             return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
         # bytearray: torch.frombuffer warns on a read-only buffer.
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        image = torchvision.io.decode_image(encoded, mode=torchvision.io.ImageReadMode.RGB)
+        image = torchvision.io.decode_image(encoded, mode=torchvision.io.ImageReadMode.RGB,
+                                            apply_exif_orientation=True)
     except UnidentifiedImageError as exc:
         raise DataError(f"cannot decode image {path}: not a valid BMP file") from exc
     except (RuntimeError, OSError, ValueError, Image.DecompressionBombError) as exc:

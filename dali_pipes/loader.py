@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
-                     AugmentConfig, eval_config, resolve_augment)
+                     AugmentConfig, eval_config, resolve_augment, resolve_crop)
 from .errors import ConfigError
 from .plan import derive_seed, num_batches, shard_indices, split_batches
 from .sources import ArrayDataset, FolderDataset
@@ -82,6 +82,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 # images spends most of its time in overhead. The loader therefore runs the graph on batches of about this many
 # pixels (1024 CIFAR images) and splits them into training batches; above it, larger DALI batches buy little.
 DALI_BATCH_PIXELS = 1 << 20
+FOLDER_IMAGE_SIZE = 224  # image folders' default crop side (pixels): the ImageNet recipe's
 
 
 def default_dali_batch_size(batch_size: int, size: tuple[int, int]) -> int:
@@ -266,6 +267,7 @@ class Loader:
                  device: torch.device, batch_size: int, seed: int, shard_id: int, num_shards: int,
                  drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int],
                  even_shards: bool = False, dali_batch_size: int | None = None):
+        cfg = resolve_crop(cfg, folder=isinstance(data, FolderDataset))
         self.data, self.train, self.cfg, self.backend_name = data, train, cfg, backend
         self.device, self.batch_size, self.seed = device, batch_size, seed
         self.shard_id, self.num_shards = shard_id, num_shards
@@ -395,8 +397,8 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     the cores available to this process divided among the processes of this node (torchrun's LOCAL_WORLD_SIZE),
     and for a GPU graph over arrays at most 4 (its CPU operators only draw random numbers); `dali_batch_size`
     (samples per DALI graph iteration, rounded down to whole training batches; default: about 2**20 pixels'
-    worth, 1024 CIFAR images, see DALI_BATCH_PIXELS); `image_size` (folder datasets are resized to it, default
-    32; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`,
+    worth, 1024 CIFAR images, see DALI_BATCH_PIXELS); `image_size` (the side folder images are cropped to by the
+    recipe's crop, see :mod:`dali_pipes.config`; default FOLDER_IMAGE_SIZE = 224; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`,
     `even_shards` (training split: leave out the n % num_shards surplus of each epoch's permutation so that every
     shard has the same size, as data-parallel ranks need).
     """
@@ -418,7 +420,8 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
         _check_int("image_size", image_size, 8, 4096)
     dev = resolve_device(device)
     mean, std = _STATS[dataset]
-    cfg = resolve_augment(augment, mean=mean, std=std)
+    # The crop is checked against the dataset before any data is read or downloaded.
+    cfg = resolve_crop(resolve_augment(augment, mean=mean, std=std), folder=dataset == "folder")
     train = split == "train"
     if not train:
         cfg = eval_config(cfg)
@@ -426,7 +429,7 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     if threads is None:
         threads = min(cores, 4) if dev.type == "cuda" and isinstance(data, ArrayDataset) else cores
     if isinstance(data, FolderDataset):
-        side = image_size or 32
+        side = image_size or FOLDER_IMAGE_SIZE
     else:
         side = int(data.images.shape[1])
         if image_size is not None and image_size != side:

@@ -60,6 +60,11 @@ def operator_counts(pipe) -> Counter:
     return Counter(node.schema for node in graph_nodes(pipe))
 
 
+# Operators that read an image only to describe it (its size, from the encoded header or the tensor's shape): what
+# they output is metadata, used as CPU arguments (a resize's size, a slice's start), so it is not image work.
+_METADATA_OPERATORS = frozenset({"PeekImageShape", "Shapes"})
+
+
 def _is_data_source(op) -> bool:
     schema = _schema(op)
     return op.spec.NumRegularInput() == 0 and (schema == "ExternalSource" or schema.startswith("readers__"))
@@ -70,7 +75,8 @@ def _image_operators(pipe, image_output: int) -> set[str]:
 
     Edges are matched by name: ``.gpu()`` makes a new node for the same edge, under the same name. The image
     stream starts at the first output of the data source (external source or reader) the image output comes from;
-    the source's other outputs (indices, labels) and the random draws are not image data.
+    the source's other outputs (indices, labels), the random draws and image metadata (_METADATA_OPERATORS: an
+    image's size read on the CPU) are not image data.
     """
     ops = _operators(pipe)
     producer = {edge.name: op for op in ops for edge in _outputs(op)}
@@ -86,6 +92,8 @@ def _image_operators(pipe, image_output: int) -> set[str]:
     image_edges = {_outputs(op)[0].name for op in sources}
     names = set()
     for op in ops:  # topological order: producers come first
+        if _schema(op) in _METADATA_OPERATORS:
+            continue
         if any(edge.name in image_edges for edge in op.inputs[:op.spec.NumRegularInput()]):
             names.add(op.name)
             image_edges.update(edge.name for edge in _outputs(op))

@@ -20,10 +20,19 @@ from .sources import ArrayDataset, FolderDataset
 
 
 def build_transform(cfg: AugmentConfig, size: tuple[int, int], *, resize: bool = False) -> v2.Compose:
-    """uint8 CHW tensor -> normalized float32 CHW tensor, in the order documented in :mod:`dali_pipes.config`."""
+    """uint8 CHW tensor -> normalized float32 CHW tensor, in the order documented in :mod:`dali_pipes.config`.
+
+    `resize` (image folders): the recipe's crop brings each image to `size` first ("resized": RandomResizedCrop;
+    "centre": Resize of the shorter side + CenterCrop; "pad": a squash Resize), bilinear and antialiased.
+    """
     steps: list[Callable] = []
-    if resize:
-        steps.append(v2.Resize(list(size), antialias=True))
+    bilinear = dict(interpolation=InterpolationMode.BILINEAR, antialias=True)
+    if resize and cfg.crop == "resized":
+        steps.append(v2.RandomResizedCrop(list(size), scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, **bilinear))
+    elif resize and cfg.crop == "centre":
+        steps += [v2.Resize(int(size[0] / cfg.crop_ratio), **bilinear), v2.CenterCrop(list(size))]
+    elif resize:
+        steps.append(v2.Resize(list(size), **bilinear))
     if cfg.crop_padding > 0:
         steps.append(v2.RandomCrop(list(size), padding=cfg.crop_padding, padding_mode=cfg.pad_mode,
                                    fill=cfg.pad_fill))

@@ -93,8 +93,27 @@ def test_gpu_folder_decodes_with_nvjpeg(tmp_path) -> None:
     write_image_folder(tmp_path, classes=("a", "b"), per_class=5, shape=(40, 48), ext="jpg", seed=2)
     out = {}
     for device in ("cuda", "cpu"):
-        loader = create_loader("folder", tmp_path, "val", batch_size=4, device=device, augment="none")
+        loader = create_loader("folder", tmp_path, "val", batch_size=4, device=device, augment="none",
+                               image_size=32)
         out[device] = torch.cat([x.cpu() for x, _ in loader])
     assert out["cuda"].shape == (10, 3, 32, 32)
     # nvJPEG and libjpeg-turbo may differ by a level or two per pixel (IDCT rounding)
     assert (out["cuda"] - out["cpu"]).abs().mean() < 0.05
+
+
+def test_gpu_random_resized_crop_is_fused_with_nvjpeg_and_draws_like_the_cpu(tmp_path) -> None:
+    from test_folder_resolution import boxes, probe_folder
+
+    root = probe_folder(tmp_path, 300)
+    draws = {}
+    for device in ("cuda", "cpu"):
+        loader = create_loader("folder", root, "train", batch_size=50, device=device, num_threads=2,
+                               augment=AugmentConfig(crop="resized", flip_p=0.5), image_size=32, return_index=True)
+        images, _, index = (torch.cat([t.cpu() for t in part]) for part in zip(*loader))
+        assert sorted(index.tolist()) == list(range(300))
+        mean = torch.tensor(loader.cfg.mean).view(1, 3, 1, 1) * 255
+        std = torch.tensor(loader.cfg.std).view(1, 3, 1, 1) * 255
+        draws[device] = boxes(images * std + mean)
+    # 300 draws each: standard error of a mean area ~0.016
+    assert abs(draws["cuda"]["area"].mean() - draws["cpu"]["area"].mean()) < 0.05
+    assert abs(draws["cuda"]["flipped"].mean() - 0.5) < 0.1

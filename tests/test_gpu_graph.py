@@ -82,6 +82,34 @@ def test_the_evaluation_graph_defines_on_the_gpu(dataset: str, folder) -> None:
     assert_gpu_graph_is_sound(loader_for(dataset, "val", "standard+autoaugment", folder))
 
 
+# The folder crops beside what the presets resolve to ("resized" for the presets with a random crop, "centre" for
+# none): the squash + pad-crop, the centre crop while training, and non-default crop parameters.
+FOLDER_CROPS = {
+    "pad": dict(crop="pad", crop_padding=4, flip_p=0.5),
+    "centre+jitter": dict(crop="centre", crop_ratio=0.5, brightness=0.2, flip_p=0.5),
+    "resized+randaugment": dict(crop="resized", rrc_scale=(0.25, 1.0), rrc_ratio=(0.5, 2.0), policy="randaugment"),
+}
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("name", sorted(FOLDER_CROPS))
+def test_every_folder_crop_defines_on_the_gpu(name: str, split: str, folder) -> None:
+    assert_gpu_graph_is_sound(loader_for("folder", split, FOLDER_CROPS[name], folder))
+
+
+@pytest.mark.parametrize("augment, split, decoder", [("standard", "train", "decoders__ImageRandomCrop"),
+                                                     ("none", "train", "decoders__Image"),
+                                                     ("standard", "val", "decoders__Image")])
+def test_folder_crops_decode_on_the_device_and_size_on_the_cpu(augment: str, split: str, decoder: str,
+                                                               folder) -> None:
+    nodes = graph_nodes(defined(loader_for("folder", split, augment, folder), "gpu"))
+    assert [n.device for n in nodes if n.schema.startswith("decoders__")] == ["mixed"]
+    assert [n.schema for n in nodes if n.schema.startswith("decoders__")] == [decoder]
+    # the centre crop reads each image's size from its header on the CPU: resize and slice take CPU arguments
+    peeks = [n.device for n in nodes if n.schema == "PeekImageShape"]
+    assert peeks == ([] if decoder == "decoders__ImageRandomCrop" else ["cpu"])
+
+
 @pytest.mark.parametrize("preset", DEFAULT_PRESETS)
 @pytest.mark.parametrize("batch_size", [128, 1024])
 def test_the_benchmark_rows_define_on_the_gpu(preset: str, batch_size: int) -> None:
@@ -94,7 +122,7 @@ def test_the_gpu_graph_reads_arrays_from_gpu_memory_and_decodes_files_on_the_dev
     arrays = graph_nodes(defined(loader_for("synthetic", "train", "standard", folder), "gpu"))
     assert [n.device for n in arrays if n.schema == "ExternalSource"] == ["gpu"]
     files = graph_nodes(defined(loader_for("folder", "train", "standard", folder), "gpu"))
-    assert [n.device for n in files if n.schema == "decoders__Image"] == ["mixed"]
+    assert [n.device for n in files if n.schema == "decoders__ImageRandomCrop"] == ["mixed"]
     assert [n.device for n in files if n.schema == "readers__File"] == ["cpu"]
 
 
@@ -161,3 +189,18 @@ def test_contrast_and_brightness_as_arithmetic_equal_dalis_operator_bit_for_bit(
     assert out[False].dtype == np.uint8
     assert np.array_equal(out[True], out[False])
     assert not np.array_equal(out[False], np.stack(images))  # the factors were applied
+
+
+@pipeline_def
+def _sized_on_the_cpu():
+    encoded = fn.external_source(source=lambda: None, batch=True, dtype=types.UINT8)
+    size = fn.peek_image_shape(encoded, dtype=types.FLOAT)  # metadata: allowed on the CPU
+    images = fn.decoders.image(encoded, device="mixed", output_type=types.RGB).cpu()
+    images = fn.resize(images, size=fn.stack(size[0], size[1]))  # image work left on the CPU
+    return fn.crop_mirror_normalize(images.gpu(), dtype=types.FLOAT, output_layout="CHW")
+
+
+def test_reading_an_images_size_on_the_cpu_is_not_image_work_but_resizing_is() -> None:
+    errors = placement_errors(_sized_on_the_cpu(batch_size=2, num_threads=1, device_id=0))
+    assert any("Resize works on images on the CPU" in e for e in errors), errors
+    assert not any("PeekImageShape" in e for e in errors), errors

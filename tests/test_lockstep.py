@@ -55,16 +55,26 @@ def test_no_augmentation_gives_identical_tensors_on_both_backends(tmp_path, back
     assert torch.allclose(out["dali"], out["torchvision"], atol=1e-5, rtol=0)
 
 
-def test_folder_png_without_augmentation_matches_the_reference(tmp_path) -> None:
+@pytest.mark.parametrize("crop", ["pad", "auto"])
+def test_folder_png_without_augmentation_matches_the_reference(tmp_path, crop: str) -> None:
+    """crop="pad" at the files' own size resizes nothing: identical tensors. The folder default ("auto" ->
+    resize the shorter side to int(32 / 0.875) = 36 and centre-crop 32) resamples on both backends, whose bilinear
+    antialiased resizers round differently: at most 1 uint8 level apart."""
     write_image_folder(tmp_path, classes=("cat", "dog"), per_class=3, shape=(32, 32), ext="png", seed=1)
     out = {}
     for b in BACKENDS:
-        loader = create_loader("folder", tmp_path, "val", batch_size=4, backend=b, device="cpu", augment="none",
-                               num_workers=0, image_size=32)
+        loader = create_loader("folder", tmp_path, "val", batch_size=4, backend=b, device="cpu",
+                               augment={"crop": crop}, num_workers=0, image_size=32)
         out[b] = [(x, y) for x, y in loader]
     assert [len(x) for x, _ in out["dali"]] == [4, 2]
+    std = torch.tensor(loader.cfg.std).view(1, 3, 1, 1) * 255
     for (xd, yd), (xt, yt) in zip(out["dali"], out["torchvision"]):
-        assert torch.equal(yd, yt) and torch.allclose(xd, xt, atol=1e-5, rtol=0)
+        assert torch.equal(yd, yt)
+        if crop == "pad":
+            assert torch.allclose(xd, xt, atol=1e-5, rtol=0)
+        else:
+            levels = ((xd - xt) * std).abs()
+            assert levels.max() < 1.01 and levels.mean() < 0.5, (levels.max(), levels.mean())
 
 
 def coordinate_images(n: int) -> ArrayDataset:

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from dali_pipes.errors import ConfigError
-from training.models import MODELS, DropPath, create_model
+from training.models import CIFAR_STEM_MAX_SIZE, CIFAR_STEM_MODELS, MODELS, DropPath, create_model
 
 # Measured once and pinned, so an accidental architecture change (a max-pool, a width, a shortcut) shows up here.
 PARAMS = {
@@ -20,7 +20,7 @@ PARAMS = {
     ("resnet20", 10): 272_474,  # 269,722 with option-A shortcuts + 2,752 for the two 1x1-conv/BN projections
     ("resnet20", 100): 278_324,
 }
-BLOCKS = {"resnet18": 8, "tv_resnet18": 8, "resnet20": 9}
+BLOCKS = {"resnet18": 8, "tv_resnet18": 8, "resnet20": 9, "resnet50": 16}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,6 +72,41 @@ def test_tv_resnet18_is_torchvisions_network() -> None:
         torch.testing.assert_close(ours(x), ref(x))
 
 
+def test_resnet50_is_torchvisions_network_randomly_initialised() -> None:
+    """Same names and shapes as torchvision.models.resnet50 (25.56M parameters at 1000 classes), the same function
+    of the same weights, and fresh random weights (nothing downloaded): two builds differ."""
+    ours = create_model("resnet50", num_classes=1000, drop_path=0.2).eval()
+    ref = torchvision.models.resnet50(weights=None).eval()
+    assert _n_params(ours) == _n_params(ref) == 25_557_032
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+    torch.manual_seed(1)
+    a = create_model("resnet50").conv1.weight
+    torch.manual_seed(2)
+    assert not torch.equal(a, create_model("resnet50").conv1.weight)
+
+
+@pytest.mark.parametrize("name", CIFAR_STEM_MODELS)
+def test_cifar_stem_models_are_refused_above_64_pixels_saying_why(name: str) -> None:
+    assert create_model(name, image_size=CIFAR_STEM_MAX_SIZE) is not None
+    with pytest.raises(ConfigError) as info:
+        create_model(name, image_size=224)
+    message = str(info.value)
+    assert message.startswith(f"model={name!r} has a CIFAR stem") and "49x" in message
+    assert "tv_resnet18 or resnet50" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["tv_resnet18", "resnet50"])
+def test_imagenet_stem_models_take_224_pixels(name: str) -> None:
+    model = create_model(name, image_size=224).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
 def test_resnet18_is_the_cifar_variant() -> None:
     """3x3 stride-1 stem and no max-pool: the first stage works on the full 32x32 grid."""
     model = create_model("resnet18")
@@ -92,8 +127,9 @@ def test_resnet18_is_the_cifar_variant() -> None:
 
 
 def test_unknown_model_is_refused_listing_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"model='resnet50' is unknown; choose one of resnet18, tv_resnet18, "):
-        create_model("resnet50")
+    with pytest.raises(ConfigError, match=r"model='resnet34' is unknown; choose one of resnet18, tv_resnet18, "
+                                          r"resnet20, resnet50$"):
+        create_model("resnet34")
     with pytest.raises(ConfigError, match="model="):
         create_model(None)  # type: ignore[arg-type]
 

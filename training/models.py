@@ -1,10 +1,15 @@
-"""CIFAR classifiers: `create_model(name)` builds one of MODELS, with optional stochastic depth (DropPath).
+"""Classifiers: `create_model(name)` builds one of MODELS, with optional stochastic depth (DropPath).
 
 * ``resnet18``    CIFAR ResNet-18 (kuangliu/pytorch-cifar layout): 3x3 stem, stride 1, no max-pool; 11.17M params.
 * ``tv_resnet18`` torchvision's ResNet-18 (ImageNet stem: 7x7/2 conv + max-pool), same weights layout as
                   ``torchvision.models.resnet18(weights=None)``; never downloads weights.
 * ``resnet20``    He et al. 2016 CIFAR ResNet-20 (16/32/64 wide, 3 blocks per stage), 1x1-conv projection shortcuts
                   where the shape changes (option B), so it has 0.27M params rather than option A's 0.269M.
+* ``resnet50``    torchvision's ResNet-50 (ImageNet stem, bottleneck blocks), same weights layout as
+                  ``torchvision.models.resnet50(weights=None)``: randomly initialised, never downloads weights.
+
+The CIFAR-stem models (``resnet18``, ``resnet20``) keep full resolution through their first stage, which suits
+32-px images; above CIFAR_STEM_MAX_SIZE pixels ``create_model(..., image_size=)`` refuses them (see there).
 
 Every model works with ``channels_last`` and under ``torch.autocast``: nothing here depends on memory layout
 or dtype, and DropPath makes its mask in the input's dtype on the input's device.
@@ -19,10 +24,17 @@ import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock as _TVBasicBlock
+from torchvision.models.resnet import Bottleneck as _TVBottleneck
 
 from dali_pipes.errors import ConfigError
 
-MODELS = ("resnet18", "tv_resnet18", "resnet20")
+MODELS = ("resnet18", "tv_resnet18", "resnet20", "resnet50")
+CIFAR_STEM_MODELS = ("resnet18", "resnet20")
+# Largest input side (pixels) a CIFAR-stem model accepts. Its first stage runs at the input's full resolution
+# (ImageNet stems divide it by 4), so activation memory and FLOPs grow with the side squared: at 224 px CIFAR
+# ResNet-18 needs 49x its 32-px memory (about 0.1 GiB of saved activations per image in fp32, so >10 GiB for a
+# batch of 128) and ~27 GFLOPs per image, 15x torchvision's ResNet-18 at the same size.
+CIFAR_STEM_MAX_SIZE = 64
 
 
 class DropPath(nn.Module):
@@ -125,6 +137,22 @@ class _TVDropPathBlock(_TVBasicBlock):
         return self.relu2(identity + self.drop_path(out))
 
 
+class _TVDropPathBottleneck(_TVBottleneck):
+    """torchvision's Bottleneck with a DropPath on the residual branch (no parameters added, as above)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop_path = DropPath(0.0)  # set per block by _tv_resnet, which knows the block's depth
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu2(identity + self.drop_path(out))
+
+
 def _check_drop_path(drop_path: float) -> None:
     ok = not isinstance(drop_path, bool) and isinstance(drop_path, (int, float)) and math.isfinite(drop_path)
     if not ok or not 0.0 <= drop_path < 1.0:
@@ -167,24 +195,40 @@ def _resnet20(num_classes: int, drop_path: float) -> nn.Module:
     return CifarResNet((16, 32, 64), (3, 3, 3), (1, 2, 2), num_classes=num_classes, drop_path=drop_path)
 
 
-def _tv_resnet18(num_classes: int, drop_path: float) -> nn.Module:
-    # torchvision.models.resnet18(weights=None) is exactly ResNet(BasicBlock, [2, 2, 2, 2]); building it from the
-    # subclass gives the same modules, names and init, plus a DropPath slot. weights=None: nothing is downloaded.
-    model = torchvision.models.resnet.ResNet(_TVDropPathBlock, [2, 2, 2, 2], num_classes=num_classes)
-    blocks = [m for m in model.modules() if isinstance(m, _TVDropPathBlock)]
-    for block, rate in zip(blocks, _drop_rates(drop_path, len(blocks))):
-        block.drop_path = DropPath(rate)
+def _tv_resnet(block: type[nn.Module], depths: list[int], num_classes: int, drop_path: float) -> nn.Module:
+    # torchvision.models.resnet18/50(weights=None) is exactly ResNet(BasicBlock|Bottleneck, depths); building it
+    # from the subclasses gives the same modules, names and init, plus a DropPath slot. Nothing is downloaded.
+    model = torchvision.models.resnet.ResNet(block, depths, num_classes=num_classes)
+    blocks = [m for m in model.modules() if isinstance(m, block)]
+    for b, rate in zip(blocks, _drop_rates(drop_path, len(blocks))):
+        b.drop_path = DropPath(rate)
     return model
 
 
+def _tv_resnet18(num_classes: int, drop_path: float) -> nn.Module:
+    return _tv_resnet(_TVDropPathBlock, [2, 2, 2, 2], num_classes, drop_path)
+
+
+def _resnet50(num_classes: int, drop_path: float) -> nn.Module:
+    return _tv_resnet(_TVDropPathBottleneck, [3, 4, 6, 3], num_classes, drop_path)
+
+
 _BUILDERS: dict[str, Callable[[int, float], nn.Module]] = {
-    "resnet18": _resnet18, "tv_resnet18": _tv_resnet18, "resnet20": _resnet20}
+    "resnet18": _resnet18, "tv_resnet18": _tv_resnet18, "resnet20": _resnet20, "resnet50": _resnet50}
 
 
-def create_model(name: str, *, num_classes: int = 10, drop_path: float = 0.0) -> nn.Module:
-    """Build model ``name`` (one of MODELS) with ``num_classes`` outputs and stochastic depth up to ``drop_path``."""
+def create_model(name: str, *, num_classes: int = 10, drop_path: float = 0.0,
+                 image_size: int | None = None) -> nn.Module:
+    """Build model ``name`` (one of MODELS) with ``num_classes`` outputs and stochastic depth up to ``drop_path``.
+
+    ``image_size`` (the input side in pixels, when known) refuses a CIFAR-stem model above CIFAR_STEM_MAX_SIZE.
+    """
     if not isinstance(name, str) or name not in _BUILDERS:
         raise ConfigError(f"model={name!r} is unknown; choose one of {', '.join(MODELS)}")
+    if image_size is not None and name in CIFAR_STEM_MODELS and image_size > CIFAR_STEM_MAX_SIZE:
+        raise ConfigError(f"model={name!r} has a CIFAR stem (full resolution through its first stage): at "
+                          f"image_size={image_size} its activations and FLOPs are {(image_size / 32) ** 2:.0f}x "
+                          f"those at 32 px; above {CIFAR_STEM_MAX_SIZE} px use tv_resnet18 or resnet50")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes={num_classes!r} is invalid: a classifier needs an integer >= 2")
     _check_drop_path(drop_path)
