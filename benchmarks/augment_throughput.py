@@ -56,7 +56,7 @@ import torch  # noqa: E402
 from benchmarks._outputs import json_updater, one_line, output_options, write_outputs  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
-from training.monitor import cpu_model, package_version  # noqa: E402
+from training.machine import cpu_model, package_version  # noqa: E402
 
 DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "weak+randaugment",
                    "weak+trivialaugment")

@@ -3,8 +3,8 @@ much the real DALI loader costs next to a batch that is already on the device.
 
     python benchmarks/train_throughput.py --device cpu --json train-bench.json
 
-Rows per (device, model), all built with ``training.run.build_run`` (the step of ``dali-train``, every other option
-at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine schedule):
+Rows per (device, model), all built with ``training.factory`` (the loader, model and step of ``dali-train``, every
+other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine schedule):
 
 - ``fp32`` / ``fp16`` / ``bf16`` (autocast; fp16 with GradScaler, CUDA only) x ``+cl`` (channels_last) off/on,
   mixing off, fed a synthetic batch (``torch.randn`` images + random labels made once on the device, reused);
@@ -36,10 +36,8 @@ import dataclasses
 import gc
 import itertools
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -59,7 +57,9 @@ from training.config import TrainConfig  # noqa: E402
 from training.engine import train_one_epoch  # noqa: E402
 from training.models import MODELS  # noqa: E402
 from training.monitor import MIB, ResourceMonitor  # noqa: E402
-from training.run import build_run  # noqa: E402
+from training.distributed import World  # noqa: E402
+from training.engine import StepContext  # noqa: E402
+from training.factory import build_model, data_loader, step_context  # noqa: E402
 
 DEFAULT_MODELS = {"cuda": ("resnet18", "resnet20"), "cpu": ("resnet20",)}
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -165,13 +165,38 @@ def _saved_for_backward_mib(run, batch: tuple[torch.Tensor, torch.Tensor]) -> fl
     return sum(saved.values()) / MIB
 
 
+@dataclasses.dataclass
+class _BenchRun:
+    """What a row trains with: dali-train's loader, model and step for its config (training.factory), without a
+    run directory, a validation loader or checkpoints."""
+
+    cfg: TrainConfig
+    device: torch.device
+    train_loader: Any
+    model: torch.nn.Module
+    ctx: StepContext
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return self.ctx.amp_dtype
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, device: torch.device) -> _BenchRun:
+        torch.manual_seed(cfg.seed)
+        loader = data_loader(cfg, device, "train")
+        classes = len(loader.classes)
+        model = build_model(cfg, classes, device)
+        ctx = step_context(cfg, model, num_classes=classes, steps_per_epoch=len(loader), device=device,
+                           world=World())
+        return cls(cfg, device, loader, model, ctx)
+
+
 class _Row:
     """One row's run, its batch source and its measurements."""
 
     def __init__(self, spec: dict, *, batch_size: int, num_samples: int, augment: str, warmup_steps: int,
                  overrides: Mapping[str, Any] | None = None):
         self.spec = spec
-        self.tmp = tempfile.mkdtemp(prefix="train-bench-")
         self.run = self.stream = None
         self.steps_done = 0  # optimizer steps so far: the LR schedule's position
         self.runs: list[dict] = []
@@ -190,8 +215,8 @@ class _Row:
         _sync(self.device)
         before = torch.cuda.memory_allocated(self.device) if cuda else 0
         cfg = _config(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
-                      output=str(Path(self.tmp) / "run"), overrides=overrides)
-        self.run = build_run(cfg)
+                      output="", overrides=overrides)
+        self.run = _BenchRun.build(cfg, self.device)
         gen = torch.Generator(device=self.device).manual_seed(1)
         self.batch = (torch.randn(batch_size, 3, 32, 32, device=self.device, generator=gen),
                       torch.randint(0, len(self.run.train_loader.classes), (batch_size,), device=self.device,
@@ -238,7 +263,6 @@ class _Row:
     def close(self) -> None:
         self.stream = None
         self.run = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _median(values: Sequence[float | None]) -> float | None:

@@ -18,7 +18,7 @@ from training import prune as prune_mod
 from training.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from training.cli import eval_main, prune_main, quantize_main
 from training.config import TrainConfig
-from training.evaluate import data_loader
+from training.factory import data_loader
 from training.models import create_model
 from training.quantize import load_quantized
 from training.run import fit, read_metrics
@@ -49,6 +49,7 @@ def trained(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------- pruning units
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", prune_mod.METHODS)
 @pytest.mark.parametrize("model_name", ["resnet20", "resnet18"])
 def test_each_stage_reaches_the_requested_sparsity_and_keeps_what_was_pruned(method, model_name) -> None:
@@ -102,6 +103,7 @@ def test_bad_amounts_are_refused(text) -> None:
 # ------------------------------------------------------------------------------------------------- dali-prune
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_gradual_pruning_fine_tunes_each_stage_and_writes_a_plain_pruned_checkpoint(trained, tmp_path) -> None:
     ckpt, _ = trained
     out = tmp_path / "prune"
@@ -136,6 +138,7 @@ def test_gradual_pruning_fine_tunes_each_stage_and_writes_a_plain_pruned_checkpo
     assert code == 2 and "finished" in text and "Traceback" not in text
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(trained, tmp_path,
                                                                               monkeypatch) -> None:
     ckpt, _ = trained
@@ -165,6 +168,7 @@ def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(t
                             log=lambda *_: None, **data)
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_prune_refuses_an_occupied_output_and_a_checkpoint_of_another_architecture(trained, tmp_path) -> None:
     ckpt, _ = trained
     occupied = tmp_path / "occupied"
@@ -187,6 +191,7 @@ def test_prune_refuses_an_occupied_output_and_a_checkpoint_of_another_architectu
 # ------------------------------------------------------------------------------------------------- dali-quantize
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_static_int8_is_under_30_percent_of_the_float_file_and_within_a_point(trained, tmp_path) -> None:
     ckpt, summary = trained
     out = tmp_path / "q"
@@ -223,6 +228,7 @@ def test_static_int8_is_under_30_percent_of_the_float_file_and_within_a_point(tr
         p.numel() for n, p in ref.named_parameters() if n.endswith("weight") and p.ndim > 1)
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_dynamic_int8_needs_no_calibration(trained, tmp_path) -> None:
     ckpt, _ = trained
     out = tmp_path / "d"
@@ -237,6 +243,7 @@ def test_dynamic_int8_needs_no_calibration(trained, tmp_path) -> None:
     assert state["mode"] == "dynamic"
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 @pytest.mark.parametrize("args, expect", [
     (["--quant-backend", "qnnpack"], "--quant-backend='qnnpack' is not supported"),
     (["--quant-backend", "fbgemm"], "--quant-backend='fbgemm' is not supported"),
@@ -250,6 +257,7 @@ def test_quantize_refuses_bad_options_in_one_line(trained, tmp_path, args, expec
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_quantize_refuses_an_occupied_output_and_untrusted_int8_files(trained, tmp_path) -> None:
     ckpt, _ = trained
     (tmp_path / "busy").mkdir()
@@ -273,6 +281,7 @@ def test_quantize_refuses_an_occupied_output_and_untrusted_int8_files(trained, t
         load_quantized(ckpt)  # a float checkpoint is not an int8 file
 
 
+@pytest.mark.slow  # trains (the module's checkpoint) or fine-tunes
 def test_an_int8_file_whose_tensors_do_not_fit_its_graph_is_refused(trained, tmp_path) -> None:
     ckpt, _ = trained
     out = tmp_path / "q"

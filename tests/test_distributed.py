@@ -23,6 +23,7 @@ def torchrun(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_in_lockstep_and_rank0_alone_writes_the_run(tmp_path) -> None:
     out = tmp_path / "run"
     proc = torchrun([*TINY, "--epochs", "2", "--output", str(out)])
@@ -49,6 +50,7 @@ def test_two_ranks_train_in_lockstep_and_rank0_alone_writes_the_run(tmp_path) ->
         summary["best_reloaded_val_acc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_resume_with_another_world_size_is_refused_on_every_rank(tmp_path) -> None:
     out = tmp_path / "run"
     single = subprocess.run([sys.executable, "-m", "training", *TINY, "--epochs", "1", "--output", str(out)],

@@ -22,6 +22,7 @@ def invoke(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dali", "torchvision"])
 def test_a_yaml_recipe_with_affine_and_blur_trains_and_is_saved_resolved(tmp_path, backend: str) -> None:
     config = tmp_path / "recipe.yaml"
@@ -36,6 +37,7 @@ def test_a_yaml_recipe_with_affine_and_blur_trains_and_is_saved_resolved(tmp_pat
     assert (tmp_path / "run" / "summary.json").is_file()
 
 
+@pytest.mark.slow
 def test_overrides_apply_to_a_preset_given_on_the_command_line(tmp_path) -> None:
     code, text = invoke([*TINY, "--epochs", "1", "--augment", "standard+autoaugment", "--aug", "blur_p=0.2",
                          "--aug", "affine-scale=[0.8, 1.2]", "--aug", "affine_p=1", "--output", str(tmp_path / "r")])

@@ -19,6 +19,8 @@ from training import run as run_mod
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 
+pytestmark = pytest.mark.slow  # every case trains a run several times
+
 EPOCHS, BATCHES = 3, 6  # 96 training samples in batches of 16; validation: 19 samples, 2 batches
 DETERMINISTIC = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images",
                  "nonfinite_losses", "skipped_steps")

@@ -45,6 +45,7 @@ def killed_before_first_checkpoint(out: Path) -> None:
     (out / LOCK_NAME).write_text("999999\n")
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_is_refused_by_output_and_started_over_by_resume(tmp_path) -> None:
     out = tmp_path / "run"
     killed_before_first_checkpoint(out)
@@ -96,6 +97,7 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_one_process_writes_a_run_directory_at_a_time_and_a_killed_one_leaves_it_free(tmp_path) -> None:
     out = tmp_path / "run"
     killed_before_first_checkpoint(out)

@@ -62,11 +62,12 @@ def test_an_overflowing_fp16_step_is_skipped_and_counted_with_the_clip_on() -> N
     assert not skipped
 
 
+@pytest.mark.slow
 def test_the_lr_in_the_param_groups_is_the_schedule_at_the_step(tmp_path) -> None:
     run = run_mod.build_run(_tiny(tmp_path / "run"))
     steps = len(run.train_loader)
     run_mod.train_epochs(run, StopAfter(10**9), log=lambda *_: None)
-    assert run.step == 2 * steps
+    assert run.state.step == 2 * steps
     # the last step taken was step 2*steps-1: its LR is what the optimizer holds
     assert run.ctx.optimizer.param_groups[0]["lr"] == run.ctx.lr_at(2 * steps - 1)
     assert run.ctx.lr_at(0) == pytest.approx(0.05 / steps)  # warmup from 0 over one epoch
@@ -74,6 +75,7 @@ def test_the_lr_in_the_param_groups_is_the_schedule_at_the_step(tmp_path) -> Non
     assert state["step"] == 2 * steps and "scheduler" not in state
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_a_scheduler_entry_still_resumes_at_its_step(tmp_path) -> None:
     cfg = _tiny(tmp_path / "run")
     run = run_mod.build_run(cfg)
@@ -86,7 +88,8 @@ def test_a_checkpoint_with_a_scheduler_entry_still_resumes_at_its_step(tmp_path)
     state["scheduler"] = {"base_lrs": [0.05], "last_epoch": 2, "_step_count": 3, "_last_lr": [0.05 * 3 / 4]}
     del state["format"]
     save_checkpoint(state, path)
-    resumed = run_mod.build_run(cfg.replace(epochs=3), resume=load_checkpoint(path), run_dir=tmp_path / "run")
-    assert resumed.step == 2
+    resumed = run_mod.build_run(cfg.replace(epochs=3), run_dir=tmp_path / "run")
+    resumed.load_state(load_checkpoint(path))
+    assert resumed.state.step == 2
     run_mod.train_epochs(resumed, StopAfter(10**9), log=lambda *_: None)
-    assert resumed.step == 3 * len(resumed.train_loader)
+    assert resumed.state.step == 3 * len(resumed.train_loader)

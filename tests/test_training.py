@@ -39,6 +39,7 @@ def invoke(args: list[str], cmd=main):
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_task_and_writes_the_run_directory(tmp_path) -> None:
     out = tmp_path / "run"
     code, text = invoke([*TINY, "--num-samples", "2000", "--epochs", "3", "--augment", "weak", "--lr", "0.05",
@@ -59,6 +60,7 @@ def test_learns_the_synthetic_task_and_writes_the_run_directory(tmp_path) -> Non
     assert json.loads(text.strip().splitlines()[-1])["val_acc"] == pytest.approx(summary["best_reloaded_val_acc"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dali", "torchvision"])
 def test_a_run_interrupted_mid_epoch_and_resumed_lands_where_the_straight_run_lands(tmp_path, backend) -> None:
     straight = run_mod.build_run(tiny_config(tmp_path / "a", backend=backend))
@@ -73,7 +75,8 @@ def test_a_run_interrupted_mid_epoch_and_resumed_lands_where_the_straight_run_la
     state = load_checkpoint(tmp_path / "b" / "last.pth")
     assert (state["epoch"], state["batch"]) == (1, 2)
 
-    resumed = run_mod.build_run(cfg, resume=state, run_dir=tmp_path / "b")
+    resumed = run_mod.build_run(cfg, run_dir=tmp_path / "b")
+    resumed.load_state(state)
     run_mod.train_epochs(resumed, StopAfter(10**9), log=lambda *_: None)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
@@ -82,6 +85,7 @@ def test_a_run_interrupted_mid_epoch_and_resumed_lands_where_the_straight_run_la
     assert [r["val_acc"] for r in rows_a] == [r["val_acc"] for r in rows_b]
 
 
+@pytest.mark.slow
 def test_resume_through_the_cli_extends_a_finished_run_and_refuses_a_second_finish(tmp_path) -> None:
     out = tmp_path / "run"
     assert invoke([*TINY, "--num-samples", "256", "--epochs", "1", "--output", str(out)])[0] == 0
@@ -97,6 +101,7 @@ def test_resume_through_the_cli_extends_a_finished_run_and_refuses_a_second_fini
     assert code == 0 and json.loads((out / "summary.json").read_text())["epochs_run"] == 2, text
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_when_val_accuracy_stalls(tmp_path) -> None:
     out = tmp_path / "run"
     code, text = invoke([*TINY, "--num-samples", "256", "--epochs", "5", "--lr", "1e-9", "--warmup-epochs", "0",
@@ -106,6 +111,7 @@ def test_early_stopping_stops_when_val_accuracy_stalls(tmp_path) -> None:
     assert summary["stopped_early"] and summary["epochs_run"] == 2 and "early stopping" in text
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_loadable_last_checkpoint_and_says_how_to_resume(tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "training", *TINY, "--num-samples", "20000", "--epochs", "3", "--output", str(out)]
@@ -124,6 +130,7 @@ def test_sigterm_leaves_a_loadable_last_checkpoint_and_says_how_to_resume(tmp_pa
     assert state["epoch"] == 0 and state["batch"] > 0
 
 
+@pytest.mark.slow
 def test_config_file_keys_are_option_names_and_the_command_line_wins(tmp_path) -> None:
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("num-samples: 128\nepochs: 1\nlabel_smoothing: 0.2\nmodel: resnet20\ndataset: synthetic\n"
@@ -269,6 +276,7 @@ def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_zero() -> None:
     assert f[55] == pytest.approx(0.5, abs=0.02) and lr_factor(100, total_steps=100, warmup_steps=10) == 0.0
 
 
+@pytest.mark.slow
 def test_no_amp_runs_the_same_step(tmp_path) -> None:
     out = tmp_path / "run"
     code, text = invoke([*TINY, "--num-samples", "128", "--epochs", "1", "--no-amp", "--no-channels-last",

@@ -33,14 +33,15 @@ import yaml
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .cli import _options, _run_guarded
+from .cli import _options, _run_guarded, with_overrides
+from . import rundir
 from .config import TrainConfig
+from .state import TrainState
 
 _D = TrainConfig()
 ARM_NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9._+=-]*$")
 MANAGED = ("seed", "output")  # set by dali-ablate for every run
 NOT_COMPARED = ("output", "num_threads")  # may differ between the run on disk and this invocation
-PARTIAL = re.compile(r"^(config\.yaml|metrics\.csv|metrics\.csv\.tmp|curves\.png|\.(last|best)\.pth\..*\.tmp)$")
 RESULT_FIELDS = ("arm", "seed", "status", "final_val_acc", "best_val_acc", "best_epoch", "epochs_run",
                  "final_train_loss", "mean_epoch_time_s", "peak_cuda_alloc_mib", "peak_host_rss_mib", "amp_dtype",
                  "device", "run_dir", "note")
@@ -233,16 +234,14 @@ def _check_same(run_dir: Path, cfg: TrainConfig, saved: dict[str, Any]) -> None:
 
 def _clear_partial(run_dir: Path) -> bool:
     """A run killed before its first checkpoint leaves config.yaml (at most): nothing to resume, so start over."""
-    if not run_dir.is_dir():
+    kind = rundir.classify(run_dir)
+    if kind == rundir.EMPTY:
         return False
-    entries = list(run_dir.iterdir())
-    foreign = sorted(p.name for p in entries if not (p.is_file() and PARTIAL.match(p.name)))
-    if foreign:
+    if kind == rundir.FOREIGN:
         raise ConfigError(f"{run_dir} holds files that are not an unfinished dali-train run "
-                          f"({', '.join(foreign[:3])}); move them away or choose another --output")
-    for p in entries:
-        p.unlink()
-    return bool(entries)
+                          f"({rundir.listing(run_dir)}); move them away or choose another --output")
+    rundir.clear_outputs(run_dir)  # its outputs and temp files; the lock file is the next run's to take
+    return True
 
 
 def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None]) -> str:
@@ -264,7 +263,7 @@ def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None]) -> str:
         if (run_dir / "last.pth").is_file():
             state = load_checkpoint(run_dir / "last.pth")
             _check_same(run_dir, cfg, state["config"])
-            if state.get("stopped_early") or (int(state["epoch"]) >= cfg.epochs and not state.get("batch")):
+            if TrainState.from_dict(state).is_finished(cfg.epochs):
                 log(f"{tag} all epochs are in last.pth but summary.json is missing: evaluating best.pth")
                 resume(run_dir, log=run_log)  # resume only finishes such a run
                 return "completed from last.pth"
@@ -279,8 +278,9 @@ def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None]) -> str:
         fit(cfg, log=run_log)
         return ""
     except Interrupted as e:
-        raise Interrupted(f"{tag} interrupted ({str(e).split(';')[0]}); last.pth is saved — rerun the same "
-                          "dali-ablate command to resume the study", e.exit_code) from None
+        raise Interrupted(f"{tag} interrupted ({e.where()}); last.pth is saved — rerun the same dali-ablate "
+                          "command to resume the study", e.exit_code, run_dir=e.run_dir, epoch=e.epoch, batch=e.batch,
+                          signum=e.signum) from None
     finally:
         gc.collect()  # the finished run's loaders and model, before the next run builds its own
 
@@ -550,13 +550,15 @@ _STUDY_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in STUDIES.items()
 @click.option("--seeds", type=int, default=1, help="Runs per arm; run k uses seed --seed + k.")
 @_options
 @click.pass_context
-def main(ctx: click.Context, study: str | None, seeds: int, **options: Any) -> None:
+def main(click_ctx: click.Context, study: str | None, seeds: int, **options: Any) -> None:
     """Run every arm of an ablation study over several seeds (resumable) and report the differences.
 
     Every dali-train option sets the base config the arms change."""
     from click.core import ParameterSource
 
-    given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    overrides = options.pop("aug_overrides")
+    given = {k for k in options if click_ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    options["augment"] = with_overrides(options["augment"], overrides)
 
     def work() -> tuple[Any, Path, list]:
         if not study:

@@ -1,4 +1,5 @@
-"""Checkpoints: a plain dict written atomically, read with ``torch.load(weights_only=True)``.
+"""Checkpoints: a plain dict written atomically, read with ``torch.load(weights_only=True)``; the config and the
+model a checkpoint holds (what dali-eval, dali-quantize and dali-prune start from).
 
 Checkpoint files are untrusted input: ``weights_only`` lets only tensors and plain containers through, so loading
 one never runs code, and anything that is not one of ours is refused with a one-line error naming the file.
@@ -18,6 +19,7 @@ import torch
 from dali_pipes import DaliTrainError, DataError
 
 from .config import TrainConfig
+from .models import create_model
 
 FORMAT = "dali-train/1"
 REQUIRED = ("format", "config", "model", "epoch")
@@ -114,3 +116,19 @@ def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> Tr
         raise DataError(f"{path}: its saved config is unreadable ({e}); use a checkpoint written by dali-train") \
             from None
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The model the config names, with the checkpoint's weights; a checkpoint of another shape is refused."""
+    model = create_model(cfg.model, num_classes=num_classes)
+    load_weights(model, state["model"], path, f"model {cfg.model} with {num_classes} classes")
+    return model
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path, what: str) -> None:
+    """`model.load_state_dict(weights)`; weights of another shape are a one-line DataError naming `path`."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise DataError(f"{path}: weights do not fit {what} ({str(e).splitlines()[0][:160]}); use a checkpoint of "
+                        "that architecture trained on this dataset") from None

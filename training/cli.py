@@ -12,20 +12,22 @@ from typing import Any
 import click
 import yaml
 
-from dali_pipes import ConfigError, DaliTrainError
+from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError
 from dali_pipes.config import parse_override
 
 from .config import AMP_DTYPES, DEVICES, TrainConfig
+from .mixing import MIX_MODES
+from .models import MODELS
 
 _D = TrainConfig()  # defaults shown in --help come from the config itself
 
 
 def _options(f: Callable) -> Callable:
     opts = [
-        click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "folder", "synthetic"]),
-                     default=_D.dataset, help="Dataset: official CIFAR layouts, an image folder, or synthetic."),
+        click.option("--dataset", type=click.Choice(DATASETS), default=_D.dataset,
+                     help="Dataset: official CIFAR layouts, an image folder, or synthetic."),
         click.option("--data-dir", default=_D.data_dir, help="Where the dataset lives (CIFAR is downloaded here)."),
-        click.option("--model", type=click.Choice(["resnet18", "tv_resnet18", "resnet20"]), default=_D.model),
+        click.option("--model", type=click.Choice(MODELS), default=_D.model),
         click.option("--epochs", type=int, default=_D.epochs),
         click.option("--batch-size", type=int, default=_D.batch_size, help="Per process."),
         click.option("--lr", type=float, default=_D.lr, help="Peak LR for batch 128; scale with the batch."),
@@ -44,7 +46,7 @@ def _options(f: Callable) -> Callable:
         click.option("--cutmix-alpha", type=float, default=_D.cutmix_alpha, help="0 disables CutMix."),
         click.option("--mix-prob", type=float, default=_D.mix_prob, help="Probability a batch is mixed."),
         click.option("--switch-prob", type=float, default=_D.switch_prob, help="CutMix instead of Mixup."),
-        click.option("--mix-mode", type=click.Choice(["batch", "elem"]), default=_D.mix_mode),
+        click.option("--mix-mode", type=click.Choice(MIX_MODES), default=_D.mix_mode),
         click.option("--label-smoothing", type=float, default=_D.label_smoothing),
         click.option("--clip-grad", type=float, default=_D.clip_grad,
                      help="Clip the global grad norm (L2, after unscaling) to this; 0 disables clipping."),
@@ -54,7 +56,7 @@ def _options(f: Callable) -> Callable:
         click.option("--channels-last/--no-channels-last", default=_D.channels_last),
         click.option("--compile/--no-compile", default=_D.compile, help="torch.compile the model."),
         click.option("--sync-bn/--no-sync-bn", default=_D.sync_bn, help="SyncBatchNorm under torchrun."),
-        click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=_D.backend),
+        click.option("--backend", type=click.Choice(BACKENDS), default=_D.backend),
         click.option("--device", type=click.Choice(DEVICES), default=_D.device),
         click.option("--patience", type=int, default=_D.patience, help="Early stopping; 0 disables it."),
         click.option("--output", default=_D.output, help="Run directory [default: runs/<time>-<model>-<dataset>]."),
@@ -94,6 +96,15 @@ def _config_file(path: str) -> dict[str, Any]:
     return values
 
 
+def with_overrides(augment: str | dict[str, Any], overrides: tuple[str, ...]) -> str | dict[str, Any]:
+    """The recipe `augment` (a preset name or a mapping) with each --aug FIELD=VALUE of `overrides` applied."""
+    if not overrides:
+        return augment
+    recipe = dict(augment) if isinstance(augment, dict) else {"preset": augment}
+    recipe.update(parse_override(o) for o in overrides)
+    return recipe
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -130,12 +141,12 @@ def _run_guarded(fn: Callable[[], Any], *,
               "(its saved config; only --epochs may be given to extend it).")
 @_options
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None, resume: str | None, **options: Any) -> None:
+def main(click_ctx: click.Context, config_file: str | None, resume: str | None, **options: Any) -> None:
     """Train an image classifier (default: CIFAR-10 ResNet-18, the full recipe) with DALI augmentation."""
     from click.core import ParameterSource
 
     overrides = options.pop("aug_overrides")
-    given = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    given = {k for k in options if click_ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     if overrides:
         given.add("aug")
 
@@ -151,11 +162,7 @@ def main(ctx: click.Context, config_file: str | None, resume: str | None, **opti
             return run.resume(resume, epochs=options["epochs"] if "epochs" in given else None)
         values = _config_file(config_file) if config_file else {}
         values.update({k: v for k, v in options.items() if k in given or k not in values})
-        if overrides:
-            recipe = values["augment"]
-            recipe = dict(recipe) if isinstance(recipe, dict) else {"preset": recipe}
-            recipe.update(parse_override(o) for o in overrides)
-            values["augment"] = recipe
+        values["augment"] = with_overrides(values["augment"], overrides)
         return run.fit(TrainConfig.from_dict(values, source=config_file or "options"))
 
     _run_guarded(work)
@@ -164,10 +171,10 @@ def main(ctx: click.Context, config_file: str | None, resume: str | None, **opti
 def _data_options(f: Callable) -> Callable:
     """Where the data of a tool that starts from a checkpoint comes from; each defaults to the checkpoint's run."""
     opts = [
-        click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "folder", "synthetic"]), default=None,
+        click.option("--dataset", type=click.Choice(DATASETS), default=None,
                      help="Default: the checkpoint's dataset."),
         click.option("--data-dir", default=None, help="Default: the checkpoint's data directory."),
-        click.option("--backend", type=click.Choice(["dali", "torchvision"]), default=None,
+        click.option("--backend", type=click.Choice(BACKENDS), default=None,
                      help="Default: the checkpoint's."),
         click.option("--batch-size", type=int, default=None, help="Default: the checkpoint's."),
         click.option("--num-samples", type=int, default=None,

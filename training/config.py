@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from dali_pipes import DATASETS, ConfigError, resolve_augment
+from dali_pipes import BACKENDS, DATASETS, ConfigError, resolve_augment
 from dali_pipes.config import recipe_fields
 
 AMP_DTYPES = ("float16", "bfloat16")
@@ -96,6 +96,7 @@ def _bad(option: str, value: Any, rule: str) -> None:
 
 
 def _validate(c: TrainConfig) -> None:
+    from .mixing import MIX_MODES
     from .models import MODELS
 
     def num(option: str, lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> None:
@@ -118,10 +119,10 @@ def _validate(c: TrainConfig) -> None:
 
     choice("dataset", DATASETS)
     choice("model", MODELS)
-    choice("backend", ("dali", "torchvision"))
+    choice("backend", BACKENDS)
     choice("device", DEVICES)
     choice("amp_dtype", AMP_DTYPES)
-    choice("mix_mode", ("batch", "elem"))
+    choice("mix_mode", MIX_MODES)
     integer("epochs", 1)
     integer("batch_size", 1)
     integer("patience", 0)

@@ -27,7 +27,7 @@ class World:
     local_rank: int = 0
 
     @property
-    def enabled(self) -> bool:
+    def distributed(self) -> bool:
         return self.size > 1
 
     @property
@@ -77,7 +77,7 @@ def cleanup() -> None:
 
 def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
     """Element-wise sum over ranks (float64), returned to the host."""
-    if not world.enabled:
+    if not world.distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -85,7 +85,7 @@ def all_sum(values: list[float], world: World, device: torch.device) -> list[flo
 
 
 def any_rank(flag: bool, world: World, device: torch.device) -> bool:
-    if not world.enabled:
+    if not world.distributed:
         return flag
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -94,7 +94,7 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
 
 def gather(obj: Any, world: World) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank (small objects: per-rank RNG and loader states)."""
-    if not world.enabled:
+    if not world.distributed:
         return [obj]
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, obj)
@@ -103,7 +103,7 @@ def gather(obj: Any, world: World) -> list[Any]:
 
 def broadcast(obj: Any, world: World) -> Any:
     """Rank 0's `obj` on every rank."""
-    if not world.enabled:
+    if not world.distributed:
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -113,6 +113,6 @@ def broadcast(obj: Any, world: World) -> Any:
 def sync_buffers(model: torch.nn.Module, world: World) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank: each rank updated its own during the
     epoch's last forward, and evaluation and checkpoints must see one model."""
-    if world.enabled:
+    if world.distributed:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)

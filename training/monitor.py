@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import resource
 import threading
 from collections.abc import Callable, Iterator
@@ -245,24 +244,3 @@ class ResourceMonitor:
                 self._once("pid", f"{PROC} not reported: NVML does not list this process (pid {self._pid}) on "
                                   "the device; inside a container NVML shows the host's PIDs")
         return out
-
-
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it (for reports), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("model name", "cpu model", "hardware", "processor name") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def package_version(module: str) -> str | None:
-    """`module.__version__` as a string, or None where it does not import (a label in reports only)."""
-    try:
-        return str(__import__(module, fromlist=["__version__"]).__version__)
-    except Exception:  # noqa: BLE001
-        return None

@@ -34,9 +34,10 @@ from torch.nn.utils import prune
 
 from dali_pipes import ConfigError, DataError
 
-from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, load_weights, save_checkpoint
+from .config import TrainConfig
 from .engine import evaluate
-from .evaluate import load_weights
+from .factory import build_model, data_loader, resolve_amp_dtype, resolve_device
 from .run import Interrupted, StopSignal, build_run, read_metrics, train_epochs, write_rows
 
 METHODS = ("l1-unstructured", "l1-global", "ln-structured")
@@ -239,6 +240,25 @@ def _measure(run: Any, method: str) -> dict[str, Any]:
             "val_loss": val["val_loss"]}
 
 
+@dataclass
+class _Model:
+    """A model and the validation loader that measures it: what stage 0 and the final step need (no optimizer,
+    no training loader, no run directory)."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    val_loader: Any
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, prepare) -> _Model:
+        device = resolve_device(cfg.device)
+        val_loader = data_loader(cfg, device, "val")
+        model = build_model(cfg, len(val_loader.classes), device, prepare=prepare)
+        return cls(cfg, model, val_loader, device, resolve_amp_dtype(cfg, device))
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -270,7 +290,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     started = time.time()
     run = None
     if not rows:  # stage 0: the model as trained, measured through the same evaluation
-        run = build_run(stage_cfg, run_dir=output, prepare_model=load_into(weights))
+        run = _Model.build(stage_cfg, load_into(weights))
         log(f"dali-prune: {base_cfg.model} from {checkpoint}, {method} to "
             f"{', '.join(f'{a:g}' for a in pcfg.amounts)}, {pcfg.finetune_epochs} fine-tuning epoch(s) per stage "
             f"on {run.device}, output {output}")
@@ -289,8 +309,8 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         last, before_path = stage_dir / "last.pth", stage_dir / "before_finetune.json"
         if last.is_file() and before_path.is_file():  # interrupted in this stage's fine-tuning: continue it exactly
             log(f"stage {stage}: continuing its fine-tuning from {last}")
-            run = build_run(stage_cfg, resume=load_checkpoint(last), run_dir=stage_dir,
-                            prepare_model=lambda m: add_masks(prunable(m, method)))
+            run = build_run(stage_cfg, run_dir=stage_dir, prepare_model=lambda m: add_masks(prunable(m, method)))
+            run.load_state(load_checkpoint(last))
             before = json.loads(before_path.read_text())
         else:
             def prepare(model: nn.Module, weights=weights, amount=amount) -> None:
@@ -308,7 +328,8 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
                     train_epochs(run, stop, log=lambda line, tag=tag: log(f"{tag}: {line}"))
             except Interrupted as e:
                 raise Interrupted(f"dali-prune stopped in stage {stage} ({e}); run the same dali-prune command "
-                                  "again to continue from there", e.exit_code) from None
+                                  "again to continue from there", e.exit_code, run_dir=e.run_dir, epoch=e.epoch,
+                                  batch=e.batch, signum=e.signum) from None
             run.model.load_state_dict(load_checkpoint(stage_dir / "best.pth")["model"])
         row = {"stage": stage, "amount": amount, **_measure(run, method), "finetune_epochs": pcfg.finetune_epochs,
                "finetune_time_s": time.time() - t0, "val_acc_before_finetune": before["val_acc"],
@@ -321,7 +342,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         plot(rows, output / "prune.png", method)
         log(_row_line(row))
     if run is None:  # every stage was done before this call: the last stage's weights, with their masks
-        run = build_run(stage_cfg, run_dir=output, prepare_model=load_into(weights))
+        run = _Model.build(stage_cfg, load_into(weights))
     # The masks become the weights: a plain model whose pruned weights are exact zeros.
     targets = prunable(run.model, method)
     make_permanent(targets)

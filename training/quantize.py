@@ -38,12 +38,12 @@ from torch import nn
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
-from .evaluate import data_loader, model_from_checkpoint
+from .factory import data_loader
+from .machine import cpu_model, package_version
 from .models import create_model
-from .monitor import cpu_model, package_version
 
 INT8_FORMAT = "dali-train-int8/1"
 MODES = ("static", "dynamic")

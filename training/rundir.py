@@ -13,14 +13,22 @@ import errno
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dali_pipes import ConfigError, DaliTrainError
+
+from . import distributed
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .distributed import World
 
 LOCK_NAME = ".dali-train.lock"
 # Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
 OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json")
-_TEMP = re.compile(r"^(metrics\.csv\.tmp|\.(last|best)\.pth\..+\.tmp)$")
+_TEMP = re.compile(r"^(metrics\.csv\.tmp|\.(last|best)\.pth\..+\.tmp|\.(config\.yaml|summary\.json)\.tmp)$")
 
 EMPTY, RUN, UNSTARTED, LEFTOVERS, FOREIGN = "empty", "run", "unstarted", "leftovers", "foreign"
 
@@ -129,3 +137,39 @@ class RunDirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def new_run_dir(cfg: TrainConfig, world: World) -> tuple[Path, RunDirLock | None]:
+    """Rank 0 creates the run directory and locks it; every rank learns its path, or the reason it was refused."""
+    run_dir, lock, error = None, None, None
+    if world.is_main:
+        run_dir = Path(cfg.output) if cfg.output else Path("runs") / (
+            time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.model}-{cfg.dataset}")
+        try:
+            classify(run_dir)  # a file in the way is refused before anything is created
+            make(run_dir)
+            lock = RunDirLock(run_dir).acquire()  # before looking inside: a run starting there now is seen
+            kind = classify(run_dir)
+            if kind == RUN:
+                raise ConfigError(f"--output {run_dir} already holds a run; continue it with --resume {run_dir}, "
+                                  "or choose another --output")
+            if kind == UNSTARTED:
+                raise ConfigError(f"--output {run_dir} holds a run stopped before its first checkpoint "
+                                  f"(config.yaml, no last.pth); start it over from its saved config with "
+                                  f"--resume {run_dir}, or choose another --output")
+            if kind == LEFTOVERS:
+                raise ConfigError(f"--output {run_dir} holds leftovers of a dali-train run ({listing(run_dir)})"
+                                  " but no last.pth or config.yaml to resume or restart it from; move them away, or "
+                                  "choose another --output")
+            if kind == FOREIGN:
+                raise ConfigError(f"--output {run_dir} is not a dali-train run and not empty (it holds "
+                                  f"{listing(run_dir)}); choose another --output, or an empty folder")
+        except (DaliTrainError, OSError) as e:  # every rank raises it, not rank 0 alone (the others would wait)
+            if lock is not None:
+                lock.release()
+            error = e if isinstance(e, DaliTrainError) else ConfigError(
+                f"--output {run_dir}: cannot use it ({e.strerror or e}); give a folder this user may write")
+    run_dir, error = distributed.broadcast((run_dir, error), world)
+    if error:
+        raise error
+    return Path(run_dir), lock

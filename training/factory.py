@@ -1,0 +1,137 @@
+"""Factories: what a config builds — the device, the loaders, the model, the LR schedule and the step context.
+
+Used by `fit` (run.build_run), dali-eval, dali-quantize, dali-prune and benchmarks/train_throughput.py, so each
+rule lives once: the validation split of a synthetic run is a fifth of --num-samples; ranks other than 0 wait for
+rank 0 to download CIFAR; the LR is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dali_pipes import ConfigError, create_loader
+from dali_pipes.plan import derive_seed
+
+from . import distributed
+from .config import TrainConfig
+from .distributed import World
+from .engine import StepContext
+from .mixing import MixConfig, Mixer
+from .models import create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto": CUDA when a device is visible, else the CPU; "cuda" without one is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda but no CUDA device is visible; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """None when AMP is off. On the CPU, autocast runs in bfloat16 (float16 CPU kernels are few and slow)."""
+    if not cfg.amp:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16
+    return torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+
+
+def split_samples(cfg: TrainConfig, split: str) -> int | None:
+    """Samples of `split` for a synthetic run (--num-samples trains, a fifth of it validates); None: the dataset's."""
+    if not cfg.num_samples:
+        return None
+    return cfg.num_samples if split == "train" else max(1, cfg.num_samples // 5)
+
+
+def _loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
+    return dict(dataset=cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, backend=cfg.backend,
+                device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads,
+                dali_batch_size=cfg.dali_batch_size or None)
+
+
+def create_loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any, Any]:
+    """This rank's shards: training shards of equal size (ranks step in lockstep), validation every sample once."""
+    common = dict(_loader_options(cfg, device), shard_id=world.rank, num_shards=world.size)
+    if world.distributed and not world.is_main:  # let rank 0 download CIFAR alone before the others read it
+        distributed.any_rank(False, world, device)
+    try:
+        train = create_loader(split="train", num_samples=split_samples(cfg, "train"),
+                              even_shards=world.distributed, **common)
+    finally:
+        if world.distributed and world.is_main:
+            distributed.any_rank(False, world, device)
+    val = create_loader(split="val", num_samples=split_samples(cfg, "val"), **common)
+    return train, val
+
+
+def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, augment: str | None = None) -> Any:
+    """One unsharded loader of `split` (the tools that start from a checkpoint: eval, quantize, prune)."""
+    options = _loader_options(cfg, device)
+    if augment is not None:
+        options["augment"] = augment
+    return create_loader(split=split, num_samples=split_samples(cfg, split), **options)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, world: World | None = None,
+                prepare: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
+    """The model the config names, on `device` in its memory format; `prepare` may change it in place first
+    (dali-prune puts pruning masks on it) before anything sees its parameters. Under DDP with --sync-bn its
+    BatchNorms become SyncBatchNorm."""
+    model = create_model(cfg.model, num_classes=num_classes, drop_path=cfg.drop_path).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if prepare is not None:
+        prepare(model)
+    if world is not None and world.distributed and cfg.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
+    """Linear warmup from 0 over `warmup_steps`, then cosine from 1 to 0 at `total_steps` (a pure function)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The LR of each optimizer step of a `cfg.epochs` run: peak `cfg.lr` after `cfg.warmup_epochs` of warmup."""
+    total = cfg.epochs * steps_per_epoch
+    # A run shorter than twice its warmup (a smoke test) warms up over half of it at most.
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total // 2)
+
+    def lr_at(step: int) -> float:
+        return cfg.lr * lr_factor(step, total_steps=total, warmup_steps=warmup)
+
+    return lr_at
+
+
+def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, steps_per_epoch: int,
+                 device: torch.device, world: World) -> StepContext:
+    """Optimizer, LR schedule, scaler, mixer and the network the step runs (DDP- and compile-wrapped as asked).
+    Seeds this rank's drop-path stream; the mixer has a generator of its own."""
+    torch.manual_seed(derive_seed(cfg.seed, world.rank, 1))  # drop path: a stream of its own per rank
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    amp_dtype = resolve_amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    mixer = Mixer(MixConfig(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob,
+                            switch_prob=cfg.switch_prob, mode=cfg.mix_mode, label_smoothing=cfg.label_smoothing,
+                            num_classes=num_classes),
+                  generator=torch.Generator().manual_seed(derive_seed(cfg.seed, world.rank, 2)))
+    net = model
+    if world.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return StepContext(net, optimizer, lr_schedule(cfg, steps_per_epoch), scaler, mixer, device, amp_dtype,
+                       cfg.channels_last, clip_grad=cfg.clip_grad)

@@ -1,0 +1,134 @@
+"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line and progress bar, summary.json, config.yaml.
+
+Every write here that can fail for want of disk (a full disk, a quota) is a one-line DaliTrainError naming the file,
+like a failed checkpoint write, not an OSError traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dali_pipes import DaliTrainError
+
+from .config import TrainConfig
+
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images", "images_per_s",
+                 "data_time_s",
+                 "epoch_time_s", "nonfinite_losses", "skipped_steps", "max_mem_allocated_mib",
+                 "max_mem_reserved_mib", "gpu_util_mean_pct", "gpu_mem_used_max_mib", "gpu_mem_process_max_mib",
+                 "host_rss_peak_mib")
+
+
+def write_error(path: Path, e: OSError) -> DaliTrainError:
+    """A one-line error for a failed write of `path`."""
+    return DaliTrainError(f"{path}: cannot write it ({e.strerror or e}); free space (or fix the folder) and "
+                          "resume the run")
+
+
+def write_rows(path: Path, rows: list[dict], fields: tuple[str, ...] = METRIC_FIELDS) -> None:
+    """A CSV of `rows` (the `fields` columns), replaced atomically: readers see the old file or the new one.
+    A failed write leaves the old file and no temp file behind, and is a one-line DaliTrainError."""
+    tmp = path.with_suffix(".csv.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+
+
+def write_text(path: Path, text: str) -> None:
+    """`path` replaced atomically by `text`; a failed write is a one-line DaliTrainError, the old file intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
+
+
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()} for row in
+                csv.DictReader(f)]
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train (mixed targets)")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val")
+    ax_loss.set(xlabel="epoch", ylabel="loss")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], label="train (dominant label)")
+    ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], label="val")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def epoch_line(cfg: TrainConfig, row: dict) -> str:
+    parts = [f"epoch {int(row['epoch'])}/{cfg.epochs}", f"lr {row['lr']:.4f}",
+             f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% (dominant label)",
+             f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%",
+             f"{row['images_per_s']:,.0f} img/s, data wait {row['data_time_s']:.1f}s, epoch {row['epoch_time_s']:.1f}s"]
+    if "max_mem_allocated_mib" in row:
+        parts.append(f"cuda peak alloc {row['max_mem_allocated_mib']:.0f} MiB reserved "
+                     f"{row['max_mem_reserved_mib']:.0f} MiB")
+    if "gpu_util_mean_pct" in row:
+        parts.append(f"gpu {row['gpu_util_mean_pct']:.0f}%")
+    if "gpu_mem_used_max_mib" in row:  # the whole device, every process
+        parts.append(f"device used {row['gpu_mem_used_max_mib']:.0f} MiB")
+    if "gpu_mem_process_max_mib" in row:  # this process: CUDA context, torch and DALI
+        parts.append(f"process {row['gpu_mem_process_max_mib']:.0f} MiB")
+    parts.append(f"host rss {row['host_rss_peak_mib']:.0f} MiB")
+    if row["nonfinite_losses"] or row["skipped_steps"]:
+        parts.append(f"non-finite losses {row['nonfinite_losses']}, skipped steps {row['skipped_steps']}")
+    return " | ".join(parts)
+
+
+def progress(total: int, epoch: int, cfg: TrainConfig):
+    """A tqdm bar on a terminal; nothing otherwise (the epoch line is printed either way)."""
+    if not sys.stderr.isatty():
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+
+    def update(done: int, stats: dict[str, float]) -> None:
+        bar.n = done
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{100 * stats['acc']:.1f}%")
+
+    return bar, update

@@ -1,0 +1,89 @@
+"""Signals: the first SIGINT/SIGTERM becomes a flag the training loop polls (a safe stop that saves last.pth), a
+second one aborts at once; and the typed errors a stopped or diverged run raises."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from dali_pipes import DaliTrainError
+
+
+class Interrupted(DaliTrainError):
+    """SIGINT/SIGTERM stopped the run after last.pth was written; `exit_code` is 128 + the signal number.
+
+    Where the run stopped travels as fields (`run_dir`, `epoch` 1-based, `batch` trained of it, or None after a
+    whole epoch or in the final evaluation; `signum`), so a caller re-words the message without parsing it."""
+
+    def __init__(self, message: str, exit_code: int, *, run_dir: Path | None = None, epoch: int | None = None,
+                 batch: int | None = None, signum: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.run_dir, self.epoch, self.batch, self.signum = run_dir, epoch, batch, signum
+
+    def where(self) -> str:
+        """Where the run stopped, in words ("stopped in epoch 2 after batch 3")."""
+        if self.epoch is None:
+            return "stopped in the final evaluation"
+        return f"stopped in epoch {self.epoch} after batch {self.batch}" if self.batch else \
+            f"stopped after epoch {self.epoch}"
+
+    @classmethod
+    def at(cls, message: str, *, run_dir: Path, epoch: int | None, batch: int | None,
+           signum: int | None) -> Interrupted:
+        """An interruption by `signum` (SIGINT when unknown): the exit code follows it."""
+        signum = signum or signal.SIGINT
+        return cls(message, 128 + signum, run_dir=run_dir, epoch=epoch, batch=batch, signum=signum)
+
+
+class Diverged(DaliTrainError):
+    """Every loss of an epoch was inf/nan: training diverged (`epoch` 1-based)."""
+
+    def __init__(self, message: str, *, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
+
+
+class SecondSignal(KeyboardInterrupt):
+    """A second SIGINT/SIGTERM while a StopSignal is installed: stop at once, without saving."""
+
+
+class StopSignal:
+    """Turns the first SIGINT/SIGTERM into a flag the loop polls after each step; a second one aborts at once."""
+
+    note = "finishing the current step, then saving last.pth (send it again to abort without saving)"
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise SecondSignal
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: {self.note}", file=sys.stderr, flush=True)
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class FinalEvaluationSignal(StopSignal):
+    """Around the final evaluation a first SIGINT/SIGTERM is noted, not obeyed: what is left is one validation
+    pass and summary.json, and a run with all its epochs in last.pth but no summary.json only waits for them.
+    A second signal aborts; `dali-train --resume` then does the final evaluation alone."""
+
+    note = ("finishing the final evaluation and summary.json first (send it again to abort; dali-train --resume "
+            "then finishes the run)")
