@@ -53,6 +53,7 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks._outputs import json_updater, one_line, output_options, write_outputs  # noqa: E402
 from benchmarks.augment_throughput import NO_CUDA, _finite, machine_info, to_json  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
+from training.checks import check_choice, check_int  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.engine import train_one_epoch  # noqa: E402
 from training.models import MODELS  # noqa: E402
@@ -361,12 +362,10 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
     Raises :class:`dali_pipes.DaliTrainError` for an unknown model, augmentation, override or size (before
     measuring).
     """
-    if device not in ("cpu", "cuda", "all"):
-        raise ConfigError(f"--device={device!r} is invalid: choose one of cpu, cuda, all")
+    check_choice("--device", device, ("cpu", "cuda", "all"))
     for name, value, lo in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup_steps", warmup_steps, 0),
                             ("repeats", repeats, 1), ("num_samples", num_samples, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ConfigError(f"--{name.replace('_', '-')}={value!r} is invalid: expected an integer >= {lo}")
+        check_int("--" + name.replace("_", "-"), value, lo)
     if models is not None:
         models = list(dict.fromkeys(models))
         bad = [m for m in models if m not in MODELS]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError
 from dali_pipes.config import parse_override
@@ -18,6 +16,7 @@ from dali_pipes.config import parse_override
 from .config import AMP_DTYPES, DEVICES, TrainConfig
 from .mixing import MIX_MODES
 from .models import MODELS
+from .options import read_options
 
 _D = TrainConfig()  # defaults shown in --help come from the config itself
 
@@ -75,25 +74,7 @@ def _options(f: Callable) -> Callable:
 
 
 def _config_file(path: str) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError(f"--config {path}: cannot read it ({e.strerror}); check the path") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    # YAML 1.1 reads "5e-2" (no dot) as a string; for a float option it is plainly a number
-    for f in fields(TrainConfig):
-        if f.type in ("float", "float | None") and isinstance(values.get(f.name), str):
-            try:
-                values[f.name] = float(values[f.name])
-            except ValueError:
-                pass  # left as is: validation names the option
-    return values
+    return read_options(path, f"--config {path}")
 
 
 def with_overrides(augment: str | dict[str, Any], overrides: tuple[str, ...]) -> str | dict[str, Any]:

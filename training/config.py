@@ -10,6 +10,8 @@ from typing import Any
 from dali_pipes import BACKENDS, DATASETS, ConfigError, resolve_augment
 from dali_pipes.config import recipe_fields
 
+from .checks import check_bool, check_choice, check_int, check_number, invalid
+
 AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -91,31 +93,21 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-def _bad(option: str, value: Any, rule: str) -> None:
-    raise ConfigError(f"--{option.replace('_', '-')}={value!r} is invalid: {rule}")
-
-
 def _validate(c: TrainConfig) -> None:
     from .mixing import MIX_MODES
     from .models import MODELS
 
+    def label(option: str) -> str:
+        return "--" + option.replace("_", "-")
+
     def num(option: str, lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> None:
-        v = getattr(c, option)
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-        if ok:
-            ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
-            _bad(option, v, f"expected a number in {left}{lo}, {hi}{right}")
+        check_number(label(option), getattr(c, option), lo, hi, lo_open=lo_open, hi_open=hi_open)
 
     def integer(option: str, lo: int) -> None:
-        v = getattr(c, option)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            _bad(option, v, f"expected an integer >= {lo}")
+        check_int(label(option), getattr(c, option), lo)
 
     def choice(option: str, options: tuple[str, ...]) -> None:
-        if getattr(c, option) not in options:
-            _bad(option, getattr(c, option), f"choose one of {', '.join(options)}")
+        check_choice(label(option), getattr(c, option), options)
 
     choice("dataset", DATASETS)
     choice("model", MODELS)
@@ -142,10 +134,9 @@ def _validate(c: TrainConfig) -> None:
     num("label_smoothing", 0.0, 1.0, hi_open=True)
     num("drop_path", 0.0, 1.0, hi_open=True)
     for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn"):
-        if not isinstance(getattr(c, flag), bool):
-            _bad(flag, getattr(c, flag), "expected true or false")
+        check_bool(label(flag), getattr(c, flag))
     if c.nesterov and c.momentum == 0:
-        _bad("nesterov", c.nesterov, "Nesterov momentum needs --momentum > 0")
+        raise invalid("--nesterov", c.nesterov, "Nesterov momentum needs --momentum > 0")
     try:
         resolve_augment(c.augment)
     except ConfigError as e:

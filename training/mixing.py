@@ -16,14 +16,13 @@ Images are ``(N, C, H, W)`` floating point (any memory format); labels are ``(N,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dali_pipes.errors import ConfigError
+from .checks import check_choice, check_int, check_number
 
 MIX_MODES = ("batch", "elem")
 
@@ -42,28 +41,17 @@ class MixConfig:
 
     def __post_init__(self) -> None:
         for name in ("mixup_alpha", "cutmix_alpha"):
-            _check_number(name, getattr(self, name), lo=0.0, rule="expected a finite number >= 0 (0 disables it)")
+            check_number(name, getattr(self, name), 0.0, rule="expected a finite number >= 0 (0 disables it)")
         for name in ("prob", "switch_prob"):
-            _check_number(name, getattr(self, name), lo=0.0, hi=1.0, rule="expected a probability in [0, 1]")
-        _check_number(
-            "label_smoothing", self.label_smoothing, lo=0.0, hi=1.0, hi_open=True, rule="expected a number in [0, 1)"
-        )
-        if self.mode not in MIX_MODES:
-            raise ConfigError(f"mode={self.mode!r} is invalid: expected one of {', '.join(MIX_MODES)}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
-            raise ConfigError(f"num_classes={self.num_classes!r} is invalid: expected an integer >= 2")
+            check_number(name, getattr(self, name), 0.0, 1.0, rule="expected a probability in [0, 1]")
+        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True,
+                     rule="expected a number in [0, 1)")
+        check_choice("mode", self.mode, MIX_MODES)
+        check_int("num_classes", self.num_classes, 2)
 
     @property
     def enabled(self) -> bool:
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
-
-
-def _check_number(name: str, value: Any, *, lo: float, hi: float = math.inf, hi_open: bool = False, rule: str) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok:
-        ok = value >= lo and (value < hi if hi_open else value <= hi)
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is invalid: {rule}")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from torch.nn.utils import prune
 
 from dali_pipes import ConfigError, DataError
 
+from .checks import check_choice, check_int, check_number
 from .checkpoint import checkpoint_config, load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
@@ -70,15 +71,10 @@ class PruneConfig:
     finetune_lr: float = 0.01  # peak LR of each stage's cosine schedule (a tenth of dali-train's 0.1)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method={self.method!r} is invalid: choose one of {', '.join(METHODS)}")
+        check_choice("--method", self.method, METHODS)
         parse_amounts(",".join(repr(a) for a in self.amounts))
-        e = self.finetune_epochs
-        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            raise ConfigError(f"--finetune-epochs={e!r} is invalid: expected an integer >= 0 (0: prune only)")
-        lr = self.finetune_lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ConfigError(f"--finetune-lr={lr!r} is invalid: expected a number > 0")
+        check_int("--finetune-epochs", self.finetune_epochs, 0, note="(0: prune only)")
+        check_number("--finetune-lr", self.finetune_lr, 0.0, lo_open=True, rule="expected a number > 0")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from torch import nn
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
+from .checks import check_choice, check_int
 from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
@@ -61,15 +62,10 @@ class QuantizeConfig:
     latency_repeats: int = 20  # timed calls per (model, batch size); the median is reported
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"--mode={self.mode!r} is invalid: choose one of {', '.join(MODES)}")
-        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
-                or self.calibration_batches < 1:
-            raise ConfigError(f"--calibration-batches={self.calibration_batches!r} is invalid: expected an integer "
-                              ">= 1 (32 batches of 128 images is plenty for CIFAR)")
-        if isinstance(self.latency_repeats, bool) or not isinstance(self.latency_repeats, int) \
-                or self.latency_repeats < 1:
-            raise ConfigError(f"--latency-repeats={self.latency_repeats!r} is invalid: expected an integer >= 1")
+        check_choice("--mode", self.mode, MODES)
+        check_int("--calibration-batches", self.calibration_batches, 1,
+                  note="(32 batches of 128 images is plenty for CIFAR)")
+        check_int("--latency-repeats", self.latency_repeats, 1)
         check_backend(self.quant_backend)
 
 

@@ -13,20 +13,17 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from dali_pipes import ConfigError, DataError
+from dali_pipes import DataError
 from dali_pipes.config import describe_augment
 
 from . import distributed, rundir
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .distributed import World
-from .engine import StepContext, evaluate, train_one_epoch
+from .engine import evaluate, train_one_epoch
 from .factory import build_model, create_loaders, lr_factor, resolve_amp_dtype, resolve_device, step_context
 from .figures import epoch_totals, reduced
 from .monitor import ResourceMonitor
@@ -35,109 +32,12 @@ from .outputs import METRIC_FIELDS, epoch_line, plot_curves, progress, read_metr
 from .resume import find_checkpoint, read_resume_state, saved_config
 from .rundir import RunDirLock
 from .signals import Diverged, FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
-from .state import TrainState
+from .state import Run, TrainState, cuda_rng_entry
 
-__all__ = ["METRIC_FIELDS", "Interrupted", "Diverged", "SecondSignal", "StopSignal", "Run", "build_run", "fit",
-           "resume", "train_epochs", "finish", "read_metrics", "write_rows", "lr_factor", "find_checkpoint",
-           "resolve_device", "resolve_amp_dtype"]
-
-
-def cuda_rng_entry(saved: Any, index: int) -> torch.Tensor | None:
-    """The CUDA RNG state to restore on device `index` from a checkpoint's: one state (that of the rank's device),
-    or, in older checkpoints, a list of every visible device's (entry `index`, else the first); None: nothing."""
-    if isinstance(saved, torch.Tensor):
-        return saved
-    if isinstance(saved, (list, tuple)) and saved:
-        return saved[index] if index < len(saved) else saved[0]
-    return None
-
-
-@dataclass
-class Run:
-    cfg: TrainConfig
-    run_dir: Path
-    device: torch.device
-    world: World
-    amp_dtype: torch.dtype | None
-    train_loader: Any
-    val_loader: Any
-    model: torch.nn.Module  # the module whose state is saved (never the compiled wrapper)
-    ctx: StepContext
-    state: TrainState = field(default_factory=TrainState)  # where the run stands: epoch, batch, step, best...
-    lock: RunDirLock | None = None  # held from the creation of a new run directory (rank 0)
-    loader_state: dict = field(default_factory=dict)  # the train loader's state at the start of the epoch in progress
-    epoch_so_far: dict = field(default_factory=dict)  # this rank's figures of the epoch in progress (_epoch_totals)
-
-    def rank_state(self) -> dict[str, Any]:
-        """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
-        share of the interrupted epoch's figures."""
-        return {
-            "mixer": self.ctx.mixer.state_dict(),
-            "loader": self.loader_state,
-            "epoch_so_far": self.epoch_so_far,
-            "torch_rng": torch.get_rng_state(),
-            # the device this rank uses, not every visible one: a resume may see fewer GPUs
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        }
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """The inverse of :meth:`checkpoint` (and of :meth:`rank_state` for this rank): every key is read back
-        here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule;
-        checkpoints that also hold a "scheduler" entry (a LambdaLR's state) are read the same way, it ignored."""
-        if len(state["ranks"]) != self.world.size:
-            raise ConfigError(f"the checkpoint was written by {len(state['ranks'])} process(es) and this run has "
-                              f"{self.world.size}; resume with the same number (torchrun --nproc_per_node / "
-                              "--nnodes)")
-        mine = state["ranks"][self.world.rank]
-        try:
-            self.model.load_state_dict(state["model"])
-            self.ctx.optimizer.load_state_dict(state["optimizer"])
-            self.ctx.scaler.load_state_dict(state["scaler"])
-            self.ctx.mixer.load_state_dict(mine["mixer"])
-            self.train_loader.load_state_dict(mine["loader"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise DataError(f"{self.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
-                            "it was edited or written by another version — start a new run") from None
-        # A mid-epoch checkpoint holds the loader state of its epoch's start: the next save of this epoch needs it.
-        self.loader_state = mine["loader"]
-        self.epoch_so_far = dict(mine.get("epoch_so_far") or {})
-        self.state = TrainState.from_dict(state)
-        torch.set_rng_state(mine["torch_rng"])
-        if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            cuda_rng = cuda_rng_entry(mine["cuda_rng"], index)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, self.device)
-
-    def checkpoint(self) -> dict[str, Any]:
-        """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""
-        return {
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.ctx.optimizer.state_dict(),
-            "scaler": self.ctx.scaler.state_dict(),
-            **self.state.to_dict(),
-            "ranks": distributed.gather(self.rank_state(), self.world),
-        }
-
-    def save(self, name: str, state: dict[str, Any]) -> None:
-        if self.world.is_main:
-            save_checkpoint(state, self.run_dir / name)
-
-
-def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
-    """The per-step "should we stop?" check. Under DDP the ranks must agree on the step they stop after, so they
-    vote every `every` steps (a tiny all-reduce) instead of each reading its own signal flag."""
-    calls = 0
-
-    def poll() -> bool:
-        nonlocal calls
-        calls += 1
-        if not run.world.distributed:
-            return stop.is_set()
-        return calls % every == 0 and distributed.any_rank(stop.is_set(), run.world, run.device)
-
-    return poll
+# What callers (prune, ablate, tests, benchmarks) import from here besides fit and resume.
+__all__ = ["METRIC_FIELDS", "Diverged", "Interrupted", "Run", "SecondSignal", "StopSignal", "TrainState", "build_run",
+           "cuda_rng_entry", "find_checkpoint", "finish", "fit", "lr_factor", "read_metrics", "resolve_amp_dtype",
+           "resolve_device", "resume", "train_epochs", "write_rows"]
 
 
 def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
@@ -158,6 +58,21 @@ def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
     if run_dir is None:
         run_dir, lock = rundir.new_run_dir(cfg, world)
     return Run(cfg, run_dir, device, world, ctx.amp_dtype, train_loader, val_loader, model, ctx, lock=lock)
+
+
+def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
+    """The per-step "should we stop?" check. Under DDP the ranks must agree on the step they stop after, so they
+    vote every `every` steps (a tiny all-reduce) instead of each reading its own signal flag."""
+    calls = 0
+
+    def poll() -> bool:
+        nonlocal calls
+        calls += 1
+        if not run.world.distributed:
+            return stop.is_set()
+        return calls % every == 0 and distributed.any_rank(stop.is_set(), run.world, run.device)
+
+    return poll
 
 
 def train_epochs(run: Run, stop: StopSignal, log=print) -> None:

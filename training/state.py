@@ -1,13 +1,27 @@
-"""`TrainState`: where a run stands — the one place the checkpoint's progress keys are written and read.
+"""A run's state and its checkpoint: `TrainState` (where the run stands) and `Run` (what it trains with), each
+saved and loaded in one place.
 
-A checkpoint keeps these keys at its top level (``epoch``, ``batch``, ``step``, ``best_acc``, ...), beside the model,
-optimizer and scaler states; `to_dict` writes exactly them and `from_dict` reads exactly them back.
+A checkpoint keeps TrainState's keys at its top level (``epoch``, ``batch``, ``step``, ``best_acc``, ...), beside the
+model, optimizer and scaler states and each rank's streams; `Run.checkpoint` writes it, `Run.load_state` reads every
+key of it back.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from dali_pipes import ConfigError, DataError
+
+from . import distributed
+from .checkpoint import save_checkpoint
+from .config import TrainConfig
+from .distributed import World
+from .engine import StepContext
+from .rundir import RunDirLock
 
 
 @dataclass
@@ -44,3 +58,86 @@ class TrainState:
         self.stopped_early = patience > 0 and self.bad_epochs >= patience
         self.epoch, self.batch = epoch, 0
         return improved
+
+
+def cuda_rng_entry(saved: Any, index: int) -> torch.Tensor | None:
+    """The CUDA RNG state to restore on device `index` from a checkpoint's: one state (that of the rank's device),
+    or, in older checkpoints, a list of every visible device's (entry `index`, else the first); None: nothing."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if isinstance(saved, (list, tuple)) and saved:
+        return saved[index] if index < len(saved) else saved[0]
+    return None
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    world: World
+    amp_dtype: torch.dtype | None
+    train_loader: Any
+    val_loader: Any
+    model: torch.nn.Module  # the module whose state is saved (never the compiled wrapper)
+    ctx: StepContext
+    state: TrainState = field(default_factory=TrainState)  # where the run stands: epoch, batch, step, best...
+    lock: RunDirLock | None = None  # held from the creation of a new run directory (rank 0)
+    loader_state: dict = field(default_factory=dict)  # the train loader's state at the start of the epoch in progress
+    epoch_so_far: dict = field(default_factory=dict)  # this rank's figures of the epoch in progress (_epoch_totals)
+
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
+        share of the interrupted epoch's figures."""
+        return {
+            "mixer": self.ctx.mixer.state_dict(),
+            "loader": self.loader_state,
+            "epoch_so_far": self.epoch_so_far,
+            "torch_rng": torch.get_rng_state(),
+            # the device this rank uses, not every visible one: a resume may see fewer GPUs
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """The inverse of :meth:`checkpoint` (and of :meth:`rank_state` for this rank): every key is read back
+        here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule;
+        checkpoints that also hold a "scheduler" entry (a LambdaLR's state) are read the same way, it ignored."""
+        if len(state["ranks"]) != self.world.size:
+            raise ConfigError(f"the checkpoint was written by {len(state['ranks'])} process(es) and this run has "
+                              f"{self.world.size}; resume with the same number (torchrun --nproc_per_node / "
+                              "--nnodes)")
+        mine = state["ranks"][self.world.rank]
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ctx.optimizer.load_state_dict(state["optimizer"])
+            self.ctx.scaler.load_state_dict(state["scaler"])
+            self.ctx.mixer.load_state_dict(mine["mixer"])
+            self.train_loader.load_state_dict(mine["loader"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{self.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
+                            "it was edited or written by another version — start a new run") from None
+        # A mid-epoch checkpoint holds the loader state of its epoch's start: the next save of this epoch needs it.
+        self.loader_state = mine["loader"]
+        self.epoch_so_far = dict(mine.get("epoch_so_far") or {})
+        self.state = TrainState.from_dict(state)
+        torch.set_rng_state(mine["torch_rng"])
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            cuda_rng = cuda_rng_entry(mine["cuda_rng"], index)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.ctx.optimizer.state_dict(),
+            "scaler": self.ctx.scaler.state_dict(),
+            **self.state.to_dict(),
+            "ranks": distributed.gather(self.rank_state(), self.world),
+        }
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        if self.world.is_main:
+            save_checkpoint(state, self.run_dir / name)

@@ -1,0 +1,47 @@
+"""Value checks for training's configs and CLIs (TrainConfig, MixConfig, PruneConfig, QuantizeConfig, the
+benchmarks): one wording for every refusal, ``<label>=<value> is invalid: <rule>``, as a ConfigError.
+
+`label` is what the user typed: ``--lr`` for an option, ``mixup_alpha`` for a field of a Python-only config.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from dali_pipes import ConfigError
+
+
+def invalid(label: str, value: Any, rule: str) -> ConfigError:
+    return ConfigError(f"{label}={value!r} is invalid: {rule}")
+
+
+def check_int(label: str, value: Any, lo: int, *, note: str = "") -> None:
+    """An int (not a bool) >= `lo`; `note` follows the rule ("(0: prune only)")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise invalid(label, value, f"expected an integer >= {lo}" + (f" {note}" if note else ""))
+
+
+def check_number(label: str, value: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False,
+                 hi_open: bool = False, rule: str | None = None) -> None:
+    """A finite int or float (not a bool) in the interval; `rule` replaces the default wording of the interval."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok:
+        ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        if rule is None:
+            left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+            rule = f"expected a number in {left}{lo}, {hi}{right}"
+        raise invalid(label, value, rule)
+
+
+def check_choice(label: str, value: Any, options: Iterable[str]) -> None:
+    options = tuple(options)
+    if value not in options:
+        raise invalid(label, value, f"choose one of {', '.join(options)}")
+
+
+def check_bool(label: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise invalid(label, value, "expected true or false")
