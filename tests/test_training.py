@@ -282,3 +282,13 @@ def test_no_amp_runs_the_same_step(tmp_path) -> None:
     code, text = invoke([*TINY, "--num-samples", "128", "--epochs", "1", "--no-amp", "--no-channels-last",
                          "--mix-mode", "elem", "--output", str(out)])
     assert code == 0 and "FP32" in text, text
+    # the run trained in float32 with per-sample mixing: finite figures, no scaler at work, the choices saved
+    (row,) = run_mod.read_metrics(out / "metrics.csv")
+    assert row["train_images"] == 128 and np.isfinite(row["train_loss"]) and row["nonfinite_losses"] == 0
+    assert row["skipped_steps"] == 0 and 0.0 <= row["val_acc"] <= 1.0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["amp"], saved["channels_last"], saved["mix_mode"]) == (False, False, "elem")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["amp_dtype"] is None and summary["epochs_run"] == 1
+    state = load_checkpoint(out / "last.pth")
+    assert state["step"] == 2 and "scheduler" not in state  # 128 images in batches of 64

@@ -74,7 +74,9 @@ def main(click_ctx: click.Context, study: str | None, seeds: int, **options: Any
                            "they use their own value")
         check_existing(spec, base, seeds=seeds, output=output)
         output.mkdir(parents=True, exist_ok=True)
-        records = run_study(spec, base, seeds=seeds, output=output)
+        # a caller may hand the runs a stop source in click's context object (tests do): {"stop": source}
+        stop = (click_ctx.obj or {}).get("stop")
+        records = run_study(spec, base, seeds=seeds, output=output, stop=stop)
         write_results(records, output / "results.csv")
         write_summary(spec, base, seeds, records, output / "summary.md")
         write_plots(spec, records, output)

@@ -69,8 +69,9 @@ def _clear_partial(run_dir: Path) -> bool:
     return True
 
 
-def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None]) -> str:
-    """Finish one run directory (cfg.output): skip, resume, complete or start it. Returns a note for results."""
+def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None], *, stop: Any = None) -> str:
+    """Finish one run directory (cfg.output): skip, resume, complete or start it. Returns a note for results.
+    `stop` is the run's stop source (None: a StopSignal on SIGINT/SIGTERM), as for `fit`."""
     from .checkpoint import load_checkpoint
     from .run import Interrupted, fit, resume
 
@@ -90,17 +91,17 @@ def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None]) -> str:
             _check_same(run_dir, cfg, state["config"])
             if TrainState.from_dict(state).is_finished(cfg.epochs):
                 log(f"{tag} all epochs are in last.pth but summary.json is missing: evaluating best.pth")
-                resume(run_dir, log=run_log)  # resume only finishes such a run
+                resume(run_dir, log=run_log, stop=stop)  # resume only finishes such a run
                 return "completed from last.pth"
             log(f"{tag} resuming {run_dir} from epoch {int(state['epoch']) + 1}"
                 + (f" batch {int(state['batch']) + 1}" if state.get("batch") else ""))
             del state
-            resume(run_dir, log=run_log)
+            resume(run_dir, log=run_log, stop=stop)
             return "resumed"
         if _clear_partial(run_dir):
             log(f"{tag} {run_dir} held a run stopped before its first checkpoint: starting it over")
         log(f"{tag} starting in {run_dir}")
-        fit(cfg, log=run_log)
+        fit(cfg, log=run_log, stop=stop)
         return ""
     except Interrupted as e:
         raise Interrupted(f"{tag} interrupted ({e.where()}); last.pth is saved — rerun the same dali-ablate "
@@ -128,8 +129,9 @@ def check_existing(study: Study, base: TrainConfig, *, seeds: int, output: Path)
 
 
 def run_study(study: Study, base: TrainConfig, *, seeds: int, output: Path,
-              log: Callable[[str], None] = click.echo) -> list[RunRecord]:
-    """Every arm x seed, seed-major (all arms of seed k before seed k+1), so a cut-short study is balanced."""
+              log: Callable[[str], None] = click.echo, stop: Any = None) -> list[RunRecord]:
+    """Every arm x seed, seed-major (all arms of seed k before seed k+1), so a cut-short study is balanced.
+    `stop`: the runs' stop source (None: each run's own StopSignal)."""
     from .run import Interrupted, resolve_device
 
     configs = arm_configs(study, base)
@@ -151,7 +153,7 @@ def run_study(study: Study, base: TrainConfig, *, seeds: int, output: Path,
             done += 1
             log(f"run {done}/{todo}: arm {arm}, seed {seed}")
             try:
-                note = run_one(cfg.replace(seed=seed, output=str(run_dir)), arm, log)
+                note = run_one(cfg.replace(seed=seed, output=str(run_dir)), arm, log, stop=stop)
             except (ConfigError, DataError, Interrupted):
                 raise
             except DaliTrainError as e:
