@@ -65,3 +65,17 @@ def test_a_yaml_recipe_with_an_unknown_field_is_refused(tmp_path) -> None:
     config.write_text(yaml.safe_dump({"augment": {"preset": "weak", "blur": 0.5}}))
     code, text = invoke(["--config", str(config), *TINY, "--output", str(tmp_path / "never")])
     assert code == 2 and "unknown field(s) blur" in text, text
+
+
+def test_image_folders_train_at_the_size_asked_and_cifar_stems_are_refused_when_large(tmp_path) -> None:
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4, shape=(40, 48), ext="jpg")
+    folder = ["--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4",
+              "--device", "cpu", "--num-threads", "1", "--no-amp"]
+    code, text = invoke([*folder, "--output", str(tmp_path / "big")])  # resnet18 (CIFAR stem) at 224 px
+    assert code == 2 and "CIFAR stem" in text and "tv_resnet18" in text, text
+    assert not (tmp_path / "big").exists()
+    code, text = invoke([*folder, "--model", "tv_resnet18", "--image-size", "48", "--output", str(tmp_path / "r")])
+    assert code == 0, text
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["image_size"] == 48

@@ -64,6 +64,8 @@ def _options(f: Callable) -> Callable:
         click.option("--num-threads", type=int, default=_D.num_threads,
                      help="DALI threads / DataLoader workers (0: the available cores, shared among torchrun's "
                           "processes on the node)."),
+        click.option("--image-size", type=int, default=_D.image_size,
+                     help="Side of the training crop in pixels (0: the dataset's; 224 for image folders)."),
         click.option("--dali-batch-size", type=int, default=_D.dali_batch_size,
                      help="Samples per DALI graph iteration, split into training batches (0: about 2**20 pixels' "
                           "worth, 1024 CIFAR images)."),

@@ -67,6 +67,7 @@ class TrainConfig:
     # Samples per DALI graph iteration, split into training batches (0: about 2**20 pixels' worth, 1024 CIFAR
     # images). DALI pays per operator per iteration, so small images need large DALI batches to be fast.
     dali_batch_size: int = 0
+    image_size: int = 0  # side of the training crop (0: the dataset's, 224 for image folders; arrays keep theirs)
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None and isinstance(self.epochs, int) and not isinstance(self.epochs, bool):
@@ -122,6 +123,9 @@ def _validate(c: TrainConfig) -> None:
     integer("num_samples", 0)
     integer("num_threads", 0)
     integer("dali_batch_size", 0)
+    integer("image_size", 0)
+    if 0 < c.image_size < 8 or c.image_size > 4096:
+        raise invalid(label("image_size"), c.image_size, "expected 0 (the dataset's size) or a side in [8, 4096] pixels")
     num("lr", 0.0, lo_open=True)
     num("momentum", 0.0, 1.0, hi_open=True)
     num("weight_decay", 0.0)

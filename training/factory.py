@@ -53,7 +53,7 @@ def _loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
     return dict(dataset=cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, backend=cfg.backend,
                 device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads,
-                dali_batch_size=cfg.dali_batch_size or None)
+                dali_batch_size=cfg.dali_batch_size or None, image_size=cfg.image_size or None)
 
 
 def create_loaders(cfg: TrainConfig, device: torch.device, world: World) -> tuple[Any, Any]:
@@ -80,11 +80,13 @@ def data_loader(cfg: TrainConfig, device: torch.device, split: str = "val", *, a
 
 
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device, *, world: World | None = None,
-                prepare: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
+                prepare: Callable[[torch.nn.Module], None] | None = None,
+                image_size: int | None = None) -> torch.nn.Module:
     """The model the config names, on `device` in its memory format; `prepare` may change it in place first
     (dali-prune puts pruning masks on it) before anything sees its parameters. Under DDP with --sync-bn its
-    BatchNorms become SyncBatchNorm."""
-    model = create_model(cfg.model, num_classes=num_classes, drop_path=cfg.drop_path).to(device)
+    BatchNorms become SyncBatchNorm. `image_size` (the loaders' side) refuses a CIFAR-stem model on large images."""
+    model = create_model(cfg.model, num_classes=num_classes, drop_path=cfg.drop_path,
+                         image_size=image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if prepare is not None:

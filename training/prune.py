@@ -251,7 +251,8 @@ class _Model:
     def build(cls, cfg: TrainConfig, prepare) -> _Model:
         device = resolve_device(cfg.device)
         val_loader = data_loader(cfg, device, "val")
-        model = build_model(cfg, len(val_loader.classes), device, prepare=prepare)
+        model = build_model(cfg, len(val_loader.classes), device, prepare=prepare,
+                            image_size=val_loader.image_size[0])
         return cls(cfg, model, val_loader, device, resolve_amp_dtype(cfg, device))
 
 

@@ -51,7 +51,8 @@ def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_loader, val_loader = create_loaders(cfg, device, world)
     classes = len(train_loader.classes)
-    model = build_model(cfg, classes, device, world=world, prepare=prepare_model)
+    model = build_model(cfg, classes, device, world=world, prepare=prepare_model,
+                        image_size=train_loader.image_size[0])
     ctx = step_context(cfg, model, num_classes=classes, steps_per_epoch=len(train_loader), device=device,
                        world=world)
     lock = None
