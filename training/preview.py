@@ -15,7 +15,7 @@ import torch
 
 from dali_pipes import AugmentConfig, ConfigError, Loader, load_source
 from dali_pipes.config import eval_config, resolve_augment
-from dali_pipes.loader import dataset_stats, resolve_device
+from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
 from dali_pipes.sources import ArrayDataset, FolderDataset
 
 
@@ -124,14 +124,15 @@ def write_grid(rows: list[Row], path: Path, title: str) -> None:
 
 
 def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str = "both", device: str = "cpu",
-            num_images: int = 8, draws: int = 3, ops: bool = False, image_size: int = 32, num_samples: int = 512,
+            num_images: int = 8, draws: int = 3, ops: bool = False, image_size: int | None = None, num_samples: int = 512,
             split: str = "train") -> list[Row]:
     """Build the rows and write the PNG; returns the rows (what the tiles are made of)."""
     dev = resolve_device(device)
     mean, std = dataset_stats(dataset)
     cfg = resolve_augment(augment, mean=mean, std=std)
     data = subset(load_source(dataset, data_dir, split, num_samples=num_samples), num_images)
-    size = (image_size, image_size) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
+    side = image_size or FOLDER_IMAGE_SIZE  # folders: the loader's default crop side unless given
+    size = (side, side) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
     backends = ("dali", "torchvision") if backend == "both" else (backend,)
     rows = preview_rows(data, cfg, backends=backends, device=dev, size=size, draws=draws, ops=ops)
     from dali_pipes.config import describe_augment
@@ -160,7 +161,8 @@ def main() -> None:
     @click.option("--num-images", type=click.IntRange(1, 32), default=8)
     @click.option("--draws", type=click.IntRange(1, 8), default=3, help="Draws per backend.")
     @click.option("--ops/--no-ops", default=False, help="One row per single operation of the recipe.")
-    @click.option("--image-size", type=click.IntRange(8, 1024), default=32, help="Folder datasets only.")
+    @click.option("--image-size", type=click.IntRange(8, 1024), default=None,
+                  help="Folder datasets only [default: the loader's, 224].")
     @click.option("--output", type=click.Path(dir_okay=False), default="augment_preview.png")
     def command(dataset, data_dir, augment, overrides, backend, device, num_images, draws, ops, image_size,
                 output) -> None:
