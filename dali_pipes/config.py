@@ -90,7 +90,8 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         # Tuples may arrive as lists (from YAML); store them as tuples so the config stays hashable and frozen.
-        for name in ("erase_scale", "erase_ratio", "mean", "std", "affine_scale", "blur_sigma", "rrc_scale", "rrc_ratio"):
+        for name in ("erase_scale", "erase_ratio", "mean", "std", "affine_scale", "blur_sigma", "rrc_scale",
+                     "rrc_ratio"):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, tuple(float(v) for v in value))

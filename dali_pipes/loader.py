@@ -398,7 +398,8 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     and for a GPU graph over arrays at most 4 (its CPU operators only draw random numbers); `dali_batch_size`
     (samples per DALI graph iteration, rounded down to whole training batches; default: about 2**20 pixels'
     worth, 1024 CIFAR images, see DALI_BATCH_PIXELS); `image_size` (the side folder images are cropped to by the
-    recipe's crop, see :mod:`dali_pipes.config`; default FOLDER_IMAGE_SIZE = 224; array datasets keep their size), `num_samples` (synthetic split size, default CIFAR-10's), `download`,
+    recipe's crop, see :mod:`dali_pipes.config`; default FOLDER_IMAGE_SIZE = 224; array datasets keep their size),
+    `num_samples` (synthetic split size, default CIFAR-10's), `download`,
     `even_shards` (training split: leave out the n % num_shards surplus of each epoch's permutation so that every
     shard has the same size, as data-parallel ranks need).
     """

@@ -125,7 +125,8 @@ def _validate(c: TrainConfig) -> None:
     integer("dali_batch_size", 0)
     integer("image_size", 0)
     if 0 < c.image_size < 8 or c.image_size > 4096:
-        raise invalid(label("image_size"), c.image_size, "expected 0 (the dataset's size) or a side in [8, 4096] pixels")
+        raise invalid(label("image_size"), c.image_size,
+                      "expected 0 (the dataset's size) or a side in [8, 4096] pixels")
     num("lr", 0.0, lo_open=True)
     num("momentum", 0.0, 1.0, hi_open=True)
     num("weight_decay", 0.0)

@@ -124,8 +124,8 @@ def write_grid(rows: list[Row], path: Path, title: str) -> None:
 
 
 def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str = "both", device: str = "cpu",
-            num_images: int = 8, draws: int = 3, ops: bool = False, image_size: int | None = None, num_samples: int = 512,
-            split: str = "train") -> list[Row]:
+            num_images: int = 8, draws: int = 3, ops: bool = False, image_size: int | None = None,
+            num_samples: int = 512, split: str = "train") -> list[Row]:
     """Build the rows and write the PNG; returns the rows (what the tiles are made of)."""
     dev = resolve_device(device)
     mean, std = dataset_stats(dataset)
