@@ -277,9 +277,13 @@ class Loader:
         self.epoch = 0
         self._labels = torch.tensor(np.asarray(data.labels), dtype=torch.int64, device=device)
         if backend == "dali":
-            chunk = default_dali_batch_size(batch_size, size) if dali_batch_size is None else dali_batch_size
-            chunk = batch_size * max(1, chunk // batch_size)  # whole training batches
-            self._backend = _DaliBackend(data, cfg, size, device, batch_size, chunk, num_threads, seed, shard_id)
+            # A training batch never holds more than the shard: DALI allocates for its batch size, so a
+            # --batch-size far above the dataset would otherwise reserve memory for samples that do not exist.
+            held = min(batch_size, max(1, self.shard_size))
+            chunk = default_dali_batch_size(held, size) if dali_batch_size is None else dali_batch_size
+            epoch_batches = -(-max(1, self.shard_size) // held)
+            chunk = held * max(1, min(chunk // held, epoch_batches))  # whole training batches, an epoch at most
+            self._backend = _DaliBackend(data, cfg, size, device, held, chunk, num_threads, seed, shard_id)
         else:
             self._backend = _TorchvisionBackend(data, cfg, size, device, num_workers, seed)
 

@@ -125,12 +125,13 @@ def test_dali_resumes_the_augmentation_stream_exactly() -> None:
     assert torch.equal(run_epoch(resumed, 2)[0], epochs[2])
 
 
-@pytest.mark.parametrize("dali_batch_size, expected", [(None, 1020), (10, 10), (35, 30), (4, 10)])
+# None: about 2**20 pixels (1020 samples of 32x32) capped at one epoch's 11 training batches
+@pytest.mark.parametrize("dali_batch_size, expected", [(None, 110), (10, 10), (35, 30), (4, 10), (5000, 110)])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_dali_batches_are_whole_training_batches_split_back_exactly(dali_batch_size, expected, drop_last) -> None:
     data = tiny(103)
     loader = make(data, "dali", augment="none", drop_last=drop_last, dali_batch_size=dali_batch_size)
-    assert loader.dali_batch_size == expected  # rounded down to whole training batches, at least one
+    assert loader.dali_batch_size == expected  # rounded down to whole training batches, at least one, an epoch at most
     _, labels, index, sizes = run_epoch(loader, 1)
     assert sizes == [10] * 10 + ([] if drop_last else [3]) and len(sizes) == len(loader)
     assert torch.equal(index, torch.from_numpy(loader.epoch_indices()[:sum(sizes)]))
