@@ -86,9 +86,11 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     `skip` batches are drawn but not trained on (exact mid-epoch resume).
 
     Returns sums, not means, so that the parts of an interrupted epoch add up to the straight epoch: ``loss_sum``
-    (per-sample loss summed), ``correct``, ``images``, ``steps`` (optimizer steps taken, skipped ones included) and
-    ``position`` (the batch position reached in the epoch, the `skip` batches drawn included) — fewer than the
-    epoch has when `should_stop()` turned true (SIGINT/SIGTERM): the step in flight finishes, the rest is left.
+    (per-sample loss summed over the steps whose loss was finite; ``nonfinite_losses`` counts the other steps and
+    ``nonfinite_images`` their samples), ``correct``, ``images``, ``steps`` (optimizer steps taken, skipped ones
+    included) and ``position`` (the batch position reached in the epoch, the `skip` batches drawn included) —
+    fewer than the epoch has when `should_stop()` turned true (SIGINT/SIGTERM): the step in flight finishes, the
+    rest is left.
     Train accuracy counts the dominant label of each (possibly mixed) target.
     """
     model = ctx.model
@@ -97,6 +99,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     correct = torch.zeros((), device=dev, dtype=torch.int64)
     nonfinite = torch.zeros((), device=dev, dtype=torch.int64)
+    nonfinite_images = torch.zeros((), device=dev, dtype=torch.int64)  # samples of the steps whose loss was inf/nan
     skipped_by_scaler = 0
     seen = 0
     position = 0
@@ -122,7 +125,9 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         n = labels.shape[0]
         seen += n
         detached = loss.detach()
-        nonfinite += (~torch.isfinite(detached)).to(torch.int64)
+        bad = (~torch.isfinite(detached)).to(torch.int64)
+        nonfinite += bad
+        nonfinite_images += bad * n
         loss_sum += torch.nan_to_num(detached.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
         correct += (logits.detach().argmax(1) == dominant_labels(labels, targets)).sum()
         if on_progress is not None and position % log_every == 0:
@@ -137,6 +142,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         "loss_sum": float(loss_sum.item()),
         "correct": int(correct.item()),
         "nonfinite_losses": int(nonfinite.item()),
+        "nonfinite_images": int(nonfinite_images.item()),
         "skipped_steps": skipped_by_scaler,
         "images": seen,
         "steps": steps,

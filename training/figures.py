@@ -21,7 +21,7 @@ def epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict
     out["correct"] = before.get("correct", 0) + stats["correct"]
     out["steps"] = before.get("steps", before.get("completed", 0)) + stats["steps"]  # "completed": older checkpoints
     out.pop("completed", None)
-    for key in ("nonfinite_losses", "skipped_steps", "data_time_s", "epoch_time_s"):
+    for key in ("nonfinite_losses", "nonfinite_images", "skipped_steps", "data_time_s", "epoch_time_s"):
         out[key] = before.get(key, 0) + stats[key]
     for key, value in resources.items():
         if key.endswith("_mean_pct"):  # a mean over time: weighted by each part's duration
@@ -33,16 +33,37 @@ def epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict
 
 
 def reduced(totals: dict, val: dict, world: World, device: torch.device) -> dict:
-    """Epoch figures summed over ranks: every training image and every validation sample counted once."""
+    """Epoch figures summed over ranks: every training image and every validation sample counted once. The train
+    loss is the mean over the samples of steps whose loss was finite (nan when none was); ``nonfinite_losses``
+    says how many steps it leaves out, and ``train_steps`` (for :func:`divergence`, not a metrics column) of how
+    many."""
     n, vn = totals["images"], val["val_images"]
-    keys = ("train_loss", "train_acc", "nonfinite_losses", "skipped_steps", "val_loss", "val_acc")
     sums = distributed.all_sum([totals["loss_sum"], totals["correct"], totals["nonfinite_losses"],
                                 totals["skipped_steps"], val["val_loss"] * vn, val["val_acc"] * vn, n, vn,
-                                totals["steps"]], world, device)
-    total_n, total_vn = max(sums[6], 1), max(sums[7], 1)
-    out = dict(zip(keys, (sums[0] / total_n, sums[1] / total_n, int(sums[2]), int(sums[3]), sums[4] / total_vn,
-                          sums[5] / total_vn)))
-    out["train_images"] = int(sums[6])
-    out["images_per_s"] = sums[6] / totals["epoch_time_s"] if totals["epoch_time_s"] > 0 else math.nan
-    out["all_steps_nonfinite"] = sums[2] >= sums[8] > 0
-    return out
+                                totals["steps"], totals.get("nonfinite_images", 0)], world, device)
+    total_n, total_vn, finite_n = max(sums[6], 1), max(sums[7], 1), sums[6] - sums[9]
+    return {"train_loss": sums[0] / finite_n if finite_n > 0 else math.nan, "train_acc": sums[1] / total_n,
+            "nonfinite_losses": int(sums[2]), "skipped_steps": int(sums[3]), "val_loss": sums[4] / total_vn,
+            "val_acc": sums[5] / total_vn, "train_images": int(sums[6]),
+            "images_per_s": sums[6] / totals["epoch_time_s"] if totals["epoch_time_s"] > 0 else math.nan,
+            "train_steps": int(sums[8])}
+
+
+# The cross-entropy of a uniform guess is ln(classes), and a model that learns stays near or below it. An epoch
+# whose mean training loss is ten times that predicts wrong classes with extreme confidence: its weights blew up.
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def divergence(figures: dict, num_classes: int) -> str | None:
+    """Why an epoch's figures (from :func:`reduced`) show a diverged run, in words; None when they do not.
+    Every rank reaches the same verdict: the figures are sums over all of them."""
+    steps, bad = figures["train_steps"], figures["nonfinite_losses"]
+    if steps and 2 * bad >= steps:
+        return f"{bad} of its {steps} training losses were inf/nan"
+    if not math.isfinite(figures["val_loss"]):
+        return f"the validation loss is {figures['val_loss']}"
+    chance = math.log(max(num_classes, 2))
+    if figures["train_loss"] > DIVERGED_LOSS_FACTOR * chance:
+        return (f"the mean training loss {figures['train_loss']:.3g} is over {DIVERGED_LOSS_FACTOR:g}x that of a "
+                f"uniform guess ({chance:.2f})")
+    return None

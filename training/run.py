@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .engine import evaluate, train_one_epoch
 from .factory import build_model, create_loaders, lr_factor, resolve_amp_dtype, resolve_device, step_context
-from .figures import epoch_totals, reduced
+from .figures import divergence, epoch_totals, reduced
 from .monitor import ResourceMonitor
 from .outputs import METRIC_FIELDS, epoch_line, plot_curves, progress, read_metrics, write_config, write_rows, \
     write_summary
@@ -109,9 +109,11 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                        channels_last=cfg.channels_last)
         figures = reduced(totals, val, run.world, run.device)
-        if figures.pop("all_steps_nonfinite"):
-            raise Diverged(f"training diverged in epoch {epoch + 1} (every loss was inf/nan); lower --lr or use "
-                           "--amp-dtype bfloat16", epoch=epoch + 1)
+        why = divergence(figures, len(run.train_loader.classes))
+        if why is not None:  # the same verdict on every rank: the figures are sums over all of them
+            raise Diverged.during(epoch + 1, why, lr=cfg.lr, clip_grad=cfg.clip_grad,
+                                  float16=run.amp_dtype == torch.float16, run_dir=run.run_dir)
+        del figures["train_steps"]
         lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
         row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
@@ -264,5 +266,9 @@ def _announce(run: Run, log) -> None:
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
         f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
         f"run directory {run.run_dir}")
+    held = run.train_loader.shard_size
+    if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
+        log(f"note: --batch-size {cfg.batch_size} exceeds the {held} training images "
+            f"{'of this process' if run.world.distributed else 'there are'}: each epoch is one step of {held}")
     if run.device.type == "cpu" and cfg.amp and cfg.amp_dtype == "float16":
         log("note: autocast on the CPU uses bfloat16 (float16 is for CUDA)")

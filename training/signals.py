@@ -40,11 +40,27 @@ class Interrupted(DaliTrainError):
 
 
 class Diverged(DaliTrainError):
-    """Every loss of an epoch was inf/nan: training diverged (`epoch` 1-based)."""
+    """Training diverged in `epoch` (1-based): the epoch's figures (figures.divergence) say why."""
 
     def __init__(self, message: str, *, epoch: int):
         super().__init__(message)
         self.epoch = epoch
+
+    @classmethod
+    def during(cls, epoch: int, why: str, *, lr: float, clip_grad: float, float16: bool, run_dir: Path) -> Diverged:
+        """The error for a run that diverged in `epoch`, with advice that fits the options in use: a lower LR
+        always; gradient clipping when it is off; bfloat16 when float16 autocast (range up to 65504) is on.
+        A resume keeps the run's options, so the way out is a new run."""
+        fixes = [f"a lower --lr (this run's: {lr:g})"]
+        if clip_grad <= 0:
+            fixes.append("--clip-grad 1.0")
+        if float16:
+            fixes.append("--amp-dtype bfloat16")
+        last = run_dir / "last.pth"
+        kept = f"{last} keeps the run from before this epoch" if last.is_file() else "no checkpoint was written"
+        advice = fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + f" or {fixes[-1]}"
+        return cls(f"training diverged in epoch {epoch}: {why}; {kept}. Start a new run with {advice}",
+                   epoch=epoch)
 
 
 class SecondSignal(KeyboardInterrupt):
