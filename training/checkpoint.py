@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -98,14 +99,25 @@ def load_checkpoint(path: str | Path, *, fmt: str = FORMAT, required: tuple[str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — untrusted bytes fail in many ways (struct, unicode, zip, pickle...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path}: not a loadable checkpoint ({reason[:200]}); it is corrupt, truncated or not "
+        reason = _load_failure(e)
+        raise DataError(f"{path}: not a loadable checkpoint ({reason}); it is corrupt, truncated or not "
                         "from dali-train — use another checkpoint or start a new run") from None
     if not isinstance(state, dict) or state.get("format") != fmt or any(k not in state for k in required):
         what = "a last.pth or best.pth written by dali-train" if fmt == FORMAT else f"a file of format {fmt}"
         found = state.get("format") if isinstance(state, dict) else None
         raise DataError(f"{path}: not a dali-train checkpoint (format {fmt} expected, found {found!r}); use {what}")
     return state
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load refused the file, in one line. torch's own text for a refused pickle advises re-running with
+    ``weights_only=False``, i.e. running the file's code: never pass that on for an untrusted file."""
+    text = str(e).strip()
+    if "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return f"it holds objects other than tensors and plain containers{what}, and loading those could run code"
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> TrainConfig:

@@ -30,7 +30,9 @@ def check_number(label: str, value: Any, lo: float, hi: float = math.inf, *, lo_
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
-        if rule is None:
+        if rule is None and math.isinf(hi):  # "(0.0, inf]" would read as if inf were allowed
+            rule = f"expected a finite number {'>' if lo_open else '>='} {lo}"
+        elif rule is None:
             left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
             rule = f"expected a number in {left}{lo}, {hi}{right}"
         raise invalid(label, value, rule)

@@ -69,12 +69,22 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
+def _cell(text: str | None) -> int | float:
+    """A metrics.csv cell as written: an integer column stays an int (a resume rewrites the earlier rows, which
+    must read as the uninterrupted run wrote them), an empty cell (a figure this device lacks) is nan."""
+    if text in ("", None):
+        return math.nan
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in row.items()} for row in
-                csv.DictReader(f)]
+        return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

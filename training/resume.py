@@ -26,6 +26,7 @@ def read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig,
     cfg = checkpoint_config(state, ckpt_path)
     if "ranks" not in state:
         raise DataError(f"{ckpt_path}: not a resumable dali-train checkpoint (no per-rank state); start a new run")
+    _same_run(ckpt_path, cfg)
     progress = TrainState.from_dict(state)
     if epochs is not None:
         if epochs < progress.epoch + (1 if progress.batch else 0):
@@ -39,6 +40,26 @@ def read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig,
         raise ConfigError(f"{ckpt_path}: this run {why}; pass --epochs larger than {progress.epoch} "
                           "to extend it, or start a new run")
     return cfg, state, False
+
+
+def _same_run(ckpt_path: Path, cfg: TrainConfig) -> None:
+    """Refuse a checkpoint whose config is not the config.yaml beside it: one copied in from another run (another
+    model, dataset, recipe...) would otherwise resume as that run and overwrite this folder's config.yaml.
+    `epochs` may differ (an extension by --epochs rewrites config.yaml before its first checkpoint); a
+    config.yaml that is missing or unreadable is no evidence either way, and resume rewrites it."""
+    path = ckpt_path.parent / "config.yaml"
+    try:
+        folder = TrainConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    except (OSError, yaml.YAMLError, ConfigError, TypeError, ValueError, AttributeError):
+        return
+    ours, theirs = cfg.to_dict(), folder.to_dict()
+    differ = [k for k in ours if k != "epochs" and ours[k] != theirs[k]]
+    if differ:
+        shown = ", ".join(f"{k} {ours[k]!r} (config.yaml: {theirs[k]!r})" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise DataError(f"{ckpt_path}: not this folder's run: its config differs from {path} in {shown}{more}; it "
+                        "was copied from another run or one of the two was edited — resume the run it came from, "
+                        "or start a new run")
 
 
 def _summary_matches(path: Path, epochs_run: int) -> bool:
