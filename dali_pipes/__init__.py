@@ -5,8 +5,8 @@ Public API: :func:`create_loader` (the batch contract of DESIGN.md), :class:`Aug
 """
 
 from .config import PRESETS, AugmentConfig, resolve_augment
-from .errors import ConfigError, DaliTrainError, DataError
+from .errors import ConfigError, DaliTrainError, DataError, DataWarning
 from .loader import BACKENDS, DATASETS, Loader, create_loader, load_source
 
-__all__ = ["AugmentConfig", "BACKENDS", "ConfigError", "DATASETS", "DaliTrainError", "DataError", "Loader",
-           "PRESETS", "create_loader", "load_source", "resolve_augment"]
+__all__ = ["AugmentConfig", "BACKENDS", "ConfigError", "DATASETS", "DaliTrainError", "DataError", "DataWarning",
+           "Loader", "PRESETS", "create_loader", "load_source", "resolve_augment"]

@@ -15,3 +15,8 @@ class DataError(DaliTrainError):
 
 class ConfigError(DaliTrainError, ValueError):
     """An invalid option or augmentation recipe value."""
+
+
+class DataWarning(UserWarning):
+    """Data that was skipped, with the file named (a corrupt image, a name DALI cannot open). Entry points print
+    it as one ``warning: <message>`` line; Python's default adds the warning's source file and line."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError
+from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError, DataWarning
 from dali_pipes.config import parse_override
 
 from .config import AMP_DTYPES, DEVICES, TrainConfig
@@ -93,6 +94,17 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Skipped data is one ``warning: ...`` line (it names the file); other warnings keep Python's display."""
+    if issubclass(category, DataWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def _run_guarded(fn: Callable[[], Any], *,
                  second_interrupt: str = "aborted by a second interrupt; last.pth holds the last completed epoch",
                  interrupt: str = "interrupted; what was saved before is kept (rerun the command, or --resume a run "
@@ -104,7 +116,9 @@ def _run_guarded(fn: Callable[[], Any], *,
     from .run import Interrupted, SecondSignal
 
     try:
-        return fn()
+        with warnings.catch_warnings():  # restores the default display when the command returns
+            warnings.showwarning = _show_warning
+            return fn()
     except Interrupted as e:
         _fail(str(e), e.exit_code)
     except ConfigError as e:

@@ -1,0 +1,144 @@
+"""Options and files a careless user gives: a diverging LR, a batch larger than the dataset, another run's
+checkpoint copied into a run folder, a crafted checkpoint, an infinite option value. Each stops with one line that
+names the cause and the way out, or runs within what the data can hold."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from training.checkpoint import load_checkpoint
+from training.cli import main
+from training.figures import DIVERGED_LOSS_FACTOR, divergence
+from training.outputs import read_metrics, write_rows
+from training.signals import Diverged
+
+TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-threads", "2",
+        "--augment", "none", "--no-channels-last"]
+
+
+def invoke(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output
+
+
+def figures(**changes) -> dict:
+    base = {"train_loss": 2.0, "val_loss": 2.1, "nonfinite_losses": 0, "train_steps": 10}
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize(("changes", "verdict"), [
+    ({}, None),
+    ({"nonfinite_losses": 4}, None),  # a few overflowing steps (the fp16 scaler skips them) are not divergence
+    ({"nonfinite_losses": 5, "train_loss": math.nan}, "5 of its 10 training losses were inf/nan"),
+    ({"val_loss": math.nan}, "the validation loss is nan"),
+    ({"val_loss": math.inf}, "the validation loss is inf"),
+    ({"train_loss": 8.3e15}, "mean training loss 8.3e+15"),
+    ({"train_loss": DIVERGED_LOSS_FACTOR * math.log(10) * 0.99}, None),
+])
+def test_divergence_is_told_by_the_epochs_figures(changes, verdict) -> None:
+    why = divergence(figures(**changes), num_classes=10)
+    assert (why is None) if verdict is None else (verdict in why), why
+
+
+def test_divergence_advice_fits_the_options_in_use(tmp_path) -> None:
+    plain = str(Diverged.during(3, "why", lr=1000.0, clip_grad=0.0, float16=False, run_dir=tmp_path))
+    assert "epoch 3: why" in plain and "--lr (this run's: 1000)" in plain and "--clip-grad 1.0" in plain
+    assert "bfloat16" not in plain and "no checkpoint was written" in plain
+    (tmp_path / "last.pth").write_bytes(b"x")
+    fp16 = str(Diverged.during(1, "why", lr=0.5, clip_grad=1.0, float16=True, run_dir=tmp_path))
+    assert "--amp-dtype bfloat16" in fp16 and "--clip-grad" not in fp16 and "keeps the run from before" in fp16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("amp", ["--amp", "--no-amp"])
+def test_a_diverging_lr_stops_the_run_with_one_line_under_amp_and_without(tmp_path, amp) -> None:
+    out = tmp_path / "run"
+    code, text = invoke([*TINY, "--num-samples", "96", "--epochs", "3", "--lr", "1000", amp, "--output", str(out)])
+    assert code == 1, text
+    (line,) = [t for t in text.splitlines() if t.startswith("error:")]
+    assert "training diverged in epoch 1" in line and "--lr (this run's: 1000)" in line, text
+    assert "Traceback" not in text and not (out / "summary.json").exists() and not (out / "last.pth").exists()
+
+
+def test_a_batch_larger_than_the_dataset_holds_only_the_dataset() -> None:
+    from dali_pipes import create_loader
+
+    loader = create_loader(dataset="synthetic", split="train", num_samples=40, batch_size=100_000, backend="dali",
+                           device=torch.device("cpu"), augment="weak", num_threads=1)
+    assert loader.dali_batch_size == 40  # the DALI graph is sized for 40 samples, not 100,000
+    loader.set_epoch(0)
+    (batch,) = [images.shape[0] for images, _ in loader]
+    assert batch == 40 and len(loader) == 1
+
+
+def test_metrics_rewritten_on_resume_keep_integer_columns(tmp_path) -> None:
+    path = tmp_path / "metrics.csv"
+    write_rows(path, [{"epoch": 1, "lr": 0.1, "train_images": 96, "nonfinite_losses": 0, "train_loss": 2.5}])
+    write_rows(path, read_metrics(path))  # what a resume does with the earlier rows
+    with open(path, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["epoch"], row["train_images"], row["nonfinite_losses"], row["lr"]) == ("1", "96", "0", "0.1")
+    assert math.isnan(read_metrics(path)[0]["val_loss"])  # an empty cell
+
+
+def test_a_crafted_checkpoint_is_refused_without_torchs_unsafe_advice(tmp_path) -> None:
+    import os
+
+    path = tmp_path / "last.pth"
+    torch.save({"format": "dali-train/1", "x": os.getcwd}, path)
+    code, text = invoke(["--resume", str(path)])
+    assert code == 1 and "holds objects other than tensors" in text and "getcwd" in text, text
+    assert "weights_only" not in text and len(text.strip().splitlines()) == 1, text
+
+
+@pytest.mark.parametrize(("option", "value"), [("--lr", "inf"), ("--lr", "nan"), ("--weight-decay", "inf")])
+def test_an_infinite_option_is_refused_in_words_that_exclude_it(option, value) -> None:
+    code, text = invoke([*TINY, option, value])
+    assert code == 2 and f"{option}={value} is invalid: expected a finite number" in text and "inf]" not in text
+
+
+@pytest.mark.slow
+def test_a_checkpoint_copied_in_from_another_run_is_refused_and_changes_nothing(tmp_path) -> None:
+    out = tmp_path / "run"
+    code, text = invoke([*TINY, "--num-samples", "64", "--epochs", "1", "--output", str(out)])
+    assert code == 0, text
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    # another run's checkpoint: the same files, but it trained another model with another batch size
+    state = load_checkpoint(out / "last.pth")
+    state["config"] = {**state["config"], "model": "resnet18", "batch_size": 16}
+    torch.save(state, other / "last.pth")
+    before = (other / "config.yaml").read_text()
+    code, text = invoke(["--resume", str(other), "--epochs", "2"])
+    assert code == 1 and "not this folder's run" in text and "model 'resnet18' (config.yaml: 'resnet20')" in text
+    assert "batch_size 16" in text and (other / "config.yaml").read_text() == before
+    # an extension's config.yaml (only epochs differ: written before its first checkpoint) is the same run
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, "epochs": 5}, sort_keys=False))
+    code, text = invoke(["--resume", str(out), "--epochs", "2"])
+    assert code == 0, text
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2]
+
+
+def test_skipped_data_is_one_warning_line_on_the_command_line(capsys) -> None:
+    import warnings
+
+    from dali_pipes import DataWarning
+    from training.cli import _run_guarded
+
+    def work() -> None:
+        warnings.warn("train: skipped 1 corrupt image file, e.g. /d/a/1.jpg", DataWarning, stacklevel=2)
+        warnings.warn("something else", UserWarning, stacklevel=2)
+
+    with pytest.warns(UserWarning, match="something else") as record:  # other warnings keep Python's handling
+        _run_guarded(work)
+    assert capsys.readouterr().err == "warning: train: skipped 1 corrupt image file, e.g. /d/a/1.jpg\n"
+    assert [w.category for w in record] == [UserWarning]
