@@ -142,3 +142,22 @@ def test_skipped_data_is_one_warning_line_on_the_command_line(capsys) -> None:
         _run_guarded(work)
     assert capsys.readouterr().err == "warning: train: skipped 1 corrupt image file, e.g. /d/a/1.jpg\n"
     assert [w.category for w in record] == [UserWarning]
+
+
+@pytest.mark.slow
+def test_an_ablation_arm_that_shortens_the_run_gets_the_default_warmup_of_its_own_length(tmp_path) -> None:
+    from training import ablate
+
+    study, out = tmp_path / "short.yaml", tmp_path / "study"
+    study.write_text("arms:\n  short:\n    epochs: 1\n")
+    # the base's default warmup is 2 epochs (5% of 40); the arm's is 5% of its one epoch, not the base's 2
+    result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--num-samples", "64", "--epochs", "40",
+                                              "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "short" / "seed0" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["warmup_epochs"]) == (1, 0.05)
+    # a warmup given on the command line is the user's: an arm shorter than it is refused before anything runs
+    result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--epochs", "40", "--warmup-epochs",
+                                              "2", "--output", str(tmp_path / "other")])
+    assert result.exit_code == 2 and "--warmup-epochs=2.0 is invalid: longer than the run (--epochs 1)" in \
+        result.output, result.output

@@ -66,6 +66,10 @@ def main(click_ctx: click.Context, study: str | None, seeds: int, **options: Any
             raise ConfigError(f"--output {output} is a file; give a directory")
         base = TrainConfig.from_dict(options, source="options")
         spec = load_study(study, base)
+        if options.get("warmup_epochs") is None:  # the default warmup follows each arm's epochs, not the base's
+            for changes in spec.arms.values():
+                if "epochs" in changes:
+                    changes.setdefault("warmup_epochs", None)
         arm_configs(spec, base)  # every arm valid before the first run starts
         for k in sorted(given):
             setters = [arm for arm, changes in spec.arms.items() if k in changes]

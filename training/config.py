@@ -131,6 +131,9 @@ def _validate(c: TrainConfig) -> None:
     num("momentum", 0.0, 1.0, hi_open=True)
     num("weight_decay", 0.0)
     num("warmup_epochs", 0.0)
+    if c.warmup_epochs > c.epochs:
+        raise invalid(label("warmup_epochs"), c.warmup_epochs,
+                      f"longer than the run (--epochs {c.epochs}): the LR would never reach --lr")
     num("clip_grad", 0.0)
     num("mixup_alpha", 0.0)
     num("cutmix_alpha", 0.0)
