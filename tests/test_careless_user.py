@@ -15,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from training.checkpoint import load_checkpoint
-from training.cli import main
+from training.cli import eval_main, main
 from training.figures import DIVERGED_LOSS_FACTOR, divergence
 from training.outputs import read_metrics, write_rows
 from training.signals import Diverged
@@ -110,6 +110,9 @@ def test_a_checkpoint_copied_in_from_another_run_is_refused_and_changes_nothing(
     out = tmp_path / "run"
     code, text = invoke([*TINY, "--num-samples", "64", "--epochs", "1", "--output", str(out)])
     assert code == 0, text
+    # dali-eval's batch: 0 is not "the default" but an invalid value
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(out), "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size=0 is invalid" in result.output, result.output
     other = tmp_path / "other"
     shutil.copytree(out, other)
     # another run's checkpoint: the same files, but it trained another model with another batch size

@@ -173,7 +173,8 @@ def _data_options(f: Callable) -> Callable:
         click.option("--data-dir", default=None, help="Default: the checkpoint's data directory."),
         click.option("--backend", type=click.Choice(BACKENDS), default=None,
                      help="Default: the checkpoint's."),
-        click.option("--batch-size", type=int, default=None, help="Default: the checkpoint's."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Default: 256 for dali-eval (no gradients to hold), the checkpoint's otherwise."),
         click.option("--num-samples", type=int, default=None,
                      help="Synthetic train size (val is a fifth). Default: the checkpoint's."),
         click.option("--num-threads", type=int, default=None,
@@ -202,7 +203,7 @@ def eval_main(checkpoint: str, device: str, tta: bool, **data: Any) -> None:
         from .evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(_checkpoint_path(checkpoint), device=device, tta=tta,
-                                   **{**data, "batch_size": data["batch_size"] or 256})
+                                   **{**data, "batch_size": 256 if data["batch_size"] is None else data["batch_size"]})
 
     result = _run_guarded(work)
     click.echo(json.dumps(result))
