@@ -164,3 +164,16 @@ def test_an_ablation_arm_that_shortens_the_run_gets_the_default_warmup_of_its_ow
                                               "2", "--output", str(tmp_path / "other")])
     assert result.exit_code == 2 and "--warmup-epochs=2.0 is invalid: longer than the run (--epochs 1)" in \
         result.output, result.output
+
+
+def test_a_binary_config_file_is_one_line(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    code, text = invoke(["--config", str(path)])
+    assert code == 2 and text.strip() == f"error: --config {path}: not a text file (byte 0 is not UTF-8); give a " \
+        "YAML file", text
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00binary")  # a run folder whose config.yaml was overwritten
+    code, text = invoke(["--resume", str(run)])
+    assert code == 1 and "config.yaml: unreadable" in text and "Traceback" not in text, text

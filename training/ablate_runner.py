@@ -38,7 +38,7 @@ class RunRecord:
 def _saved_config(run_dir: Path) -> dict[str, Any]:
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         saved = None
     if not isinstance(saved, dict):
         raise DataError(f"{run_dir}: config.yaml is missing or unreadable; remove the directory to rerun this "

@@ -26,6 +26,8 @@ def read_yaml(path: str | Path, where: str) -> Any:
         return yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise ConfigError(f"{where}: cannot read it ({e.strerror}); check the path") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}: not a text file (byte {e.start} is not UTF-8); give a YAML file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
 

@@ -76,7 +76,7 @@ def saved_config(run_dir: Path, epochs: int | None) -> TrainConfig:
     path = run_dir / "config.yaml"
     try:
         values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
         raise DataError(f"{path}: unreadable ({reason}); start a new run with another --output") from None
     if not isinstance(values, dict):
