@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from helpers import StopAfter
 
 from dali_pipes import ConfigError
-from training import rundir
 from training import run as run_mod
+from training import rundir
 from training.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import TrainConfig

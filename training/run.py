@@ -35,7 +35,7 @@ from .resume import find_checkpoint, read_resume_state, saved_config
 from .rundir import RunDirLock
 from .signals import Diverged, FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
 from .state import Run, TrainState, cuda_rng_entry
-from .tensorboard_log import EventLog, open_event_log
+from .tensorboard_log import FIRST_BATCH, EventLog, open_event_log
 
 # What callers (prune, ablate, tests, benchmarks) import from here besides fit and resume.
 __all__ = ["METRIC_FIELDS", "Diverged", "Interrupted", "Run", "SecondSignal", "StopSignal", "TrainState", "build_run",
@@ -118,7 +118,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         if bar is not None:
             bar.close()
         if first is not None and first.captured:  # drawn once, outside the epoch's timing
-            events.image("first_batch", first.write(run.run_dir / "first_batch.png", run.train_loader, cfg), step=0)
+            events.image(FIRST_BATCH, first.write(run.run_dir / "first_batch.png", run.train_loader, cfg), step=0)
             first = None
         totals = epoch_totals(run.epoch_so_far, stats, monitor.figures())
         if stats["position"] < len(run.train_loader):
