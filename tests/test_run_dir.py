@@ -17,7 +17,7 @@ from dali_pipes import DaliTrainError
 from training import run as run_mod
 from training.cli import main
 from training.config import TrainConfig
-from training.rundir import LOCK_NAME, RunDirLock
+from training.rundir import EVENTS, LOCK_NAME, RunDirLock
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-samples", "64", "--epochs", "1",
         "--num-threads", "1", "--device", "cpu"]
@@ -43,6 +43,10 @@ def killed_before_first_checkpoint(out: Path) -> None:
     (out / "metrics.csv.tmp").write_text("epoch,lr\n")
     (out / ".last.pth.k2j4.tmp").write_bytes(b"PK\x03\x04 cut short")
     (out / LOCK_NAME).write_text("999999\n")
+    (out / DEAD_EVENTS).write_bytes(b"\x18\x00")  # its TensorBoard events, cut short
+
+
+DEAD_EVENTS = "events.out.tfevents.1700000000.host.999999.0"
 
 
 @pytest.mark.slow
@@ -60,8 +64,11 @@ def test_a_run_killed_before_its_first_checkpoint_is_refused_by_output_and_start
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
     assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1]
     # the temp files of the dead run are gone, and so is the lock file (released at the end of the run)
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "config.yaml", "curves.png", "last.pth",
-                                                    "metrics.csv", "summary.json"]
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if not EVENTS.match(n)] == ["best.pth", "config.yaml", "curves.png", "first_batch.png",
+                                                         "last.pth", "metrics.csv", "summary.json"]
+    events = [n for n in names if EVENTS.match(n)]
+    assert len(events) == 1 and DEAD_EVENTS not in events  # the dead run's events went with its other outputs
 
 
 def test_a_folder_of_unrelated_files_is_not_called_a_run(tmp_path) -> None:

@@ -70,6 +70,8 @@ def _options(f: Callable) -> Callable:
         click.option("--dali-batch-size", type=int, default=_D.dali_batch_size,
                      help="Samples per DALI graph iteration, split into training batches (0: about 2**20 pixels' "
                           "worth, 1024 CIFAR images)."),
+        click.option("--tensorboard/--no-tensorboard", default=_D.tensorboard,
+                     help="TensorBoard event files in the run directory (tensorboard --logdir runs)."),
     ]
     for opt in reversed(opts):
         f = opt(f)

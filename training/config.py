@@ -68,6 +68,7 @@ class TrainConfig:
     # images). DALI pays per operator per iteration, so small images need large DALI batches to be fast.
     dali_batch_size: int = 0
     image_size: int = 0  # side of the training crop (0: the dataset's, 224 for image folders; arrays keep theirs)
+    tensorboard: bool = True  # TensorBoard event files in the run directory (rank 0); a config without it: True
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None and isinstance(self.epochs, int) and not isinstance(self.epochs, bool):
@@ -141,7 +142,7 @@ def _validate(c: TrainConfig) -> None:
     num("switch_prob", 0.0, 1.0)
     num("label_smoothing", 0.0, 1.0, hi_open=True)
     num("drop_path", 0.0, 1.0, hi_open=True)
-    for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn"):
+    for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn", "tensorboard"):
         check_bool(label(flag), getattr(c, flag))
     if c.nesterov and c.momentum == 0:
         raise invalid("--nesterov", c.nesterov, "Nesterov momentum needs --momentum > 0")

@@ -81,7 +81,8 @@ def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, step: int = 0,
                     skip: int = 0, should_stop: Callable[[], bool] = lambda: False,
-                    on_progress: Callable[[int, dict[str, float]], None] | None = None, log_every: int = 50) -> dict:
+                    on_progress: Callable[[int, dict[str, float]], None] | None = None, log_every: int = 50,
+                    on_first_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> dict:
     """Train over `batches`, the first optimizer step being step `step` of the run (it sets the LR); the first
     `skip` batches are drawn but not trained on (exact mid-epoch resume).
 
@@ -91,7 +92,11 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     included) and ``position`` (the batch position reached in the epoch, the `skip` batches drawn included) —
     fewer than the epoch has when `should_stop()` turned true (SIGINT/SIGTERM): the step in flight finishes, the
     rest is left.
-    Train accuracy counts the dominant label of each (possibly mixed) target.
+    Train accuracy counts the dominant label of each (possibly mixed) target. `on_progress(position, stats)` gets
+    the running means of this call every `log_every` batches (``loss``, ``acc``, and ``images``, the count the loss
+    is a mean over);
+    `on_first_batch(images, labels, targets)` sees the first batch trained here as the model gets it (after
+    mixing); it must only read them.
     """
     model = ctx.model
     model.train()
@@ -114,6 +119,8 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             continue
         data_time += time.perf_counter() - fetch_start
         images, targets = ctx.mixer(_prepare(images, ctx.channels_last), labels)
+        if on_first_batch is not None and steps == 0:
+            on_first_batch(images, labels, targets)
         with _autocast(dev, ctx.amp_dtype):
             logits = model(images)
         loss = soft_target_cross_entropy(logits, targets)
@@ -131,7 +138,9 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         loss_sum += torch.nan_to_num(detached.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
         correct += (logits.detach().argmax(1) == dominant_labels(labels, targets)).sum()
         if on_progress is not None and position % log_every == 0:
-            on_progress(position, {"loss": (loss_sum / max(seen, 1)).item(), "acc": (correct / max(seen, 1)).item()})
+            finite = seen - int(nonfinite_images.item())  # the loss is a mean over the steps whose loss was finite
+            on_progress(position, {"loss": (loss_sum / max(finite, 1)).item(), "acc": (correct / max(seen, 1)).item(),
+                                   "images": finite})
         if should_stop():
             break
         fetch_start = time.perf_counter()

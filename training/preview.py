@@ -7,7 +7,7 @@ Tiles are exactly what the loaders return (float, normalized), mapped back to ui
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,7 @@ from dali_pipes.config import eval_config, resolve_augment
 from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
 from dali_pipes.sources import ArrayDataset, FolderDataset
 
-
-@dataclass(frozen=True)
-class Row:
-    label: str
-    tiles: np.ndarray  # uint8 (N, H, W, 3)
+from .grid import Row, to_uint8, write_grid
 
 
 def subset(data: ArrayDataset | FolderDataset, count: int) -> ArrayDataset | FolderDataset:
@@ -34,14 +30,6 @@ def subset(data: ArrayDataset | FolderDataset, count: int) -> ArrayDataset | Fol
         return FolderDataset(data.name, data.root, tuple(data.files[i] for i in pick), data.labels[pick],
                              data.classes)
     return ArrayDataset(data.name, np.ascontiguousarray(data.images[pick]), data.labels[pick], data.classes)
-
-
-def to_uint8(images: torch.Tensor, cfg: AugmentConfig) -> np.ndarray:
-    """Normalized float NCHW -> uint8 NHWC, undoing the recipe's normalization."""
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1) * 255
-    x = (images.float().cpu() * std + mean).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
 
 
 def draw(data, cfg: AugmentConfig, *, backend: str, device: torch.device, size: tuple[int, int], epoch: int,
@@ -98,29 +86,6 @@ def preview_rows(data, cfg: AugmentConfig, *, backends: tuple[str, ...], device:
                              torch.device("cpu"), size=size, epoch=k)
                 rows.append(Row(f"{name}: {label} #{k + 1}" if name != "recipe" else f"{label} #{k + 1}", tiles))
     return rows
-
-
-def write_grid(rows: list[Row], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = rows[0].tiles.shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.8, 1.1 * len(rows) + 0.6), squeeze=False)
-    for r, row in enumerate(rows):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.imshow(row.tiles[c], interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-        axes[r][0].set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=8)
-    import textwrap
-
-    fig.suptitle(textwrap.fill(title, width=int(12 * n + 20)), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str = "both", device: str = "cpu",

@@ -2,7 +2,8 @@
 
 build_run makes the loaders, model and step from the config (factory.py) in a run directory (rundir.py); Run
 saves and loads itself (`checkpoint` / `load_state`, the progress in a TrainState); train_epochs trains, evaluates
-and checkpoints each epoch, writing metrics.csv and curves.png (outputs.py); finish reloads best.pth, evaluates it
+and checkpoints each epoch, writing metrics.csv and curves.png (outputs.py), the same figures as TensorBoard events
+(tensorboard_log.py) and, on a new run, first_batch.png (first_batch.py); finish reloads best.pth, evaluates it
 and writes summary.json. last.pth is rewritten atomically after every epoch and when a run is interrupted (a
 first SIGINT/SIGTERM, signals.py); an interrupted epoch resumes at the batch where it stopped, with the data,
 augmentation and RNG streams of the uninterrupted run.
@@ -26,6 +27,7 @@ from .config import TrainConfig
 from .engine import evaluate, train_one_epoch
 from .factory import build_model, create_loaders, lr_factor, resolve_amp_dtype, resolve_device, step_context
 from .figures import divergence, epoch_totals, reduced
+from .first_batch import MAX_TILES, FirstBatch
 from .monitor import ResourceMonitor
 from .outputs import METRIC_FIELDS, epoch_line, plot_curves, progress, read_metrics, write_config, write_rows, \
     write_summary
@@ -33,6 +35,7 @@ from .resume import find_checkpoint, read_resume_state, saved_config
 from .rundir import RunDirLock
 from .signals import Diverged, FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
 from .state import Run, TrainState, cuda_rng_entry
+from .tensorboard_log import FIRST_BATCH, EventLog, open_event_log
 
 # What callers (prune, ablate, tests, benchmarks) import from here besides fit and resume.
 __all__ = ["METRIC_FIELDS", "Diverged", "Interrupted", "Run", "SecondSignal", "StopSignal", "TrainState", "build_run",
@@ -76,13 +79,29 @@ def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
     return poll
 
 
-def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
+def train_epochs(run: Run, stop: StopSignal, log=print, *, log_every: int = 50, grid_tiles: int = MAX_TILES) -> None:
+    """Train from where `run.state` stands to the last epoch (or early stopping), writing the run directory, and
+    TensorBoard events beside metrics.csv (rank 0, cfg.tensorboard). `log_every`: steps between two reads of the
+    running loss (progress bar, TensorBoard); `grid_tiles`: samples of a new run's first batch drawn into
+    first_batch.png (0: none)."""
+    events = open_event_log(run.run_dir, enabled=run.world.is_main and run.cfg.tensorboard,
+                            resume_step=run.state.step, log=log)
+    try:
+        _train_epochs(run, stop, log, events, log_every=log_every, grid_tiles=grid_tiles)
+    finally:
+        events.close()
+
+
+def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_every: int, grid_tiles: int) -> None:
     cfg, metrics_path, main = run.cfg, run.run_dir / "metrics.csv", run.world.is_main
     log = log if main else (lambda *_: None)
     state = run.state
     rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state.epoch] if main else []
     monitor = ResourceMonitor(run.device)
     poll = _stop_poll(stop, run)
+    new_run = state.step == 0 and state.batch == 0
+    first = FirstBatch(label_smoothing=run.ctx.mixer.cfg.label_smoothing, max_tiles=grid_tiles) \
+        if main and grid_tiles > 0 and new_run else None
     for epoch in range(state.epoch, cfg.epochs):
         run.train_loader.set_epoch(epoch)
         if state.batch == 0:
@@ -93,10 +112,14 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         bar, update = progress(len(run.train_loader), epoch + 1, cfg) if main else (None, None)
         with monitor:
             stats = train_one_epoch(run.ctx, run.train_loader, step=state.step, skip=state.batch,
-                                    should_stop=poll, on_progress=update)
+                                    should_stop=poll, on_progress=events.progress(state.step - state.batch, update),
+                                    log_every=log_every, on_first_batch=first)
         state.step += stats["steps"]
         if bar is not None:
             bar.close()
+        if first is not None and first.captured:  # drawn once, outside the epoch's timing
+            events.image(FIRST_BATCH, first.write(run.run_dir / "first_batch.png", run.train_loader, cfg), step=0)
+            first = None
         totals = epoch_totals(run.epoch_so_far, stats, monitor.figures())
         if stats["position"] < len(run.train_loader):
             run.epoch_so_far = totals
@@ -127,6 +150,7 @@ def train_epochs(run: Run, stop: StopSignal, log=print) -> None:
         if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
             write_rows(metrics_path, rows)
             plot_curves(rows, run.run_dir / "curves.png")
+            events.epoch(state.step, row)
         if improved:
             run.save("best.pth", checkpoint)
         run.save("last.pth", checkpoint)

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 LOCK_NAME = ".dali-train.lock"
 # Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
-OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json")
+OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png")
 _TEMP = re.compile(r"^(metrics\.csv\.tmp|\.(last|best)\.pth\..+\.tmp|\.(config\.yaml|summary\.json)\.tmp)$")
+EVENTS = re.compile(r"^events\.out\.tfevents\..+$")  # TensorBoard's event files (tensorboard_log.py)
 
 EMPTY, RUN, UNSTARTED, LEFTOVERS, FOREIGN = "empty", "run", "unstarted", "leftovers", "foreign"
 
@@ -38,7 +39,7 @@ def _entries(path: Path) -> list[str]:
 
 
 def _ours(name: str) -> bool:
-    return name in OUTPUTS or bool(_TEMP.match(name))
+    return name in OUTPUTS or bool(_TEMP.match(name) or EVENTS.match(name))
 
 
 def classify(path: Path, option: str = "--output") -> str:
