@@ -16,8 +16,9 @@ AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
 OPTIMIZERS = ("sgd", "adamw")
 # What each optimizer's options resolve to when not given. SGD: the seed recipe (lr per 128 images, scaled linearly
-# with the global batch). AdamW: timm's and DeiT's decoupled weight decay 0.05, lr 1e-3 per 128 images, scaled with
-# the square root of the global batch (timm's rule for adaptive optimizers). AdamW has betas, not momentum.
+# with the global batch). AdamW: DeiT's and timm's decoupled weight decay 0.05, and Adam's customary lr 1e-3 per 128
+# images (not tuned for this recipe), scaled with the square root of the global batch (timm's rule for adaptive
+# optimizers). AdamW has betas (0.9, 0.999), not momentum.
 OPT_DEFAULTS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True},
     "adamw": {"lr": 1e-3, "weight_decay": 0.05, "nesterov": False},
