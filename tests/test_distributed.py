@@ -26,7 +26,7 @@ def torchrun(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess
 @pytest.mark.slow
 def test_two_ranks_train_in_lockstep_and_rank0_alone_writes_the_run(tmp_path) -> None:
     out = tmp_path / "run"
-    proc = torchrun([*TINY, "--epochs", "2", "--output", str(out)])
+    proc = torchrun([*TINY, "--epochs", "2", "--ema-decay", "0.9", "--ema-every", "3", "--output", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # one run directory
     names = {p.name for p in out.iterdir()}
@@ -51,6 +51,14 @@ def test_two_ranks_train_in_lockstep_and_rank0_alone_writes_the_run(tmp_path) ->
     assert single.returncode == 0, single.stderr[-2000:]
     assert json.loads(single.stdout.strip().splitlines()[-1])["val_acc"] == pytest.approx(
         summary["best_reloaded_val_acc"], abs=1e-9)
+    # the EMA's accuracy reduced over ranks equals a single-process evaluation of rank 0's saved EMA: every rank
+    # evaluated the same EMA
+    single = subprocess.run([sys.executable, "-c", "from training.cli import eval_main; eval_main()",
+                             "--checkpoint", str(out / "last.pth"), "--weights", "ema", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    last_ema = float(metrics[-1].split(",")[header.index("ema_val_acc")])
+    assert json.loads(single.stdout.strip().splitlines()[-1])["val_acc"] == pytest.approx(last_ema, abs=1e-9)
 
 
 @pytest.mark.slow

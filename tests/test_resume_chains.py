@@ -71,12 +71,14 @@ def signals(train=(), val=()):
     return build
 
 
-def attempt(first: bool, out: Path, *, build=run_mod.build_run, stop=None) -> tuple[str, list[str]]:
-    """One process's worth of the run: `fit` first, `resume` after. Returns how it ended and what it logged."""
+def attempt(first: bool, out: Path, *, build=run_mod.build_run, stop=None, ema: bool = False) -> tuple[str, list[str]]:
+    """One process's worth of the run: `fit` first, `resume` after. Returns how it ended and what it logged.
+    `ema`: the run keeps an EMA of its weights, updated every 2 steps (so an interrupt falls between updates)."""
     lines: list[str] = []
+    cfg = chain_config(out).replace(ema_decay=0.9, ema_every=2) if ema else chain_config(out)
     try:
         if first:
-            run_mod.fit(chain_config(out), log=lines.append, build=build, stop=stop)
+            run_mod.fit(cfg, log=lines.append, build=build, stop=stop)
         else:
             run_mod.resume(out, log=lines.append, build=build, stop=stop)
     except run_mod.Interrupted as e:
@@ -164,3 +166,37 @@ def test_an_extension_aborted_in_its_final_evaluation_leaves_no_stale_summary(tm
     run_mod.resume(out, log=lines.append)
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == EPOCHS + 1
     assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def straight_ema(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight_ema") / "run"
+    assert attempt(True, out, ema=True)[0] == "finished"
+    return out
+
+
+def test_a_chain_with_an_ema_ends_on_the_straight_runs_ema_bit_for_bit(tmp_path, straight_ema) -> None:
+    out = tmp_path / "run"
+    # mid-epoch after 3 steps (between two EMA updates); during the EMA's validation pass of epoch 1 (the second
+    # pass over the validation loader in that process); mid-epoch 3; then to the end
+    chain = [({T: [(0, 2)]}, "interrupted"), ({V: [(1, 0)]}, "interrupted"), ({T: [(2, 3)]}, "interrupted"),
+             ({}, "finished")]
+    positions = []
+    for k, (where, expected) in enumerate(chain):
+        ended, lines = attempt(k == 0, out, build=signals(where.get(T, ()), where.get(V, ())), ema=True)
+        assert ended == expected, (k, lines)
+        state = load_checkpoint(out / "last.pth")
+        positions.append((state["epoch"], state["batch"]))
+    assert positions[:3] == [(0, 3), (1, 0), (2, 4)]
+    columns = (*DETERMINISTIC, "ema_val_loss", "ema_val_acc")
+    rows_a = run_mod.read_metrics(straight_ema / "metrics.csv")
+    rows_b = run_mod.read_metrics(out / "metrics.csv")
+    assert [[r[k] for k in columns] for r in rows_b] == [[r[k] for k in columns] for r in rows_a]
+    for name in ("last.pth", "best.pth"):
+        a, b = load_checkpoint(straight_ema / name), load_checkpoint(out / name)
+        for weights in ("model", "ema"):
+            assert all(torch.equal(a[weights][key], b[weights][key]) for key in a[weights]), (name, weights)
+    summary_a = json.loads((straight_ema / "summary.json").read_text())
+    summary_b = json.loads((out / "summary.json").read_text())
+    assert {k: summary_b[k] for k in (*SUMMARY, "best_weights")} == {k: summary_a[k] for k in (*SUMMARY,
+                                                                                              "best_weights")}

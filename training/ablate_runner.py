@@ -48,8 +48,9 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
 
 def _check_same(run_dir: Path, cfg: TrainConfig, saved: dict[str, Any]) -> None:
     wanted = cfg.to_dict()
-    missing = object()
-    diffs = [k for k in wanted if k not in NOT_COMPARED and saved.get(k, missing) != wanted[k]]
+    # an option missing from config.yaml came after the run was made; it ran with that option's default
+    saved = {**TrainConfig().to_dict(), **saved}
+    diffs = [k for k in wanted if k not in NOT_COMPARED and saved[k] != wanted[k]]
     if diffs:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted[k]!r} now" for k in diffs[:3])
         more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""

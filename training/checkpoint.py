@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dali_pipes import DaliTrainError, DataError
+from dali_pipes import ConfigError, DaliTrainError, DataError
 
 from .config import TrainConfig
 from .models import create_model
@@ -130,10 +130,25 @@ def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> Tr
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """The model the config names, with the checkpoint's weights; a checkpoint of another shape is refused."""
+def chosen_weights(state: dict[str, Any], path: Path, weights: str | None = None) -> str:
+    """Which weights of a checkpoint to use: `weights` ("model" or "ema") when given, else the ones that scored
+    the run's best accuracy if the checkpoint was written at the end of that epoch (best.pth), else "model".
+    "ema" asked of a checkpoint without an EMA is a ConfigError."""
+    if weights is None:
+        at_best = state.get("epoch") == state.get("best_epoch") and not state.get("batch")
+        return "ema" if at_best and state.get("best_weights") == "ema" and "ema" in state else "model"
+    if weights == "ema" and "ema" not in state:
+        raise ConfigError(f"--weights ema: {path} holds no EMA weights (its run trained without --ema-decay); "
+                          "use --weights model")
+    return weights
+
+
+def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int, *,
+                          weights: str = "model") -> torch.nn.Module:
+    """The model the config names, with the checkpoint's `weights` ("model": the trained weights, "ema": their
+    average); a checkpoint of another shape is refused."""
     model = create_model(cfg.model, num_classes=num_classes)
-    load_weights(model, state["model"], path, f"model {cfg.model} with {num_classes} classes")
+    load_weights(model, state[weights], path, f"model {cfg.model} with {num_classes} classes")
     return model
 
 

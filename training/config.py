@@ -14,6 +14,15 @@ from .checks import check_bool, check_choice, check_int, check_number, invalid
 
 AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
+OPTIMIZERS = ("sgd", "adamw")
+# What each optimizer's options resolve to when not given. SGD: the seed recipe (lr per 128 images, scaled linearly
+# with the global batch). AdamW: DeiT's and timm's decoupled weight decay 0.05, and Adam's customary lr 1e-3 per 128
+# images (not tuned for this recipe), scaled with the square root of the global batch (timm's rule for adaptive
+# optimizers). AdamW has betas (0.9, 0.999), not momentum.
+OPT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True},
+    "adamw": {"lr": 1e-3, "weight_decay": 0.05, "nesterov": False},
+}
 
 
 def default_warmup_epochs(epochs: int) -> float:
@@ -33,10 +42,14 @@ class TrainConfig:
     model: str = "resnet18"
     epochs: int = 100
     batch_size: int = 128  # per process
-    lr: float = 0.1  # peak LR for batch 128; scale linearly with the global batch (lr * global_batch / 128)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
+    opt: str = "sgd"
+    # None: resolved from `opt` (OPT_DEFAULTS), so config.yaml and checkpoints hold the values the run used. The LR
+    # is the peak for a global batch of 128: SGD scales it linearly (lr * global_batch / 128), AdamW with the
+    # square root (lr * sqrt(global_batch / 128)).
+    lr: float | None = None
+    momentum: float | None = None  # SGD only
+    weight_decay: float | None = None
+    nesterov: bool | None = None  # SGD only
     # Linear warmup from 0, per step, then cosine to 0 (capped at half the run). None: scaled with the schedule,
     # default_warmup_epochs(epochs) — 5 epochs for the 100-epoch recipe, not a third of a 15-epoch run. The value
     # is resolved here, so config.yaml and checkpoints hold the number the run used.
@@ -69,8 +82,17 @@ class TrainConfig:
     dali_batch_size: int = 0
     image_size: int = 0  # side of the training crop (0: the dataset's, 224 for image folders; arrays keep theirs)
     tensorboard: bool = True  # TensorBoard event files in the run directory (rank 0); a config without it: True
+    # EMA of the weights (training/ema.py): decay per optimizer step (0: off), applied as decay**ema_every every
+    # ema_every steps; with ema_warmup the decay is min(ema_decay, (1 + step) / (10 + step)).
+    ema_decay: float = 0.0
+    ema_every: int = 32
+    ema_warmup: bool = True
 
     def __post_init__(self) -> None:
+        # an unknown opt is refused by _validate
+        for name, value in (OPT_DEFAULTS.get(self.opt, {}) if isinstance(self.opt, str) else {}).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.warmup_epochs is None and isinstance(self.epochs, int) and not isinstance(self.epochs, bool):
             object.__setattr__(self, "warmup_epochs", default_warmup_epochs(self.epochs))
         if isinstance(self.augment, Mapping):
@@ -92,6 +114,10 @@ class TrainConfig:
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes`; another `opt` resolves the values it sets (lr, weight decay...) afresh unless
+        `changes` gives them too."""
+        if changes.get("opt", self.opt) != self.opt:
+            changes = {**{name: None for name in ("lr", "momentum", "weight_decay", "nesterov")}, **changes}
         return replace(self, **changes)
 
 
@@ -117,6 +143,7 @@ def _validate(c: TrainConfig) -> None:
     choice("device", DEVICES)
     choice("amp_dtype", AMP_DTYPES)
     choice("mix_mode", MIX_MODES)
+    choice("opt", OPTIMIZERS)
     integer("epochs", 1)
     integer("batch_size", 1)
     integer("patience", 0)
@@ -125,12 +152,13 @@ def _validate(c: TrainConfig) -> None:
     integer("num_threads", 0)
     integer("dali_batch_size", 0)
     integer("image_size", 0)
+    integer("ema_every", 1)
     if 0 < c.image_size < 8 or c.image_size > 4096:
         raise invalid(label("image_size"), c.image_size,
                       "expected 0 (the dataset's size) or a side in [8, 4096] pixels")
     num("lr", 0.0, lo_open=True)
-    num("momentum", 0.0, 1.0, hi_open=True)
     num("weight_decay", 0.0)
+    num("ema_decay", 0.0, 1.0, hi_open=True)
     num("warmup_epochs", 0.0)
     if c.warmup_epochs > c.epochs:
         raise invalid(label("warmup_epochs"), c.warmup_epochs,
@@ -142,10 +170,17 @@ def _validate(c: TrainConfig) -> None:
     num("switch_prob", 0.0, 1.0)
     num("label_smoothing", 0.0, 1.0, hi_open=True)
     num("drop_path", 0.0, 1.0, hi_open=True)
-    for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn", "tensorboard"):
+    for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn", "tensorboard", "ema_warmup"):
         check_bool(label(flag), getattr(c, flag))
-    if c.nesterov and c.momentum == 0:
-        raise invalid("--nesterov", c.nesterov, "Nesterov momentum needs --momentum > 0")
+    if c.opt == "sgd":
+        num("momentum", 0.0, 1.0, hi_open=True)
+        if c.nesterov and c.momentum == 0:
+            raise invalid("--nesterov", c.nesterov, "Nesterov momentum needs --momentum > 0")
+    elif c.momentum is not None:
+        raise invalid("--momentum", c.momentum, f"--opt {c.opt} has no momentum option (its betas are (0.9, "
+                                                "0.999)); drop --momentum or use --opt sgd")
+    elif c.nesterov:
+        raise invalid("--nesterov", c.nesterov, f"Nesterov momentum is SGD's; drop --nesterov with --opt {c.opt}")
     try:
         resolve_augment(c.augment)
     except ConfigError as e:

@@ -12,12 +12,16 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .losses import soft_target_cross_entropy
 from .mixing import Mixer, dominant_labels
+
+if TYPE_CHECKING:
+    from .ema import ModelEma
 
 
 @dataclass
@@ -33,6 +37,7 @@ class StepContext:
     amp_dtype: torch.dtype | None  # None: no autocast
     channels_last: bool
     clip_grad: float = 0.0  # max global grad norm (L2); 0: no clipping
+    ema: ModelEma | None = None  # the EMA of the weights, updated after every optimizer step it asks for
     params: list[torch.nn.Parameter] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +134,8 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         _, skipped = scaler_step(loss, ctx.optimizer, ctx.scaler, params=ctx.params, clip_grad=ctx.clip_grad)
         skipped_by_scaler += skipped
         steps += 1
+        if ctx.ema is not None:
+            ctx.ema.update(step + steps)
         n = labels.shape[0]
         seen += n
         detached = loss.detach()

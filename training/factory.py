@@ -19,6 +19,7 @@ from dali_pipes.plan import derive_seed
 from . import distributed
 from .config import TrainConfig
 from .distributed import World
+from .ema import ModelEma
 from .engine import StepContext
 from .mixing import MixConfig, Mixer
 from .models import create_model
@@ -116,13 +117,31 @@ def lr_schedule(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float
     return lr_at
 
 
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two param groups, as timm's filter_bias_and_bn makes them (torchvision's --norm-weight-decay 0 and
+    --bias-weight-decay 0 likewise): weights of ndim >= 2 (convolutions, linear layers) decay with `weight_decay`;
+    biases and normalisation weights (ndim <= 1) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def create_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (the seed recipe: one group, every parameter decays) or AdamW (decay_groups). The LR set here is
+    overwritten before every step by the schedule (engine.set_lr), in every group alike."""
+    if cfg.opt == "adamw":
+        return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
 def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, steps_per_epoch: int,
                  device: torch.device, world: World) -> StepContext:
-    """Optimizer, LR schedule, scaler, mixer and the network the step runs (DDP- and compile-wrapped as asked).
+    """Optimizer, LR schedule, scaler, mixer, the EMA of the weights (with --ema-decay) and the network the step
+    runs (DDP- and compile-wrapped as asked).
     Seeds this rank's drop-path stream; the mixer has a generator of its own."""
     torch.manual_seed(derive_seed(cfg.seed, world.rank, 1))  # drop path: a stream of its own per rank
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    optimizer = create_optimizer(cfg, model)
     amp_dtype = resolve_amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     mixer = Mixer(MixConfig(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mix_prob,
@@ -135,5 +154,7 @@ def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, 
                                                         else None)
     if cfg.compile:
         net = torch.compile(net)
+    ema = (ModelEma(model, decay=cfg.ema_decay, every=cfg.ema_every, warmup=cfg.ema_warmup) if cfg.ema_decay > 0
+           else None)
     return StepContext(net, optimizer, lr_schedule(cfg, steps_per_epoch), scaler, mixer, device, amp_dtype,
-                       cfg.channels_last, clip_grad=cfg.clip_grad)
+                       cfg.channels_last, clip_grad=cfg.clip_grad, ema=ema)

@@ -25,6 +25,7 @@ METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"
                  "epoch_time_s", "nonfinite_losses", "skipped_steps", "max_mem_allocated_mib",
                  "max_mem_reserved_mib", "gpu_util_mean_pct", "gpu_mem_used_max_mib", "gpu_mem_process_max_mib",
                  "host_rss_peak_mib")
+EMA_FIELDS = ("ema_val_loss", "ema_val_acc")  # metrics.csv's last columns in a run with --ema-decay
 
 
 def write_error(path: Path, e: OSError) -> DaliTrainError:
@@ -100,6 +101,9 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="loss")
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], label="train (dominant label)")
     ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], label="val")
+    if all("ema_val_acc" in r for r in rows):
+        ax_loss.plot(epochs, [r["ema_val_loss"] for r in rows], label="val (EMA weights)")
+        ax_acc.plot(epochs, [100 * r["ema_val_acc"] for r in rows], label="val (EMA weights)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -113,6 +117,8 @@ def epoch_line(cfg: TrainConfig, row: dict) -> str:
     parts = [f"epoch {int(row['epoch'])}/{cfg.epochs}", f"lr {row['lr']:.4f}",
              f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% (dominant label)",
              f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%",
+             *([f"EMA val loss {row['ema_val_loss']:.4f} acc {100 * row['ema_val_acc']:.2f}%"]
+               if "ema_val_acc" in row else []),
              f"{row['images_per_s']:,.0f} img/s, data wait {row['data_time_s']:.1f}s, epoch {row['epoch_time_s']:.1f}s"]
     if "max_mem_allocated_mib" in row:
         parts.append(f"cuda peak alloc {row['max_mem_allocated_mib']:.0f} MiB reserved "

@@ -35,7 +35,7 @@ from torch.nn.utils import prune
 from dali_pipes import ConfigError, DataError
 
 from .checks import check_choice, check_int, check_number
-from .checkpoint import checkpoint_config, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import checkpoint_config, chosen_weights, load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
 from .factory import build_model, data_loader, resolve_amp_dtype, resolve_device
@@ -269,9 +269,10 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     base_cfg = checkpoint_config(state, checkpoint, device=device, **data)
     _open_output(output, _settings(checkpoint, pcfg, {**data, "device": device}))
     # Each stage is a short dali-train run: the checkpoint's recipe and data, its own LR schedule, no warmup
-    # (the weights are trained already), no early stopping, no compile (pruning hooks rewrite weights per call).
+    # (the weights are trained already), no early stopping, no compile (pruning hooks rewrite weights per call),
+    # no EMA (each stage's best.pth must hold its best weights under "model", the pruned ones).
     stage_cfg = base_cfg.replace(epochs=max(pcfg.finetune_epochs, 1), lr=pcfg.finetune_lr, warmup_epochs=0.0,
-                                 patience=0, compile=False, output="")
+                                 patience=0, compile=False, output="", ema_decay=0.0)
     csv_path = output / "prune.csv"
     rows = read_metrics(csv_path)
     method = pcfg.method
@@ -283,7 +284,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
             load_weights(model, weights, checkpoint, f"model {base_cfg.model}")
         return prepare
 
-    weights = dict(state["model"])
+    weights = dict(state[chosen_weights(state, checkpoint)])  # best.pth: the raw or EMA weights that scored best
     started = time.time()
     run = None
     if not rows:  # stage 0: the model as trained, measured through the same evaluation

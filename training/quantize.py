@@ -39,7 +39,8 @@ from torch import nn
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
 from .checks import check_choice, check_int
-from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_config, chosen_weights, load_checkpoint, model_from_checkpoint, \
+    save_checkpoint
 from .config import TrainConfig
 from .engine import evaluate
 from .factory import data_loader
@@ -265,7 +266,9 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
     cfg = checkpoint_config(state, checkpoint, device="cpu", **data)
     device = torch.device("cpu")
     val = data_loader(cfg, device, "val")
-    model = model_from_checkpoint(state, checkpoint, cfg, len(val.classes)).eval()
+    # best.pth: the raw or EMA weights that scored best
+    model = model_from_checkpoint(state, checkpoint, cfg, len(val.classes),
+                                  weights=chosen_weights(state, checkpoint)).eval()
     num_classes = len(val.classes)
     calib = data_loader(cfg, device, "train", augment="none")  # training images, evaluation pipeline
     n_calib = min(qcfg.calibration_batches, len(calib)) if qcfg.mode == "static" else 0

@@ -22,15 +22,16 @@ from dali_pipes import DataError
 from dali_pipes.config import describe_augment
 
 from . import distributed, rundir
-from .checkpoint import load_checkpoint
+from .checkpoint import chosen_weights, load_checkpoint
 from .config import TrainConfig
+from .ema import evaluate_ema
 from .engine import evaluate, train_one_epoch
 from .factory import build_model, create_loaders, lr_factor, resolve_amp_dtype, resolve_device, step_context
 from .figures import divergence, epoch_totals, reduced
 from .first_batch import MAX_TILES, FirstBatch
 from .monitor import ResourceMonitor
-from .outputs import METRIC_FIELDS, epoch_line, plot_curves, progress, read_metrics, write_config, write_rows, \
-    write_summary
+from .outputs import EMA_FIELDS, METRIC_FIELDS, epoch_line, plot_curves, progress, read_metrics, write_config, \
+    write_rows, write_summary
 from .resume import find_checkpoint, read_resume_state, saved_config
 from .rundir import RunDirLock
 from .signals import Diverged, FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
@@ -140,15 +141,20 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
         row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
+        if run.ctx.ema is not None:
+            row.update(evaluate_ema(run.ctx.ema, run.val_loader, world=run.world, device=run.device,
+                                    amp_dtype=run.amp_dtype, channels_last=cfg.channels_last))
         rows.append(row)
         log(epoch_line(cfg, row))
-        # the same reduced value on every rank: the same decision
-        improved = state.record(row["val_acc"], epoch + 1, cfg.patience)
+        # the same reduced values on every rank: the same decision; best.pth is scored by the better weights
+        ema_acc = row.get("ema_val_acc", -1.0)
+        acc, weights = (ema_acc, "ema") if ema_acc > row["val_acc"] else (row["val_acc"], "model")
+        improved = state.record(acc, epoch + 1, cfg.patience, weights)
         run.loader_state = run.train_loader.state_dict()
         run.epoch_so_far = {}
         checkpoint = run.checkpoint()
         if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
-            write_rows(metrics_path, rows)
+            write_rows(metrics_path, rows, METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ()))
             plot_curves(rows, run.run_dir / "curves.png")
             events.epoch(state.step, row)
         if improved:
@@ -241,9 +247,12 @@ def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: Stop
 
 
 def finish(run: Run, started: float, log=print) -> dict:
-    """Reload best.pth (rank 0 reads it, every rank gets its weights), evaluate it, write summary.json."""
+    """Reload best.pth's best weights (raw or EMA; rank 0 reads them, every rank gets them), evaluate them, write
+    summary.json."""
     main = run.world.is_main
-    best = distributed.broadcast(load_checkpoint(run.run_dir / "best.pth")["model"] if main else None, run.world)
+    path = run.run_dir / "best.pth"
+    state = load_checkpoint(path) if main else None
+    best = distributed.broadcast(state[chosen_weights(state, path)] if main else None, run.world)
     run.model.load_state_dict(best)
     val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                    channels_last=run.cfg.channels_last)
@@ -262,6 +271,7 @@ def finish(run: Run, started: float, log=print) -> dict:
         "final_epoch_val_acc": rows[-1]["val_acc"] if rows else None,
         "best_val_acc": run.state.best_acc,
         "best_epoch": run.state.best_epoch,
+        "best_weights": run.state.best_weights,  # "ema": the EMA weights scored best_val_acc and were reloaded
         "best_reloaded_val_acc": val["val_acc"],
         "best_reloaded_val_loss": val["val_loss"],
         "world_size": run.world.size,
@@ -276,7 +286,8 @@ def finish(run: Run, started: float, log=print) -> dict:
     if not main:
         return summary
     write_summary(run.run_dir, summary)
-    log(f"best model (epoch {run.state.best_epoch}) reloaded: val acc {100 * val['val_acc']:.2f}% — "
+    which = " (EMA weights)" if run.state.best_weights == "ema" else ""
+    log(f"best model (epoch {run.state.best_epoch}){which} reloaded: val acc {100 * val['val_acc']:.2f}% — "
         f"run directory {run.run_dir}")
     return summary
 

@@ -33,6 +33,7 @@ class TrainState:
     best_epoch: int = 0  # 1-based epoch of best_acc
     bad_epochs: int = 0  # epochs in a row without a better val accuracy (early stopping counts them)
     stopped_early: bool = False
+    best_weights: str = "model"  # which weights of best.pth scored best_acc: "model" (raw) or "ema"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,18 +42,19 @@ class TrainState:
     def from_dict(cls, state: dict[str, Any]) -> TrainState:
         """The progress keys of a checkpoint (any other key is ignored; a missing optional one takes its default)."""
         types = {"epoch": int, "batch": int, "step": int, "best_acc": float, "best_epoch": int, "bad_epochs": int,
-                 "stopped_early": bool}
+                 "stopped_early": bool, "best_weights": str}
         return cls(**{f.name: types[f.name](state[f.name]) for f in fields(cls) if state.get(f.name) is not None})
 
     def is_finished(self, epochs: int) -> bool:
         """Whether nothing is left to train for a run of `epochs` epochs: it stopped early, or it trained them all."""
         return self.stopped_early or (self.epoch >= epochs and self.batch == 0)
 
-    def record(self, val_acc: float, epoch: int, patience: int) -> bool:
-        """Count finished epoch `epoch` (1-based) with `val_acc`; returns whether it is the best so far."""
+    def record(self, val_acc: float, epoch: int, patience: int, weights: str = "model") -> bool:
+        """Count finished epoch `epoch` (1-based) with `val_acc`, scored by `weights` ("model" or "ema"); returns
+        whether it is the best so far."""
         improved = val_acc > self.best_acc
         if improved:
-            self.best_acc, self.best_epoch, self.bad_epochs = val_acc, epoch, 0
+            self.best_acc, self.best_epoch, self.bad_epochs, self.best_weights = val_acc, epoch, 0, weights
         else:
             self.bad_epochs += 1
         self.stopped_early = patience > 0 and self.bad_epochs >= patience
@@ -112,6 +114,8 @@ class Run:
             self.ctx.optimizer.load_state_dict(state["optimizer"])
             self.ctx.scaler.load_state_dict(state["scaler"])
             self.ctx.mixer.load_state_dict(mine["mixer"])
+            if self.ctx.ema is not None:  # a run with --ema-decay wrote "ema" into every checkpoint
+                self.ctx.ema.load_state_dict(state["ema"])
             self.train_loader.load_state_dict(mine["loader"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise DataError(f"{self.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
@@ -134,6 +138,7 @@ class Run:
             "model": self.model.state_dict(),
             "optimizer": self.ctx.optimizer.state_dict(),
             "scaler": self.ctx.scaler.state_dict(),
+            **({"ema": self.ctx.ema.state_dict()} if self.ctx.ema is not None else {}),
             **self.state.to_dict(),
             "ranks": distributed.gather(self.rank_state(), self.world),
         }
