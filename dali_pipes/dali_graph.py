@@ -125,7 +125,7 @@ def _color_jitter(images, cfg: AugmentConfig):
 
 @contextlib.contextmanager
 def _quiet_dali_deprecations():
-    """Drop the DeprecationWarnings DALI 2.4's own auto_aug raises for the `experimental` ops it still calls.
+    """Drop the DeprecationWarnings DALI's own auto_aug raises for the `experimental` ops it still calls.
 
     DALI issues them inside its own ``catch_warnings()`` + ``simplefilter("default")``, which overrides any filter
     a caller sets, so only the display hook can keep them off the user's console. Nothing a user can act on.

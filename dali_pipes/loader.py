@@ -224,8 +224,9 @@ class _TorchvisionBackend:
     """The reference: torchvision v2 transforms per sample in DataLoader workers.
 
     Workers come from a forkserver and persist across epochs: forking the training process itself is unsafe once
-    DALI's thread pools or torch's OpenMP threads run in it (the children can deadlock on a copied lock: seen in
-    this project's tests), and persistent workers pay the start-up once per loader, not once per epoch.
+    DALI's thread pools or torch's OpenMP threads run in it (a forked child inherits a lock held by a thread that
+    does not exist there, and can wait on it forever), and persistent workers pay the start-up once per loader,
+    not once per epoch.
     """
 
     def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
