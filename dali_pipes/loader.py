@@ -7,6 +7,7 @@ so nothing downstream knows which backend produced a batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -27,14 +28,22 @@ SPLITS = ("train", "val")
 
 
 class _QuietRestoreFilter(logging.Filter):
-    """DALI's iterator logs a warning whenever it wraps a pipeline restored from a checkpoint without iterator
-    state; we restore pipelines only at epoch boundaries, where the iterator has no state worth saving."""
+    """DALI's iterator logs a warning (on the root logger) whenever it wraps a pipeline restored from a checkpoint
+    without iterator state; we restore pipelines only at epoch boundaries, where the iterator has no state worth
+    saving. Installed only while such an iterator is constructed (where DALI logs it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Iterator data was not saved in the checkpoint")
 
 
-logging.getLogger().addFilter(_QuietRestoreFilter())
+@contextlib.contextmanager
+def _quiet_restore() -> Iterator[None]:
+    root, quiet = logging.getLogger(), _QuietRestoreFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 _STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
           "synthetic": (CIFAR10_MEAN, CIFAR10_STD), "folder": (IMAGENET_MEAN, IMAGENET_STD)}
 
@@ -180,9 +189,10 @@ class _DaliBackend:
         self._pipe = None  # until the epoch completes, the pipeline holds a half-consumed epoch: not reusable
         # A fresh iterator per epoch over the long-lived pipeline: it schedules nothing until the first batch.
         outputs = ["images", "index"] if self._folder else ["images"]
-        iterator = DALIGenericIterator([pipe], outputs, last_batch_policy=LastBatchPolicy.PARTIAL,
-                                       auto_reset=False, prepare_first_batch=False,
-                                       **({"reader_name": READER_NAME} if self._folder else {}))
+        with _quiet_restore():
+            iterator = DALIGenericIterator([pipe], outputs, last_batch_policy=LastBatchPolicy.PARTIAL,
+                                           auto_reset=False, prepare_first_batch=False,
+                                           **({"reader_name": READER_NAME} if self._folder else {}))
         try:
             for out, group, chunk in zip(iterator, groups, self._chunks):
                 images = out[0]["images"]

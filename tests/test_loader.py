@@ -235,3 +235,17 @@ def test_even_shards_have_equal_sizes_and_leave_out_fewer_than_num_shards() -> N
         seen.append(set(index.tolist()))
     union = set().union(*seen)
     assert len(union) == 102 and sum(len(s) for s in seen) == 102  # disjoint, one sample left out this epoch
+
+
+def test_a_restored_dali_pipeline_logs_nothing_and_leaves_the_root_logger_as_it_was(caplog) -> None:
+    import logging
+
+    data = tiny(40)
+    first = make(data, "dali", augment="weak")
+    run_epoch(first, 0)
+    resumed = make(data, "dali", augment="weak")
+    resumed.load_state_dict(first.state_dict())
+    with caplog.at_level(logging.WARNING):
+        run_epoch(resumed, 1)  # DALI warns about iterator state when it wraps a restored pipeline
+    assert "Iterator data was not saved" not in caplog.text
+    assert not logging.getLogger().filters  # the filter is scoped to the iterator's construction
