@@ -298,8 +298,9 @@ def option(words: list[str], name: str) -> str:
 
 
 def test_sbatch_runs_one_torchrun_per_node_with_the_first_host_as_rendezvous(tmp_path) -> None:
-    proc = dry_run(tmp_path, ["--epochs", "90", "--data-dir", "/shared/cifar"], SLURM_JOB_NODELIST="gpu-a[07-08],gpu-b[01-02]",
-                   SLURM_NNODES="4", SLURM_GPUS_ON_NODE="8", SLURM_JOB_ID="4242")
+    proc = dry_run(tmp_path, ["--epochs", "90", "--data-dir", "/shared/cifar"],
+                   SLURM_JOB_NODELIST="gpu-a[07-08],gpu-b[01-02]", SLURM_NNODES="4", SLURM_GPUS_ON_NODE="8",
+                   SLURM_JOB_ID="4242")
     assert proc.returncode == 0, proc.stderr
     words = shlex.split(proc.stdout)
     assert words[0] == "srun" and option(words, "--ntasks-per-node") == "1"
