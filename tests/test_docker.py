@@ -206,7 +206,7 @@ def test_dockerfile_installs_exactly_the_stack() -> None:
 
 
 @pytest.mark.parametrize("dockerfile, expected", [
-    # the image this file replaced: torch and torchvision from another index, torchao at another version
+    # torch and torchvision from another index, torchao at another version: nothing ties them to the stack
     ("RUN pip install --extra-index-url https://download.pytorch.org/whl/cu128 torch==2.9.1 torchvision==0.24.1 \\\n"
      "    && pip install torchao==0.14.1\nRUN pip install .\n",
      ["package source", "torch==2.9.1", "torchvision==0.24.1", "torchao==0.14.1", "without requirements/stack.txt",
