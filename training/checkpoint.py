@@ -118,9 +118,12 @@ def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> Tr
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """The model the config names, with the checkpoint's weights; a checkpoint of another shape is refused."""
-    model = create_model(cfg.model, num_classes=num_classes)
+def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int, *,
+                          image_size: int | None = None) -> torch.nn.Module:
+    """The model the config names, with the checkpoint's weights; a checkpoint of another shape is refused.
+    `image_size` (the side of the images it will see, the loader's) refuses a CIFAR-stem model on large images, as
+    dali-train does when it builds one."""
+    model = create_model(cfg.model, num_classes=num_classes, image_size=image_size)
     load_weights(model, state["model"], path, f"model {cfg.model} with {num_classes} classes")
     return model
 
