@@ -22,7 +22,7 @@ from training.cli import eval_main, prune_main, quantize_main
 from training.config import TrainConfig
 from training.factory import data_loader
 from training.models import create_model
-from training.quantize import load_quantized
+from training.quantize_int8 import MODES, load_quantized
 from training.run import fit, read_metrics
 from training.signals import Interrupted
 
@@ -101,6 +101,14 @@ def test_bad_amounts_are_refused(text) -> None:
         prune_mod.parse_amounts(text)
     code, out = invoke(prune_main, ["--checkpoint", "unused.pth", "--amount", text, "--output", "unused"])
     assert code == 2 and out.startswith("error: --amount") and "Traceback" not in out, out
+
+
+def test_the_method_and_mode_choices_are_the_modules_constants() -> None:
+    choices = {cmd.name: {p.name: tuple(p.type.choices) for p in cmd.params if hasattr(p.type, "choices")}
+               for cmd in (prune_main, quantize_main)}
+    assert choices["prune-main"]["method"] == masks.METHODS and choices["quantize-main"]["mode"] == MODES
+    code, out = invoke(prune_main, ["--checkpoint", "unused.pth", "--method", "l2-random", "--output", "unused"])
+    assert code == 2 and "--method" in out and all(m in out for m in masks.METHODS), out
 
 
 # ------------------------------------------------------------------------------------------------- dali-prune
