@@ -1,37 +1,18 @@
 """What the benchmark scripts share around measuring: the output options, the JSON report (rewritten as rows
-finish) and plot written where they ask, and how a failed row's error is told. Importing this module needs only the
-standard library (click is imported where an option or a message needs it), so benchmarks/gpu_check.py can use it
-on a machine that has the bare minimum."""
+finish) and plot written where they ask; how a failed row's error is told and the atomic write come from
+training.harness. Importing this module needs only the standard library (click is imported where an option or a
+message needs it), so benchmarks/gpu_check.py can use it on a machine that has the bare minimum."""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from training.harness import one_line, write_text_atomic
 
-def one_line(error: BaseException, limit: int = 300) -> str:
-    """`error` as one line for a report row: its type and the first line of its message, cut at `limit`."""
-    text = str(error).strip().splitlines()
-    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` in one step: a reader, or a run killed mid-write, sees the old file or the new."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = ["json_updater", "one_line", "output_options", "write_outputs", "write_text_atomic"]
 
 
 def json_updater(json_path: str | None, to_json: Callable[[dict[str, Any]], str]

@@ -3,7 +3,8 @@
     python benchmarks/augment_throughput.py --device cpu --presets standard --json bench.json
     python benchmarks/augment_throughput.py --device all --workers none --batch-sizes 128,1024 --json bench.json
 
-How it measures (the numbers decide which backend users pick, so every row is measured the same way):
+How it measures (the numbers decide which backend users pick, so every row is measured the same way, through
+training.harness):
 
 - every row builds its loader once; one full epoch per row is run first and not timed (DALI pipeline build,
   the first worker start, caches);
@@ -34,13 +35,7 @@ epoch (worker start-up, if its workers do not persist) is part of the timed epoc
 
 from __future__ import annotations
 
-import datetime as _dt
 import gc
-import json
-import math
-import os
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,55 +48,21 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import click  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks._outputs import json_updater, one_line, output_options, write_outputs  # noqa: E402
-from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
+from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
+from dali_pipes import BACKENDS, ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
-from training.machine import cpu_model, package_version  # noqa: E402
+from training.checks import check_choice  # noqa: E402
+from training.harness import Arm, Stats, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
+from training.machine import machine_info  # noqa: E402
+
+__all__ = ["NO_CUDA", "format_table", "json_updater", "machine_info", "main", "measure", "measure_folder", "plot",
+           "to_json"]
 
 DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "weak+randaugment",
                    "weak+trivialaugment")
 NO_CUDA = "no CUDA device visible"
-
-
-# --------------------------------------------------------------------------------------------------- machine info
-def _gpu_info() -> dict[str, Any]:
-    """GPU name(s) through torch, driver through pynvml (nvidia-ml-py) when importable; nothing when no CUDA."""
-    info: dict[str, Any] = {"cuda_available": bool(torch.cuda.is_available()), "gpus": [], "driver": None,
-                            "cuda_runtime": torch.version.cuda}
-    if not info["cuda_available"]:
-        return info
-    try:
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - a broken driver should not stop the header
-        pass
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            driver = pynvml.nvmlSystemGetDriverVersion()
-            info["driver"] = driver.decode() if isinstance(driver, bytes) else str(driver)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001 - pynvml absent or NVML unusable: skip quietly
-        pass
-    return info
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "cores_available": cpu_count(),
-        "cores_total": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        **_gpu_info(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": package_version("torchvision"),
-        "dali": package_version("nvidia.dali"),
-        "platform": platform.platform(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+DEVICES = ("cpu", "cuda", "all")  # which rows: CPU-delivering, GPU-delivering, or both
+BENCH_DATASETS = ("synthetic", "folder")
 
 
 # ------------------------------------------------------------------------------------------------------ rows
@@ -130,7 +91,7 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int, cuda: bool
     return rows, skipped
 
 
-LOADER_BACKENDS = ("dali", "torchvision")
+LOADER_BACKENDS = BACKENDS
 
 
 def _build(row: dict, preset: str, batch_size: int, num_samples: int, options: Mapping[str, Any],
@@ -160,10 +121,6 @@ def _run_epochs(loader, epochs: Sequence[int], cuda: bool) -> tuple[int, float]:
     return images, seconds
 
 
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 def _check_sizes(name: str, values: Sequence[int] | None, lo: int = 1) -> list[int]:
     try:
         out = [int(v) for v in values or ()]
@@ -172,24 +129,6 @@ def _check_sizes(name: str, values: Sequence[int] | None, lo: int = 1) -> list[i
     if not out or any(isinstance(v, bool) or v < lo for v in out):
         raise ConfigError(f"--{name.replace('_', '-')}={values!r} is invalid: expected integers >= {lo}")
     return list(dict.fromkeys(out))
-
-
-class _Cell:
-    """One row at one training batch size: its loader while alive, its timed runs, or why it failed."""
-
-    def __init__(self, row: dict, batch_size: int):
-        self.row, self.batch_size = row, batch_size
-        self.loader = None
-        self.runs: list[float] = []
-        self.error: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.row['row']} b{self.batch_size}"
-
-    def fail(self, error: BaseException, say: Callable[[str], None], preset: str) -> None:
-        self.error, self.loader = one_line(error), None
-        say(f"[{preset}] {self.name}: failed: {self.error}")
 
 
 def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", workers: Sequence[int] | None = None,
@@ -212,8 +151,7 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     ncores = cpu_count()
     workers = list(range(ncores + 1)) if workers is None else [int(w) for w in workers]
     dali_threads = ncores if dali_threads is None else int(dali_threads)
-    if device not in ("cpu", "cuda", "all"):
-        raise ConfigError(f"--device={device!r} is invalid: expected cpu, cuda or all")
+    check_choice("--device", device, DEVICES)
     batch_sizes = _check_sizes("batch_sizes", batch_sizes)
     _check_sizes("repeats", [repeats])
     _check_sizes("epochs_per_repeat", [epochs_per_repeat])
@@ -239,32 +177,8 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
                               "complete": False}
 
     for preset in presets:
-        cells = [_Cell(row, bs) for bs in batch_sizes for row in rows]
-        for cell in cells:  # build + warm-up (epoch 0), untimed
-            say(f"[{preset}] {cell.name}: build + warm-up epoch")
-            try:
-                cell.loader = _build(cell.row, preset, cell.batch_size, num_samples, options[cell.row["backend"]],
-                                     make_loader)
-                _run_epochs(cell.loader, [0], cell.row["device"] == "cuda")
-            except Exception as e:  # noqa: BLE001 - one row's failure is that row's result
-                cell.fail(e, say, preset)
-        for r in range(repeats):
-            epochs = [1 + r * epochs_per_repeat + j for j in range(epochs_per_repeat)]
-            for k in range(len(cells)):
-                cell = cells[(r + k) % len(cells)]  # rotate the starting row so no row always runs first or last
-                if cell.error is not None:
-                    continue
-                try:
-                    images, seconds = _run_epochs(cell.loader, epochs, cell.row["device"] == "cuda")
-                except Exception as e:  # noqa: BLE001
-                    cell.fail(e, say, preset)
-                    continue
-                cell.runs.append(images / seconds if seconds > 0 else float("inf"))
-                say(f"[{preset}] repeat {r + 1}/{repeats} {cell.name}: {cell.runs[-1]:,.0f} img/s")
-        for cell in cells:  # free this preset's DALI pipelines and worker processes before the next preset runs
-            cell.loader = None
-        gc.collect()
-        report["results"] += _preset_results(preset, cells)
+        report["results"] += _measure_preset(preset, rows, batch_sizes, repeats, epochs_per_repeat, num_samples,
+                                             options, make_loader, say)
         report["batch_ratios"] = _batch_ratios(report["results"], batch_sizes)
         if on_update is not None:
             on_update(report)
@@ -272,27 +186,55 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     return report
 
 
-def _preset_results(preset: str, cells: Sequence[_Cell]) -> list[dict]:
+def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int], repeats: int,
+                    epochs_per_repeat: int, num_samples: int, options: Mapping[str, Mapping[str, Any]],
+                    make_loader: Callable[..., Any], say: Callable[[str], None]) -> list[dict]:
+    """Every row at every batch size for one preset, interleaved (training.harness); epoch 0 warms up, untimed."""
+    arms = [Arm(f"{row['row']} b{bs}", spec=(row, bs)) for bs in batch_sizes for row in rows]
+
+    def build(arm: Arm) -> Any:
+        row, bs = arm.spec
+        say(f"[{preset}] {arm.name}: build + warm-up epoch")
+        loader = _build(row, preset, bs, num_samples, options[row["backend"]], make_loader)
+        _run_epochs(loader, [0], row["device"] == "cuda")
+        return loader
+
+    def timed(arm: Arm, r: int) -> float:
+        epochs = [1 + r * epochs_per_repeat + j for j in range(epochs_per_repeat)]
+        images, seconds = _run_epochs(arm.state, epochs, arm.spec[0]["device"] == "cuda")
+        return images / seconds if seconds > 0 else float("inf")
+
+    def failed(arm: Arm) -> None:
+        say(f"[{preset}] {arm.name}: failed: {arm.error}")
+
+    set_up(arms, build, on_fail=failed)
+    interleaved(arms, repeats, timed, on_fail=failed,
+                on_result=lambda arm, r, ips: say(f"[{preset}] repeat {r + 1}/{repeats} {arm.name}: {ips:,.0f} img/s"))
+    for arm in arms:  # free this preset's DALI pipelines and worker processes before the next preset runs
+        arm.state = None
+    gc.collect()
+    return _preset_results(preset, arms)
+
+
+def _preset_results(preset: str, arms: Sequence[Arm]) -> list[dict]:
     results = []
-    for cell in cells:
-        row, rs, ok = cell.row, cell.runs, cell.error is None
-        results.append({"preset": preset, "batch_size": cell.batch_size, "row": row["row"],
-                        "backend": row["backend"], "device": row["device"],
-                        "workers_or_threads": row["workers_or_threads"],
-                        "status": "ok" if ok else "failed", "error": cell.error,
-                        "median_images_per_s": _finite(statistics.median(rs)) if ok else None,
-                        "min": _finite(min(rs)) if ok else None, "max": _finite(max(rs)) if ok else None,
-                        "runs": [_finite(x) for x in rs]})
+    for arm in arms:
+        row, bs = arm.spec
+        stats = Stats.of(arm.runs)  # a failed row keeps the repeats it finished, and no summary
+        results.append({"preset": preset, "batch_size": bs, "row": row["row"], "backend": row["backend"],
+                        "device": row["device"], "workers_or_threads": row["workers_or_threads"],
+                        "status": "ok" if arm.ok else "failed", "error": arm.error,
+                        "median_images_per_s": stats.median if arm.ok else None,
+                        "min": stats.min if arm.ok else None, "max": stats.max if arm.ok else None,
+                        "runs": stats.runs})
     for res in results:  # torchvision's best at the same batch size
         tv = [r["median_images_per_s"] for r in results if r["backend"] == "torchvision"
               and r["batch_size"] == res["batch_size"] and r["median_images_per_s"]]
-        best, med = (max(tv) if tv else None), res["median_images_per_s"]
-        res["ratio_vs_best_torchvision"] = _finite(med / best) if best and med is not None else None
+        res["ratio_vs_best_torchvision"] = ratio(res["median_images_per_s"], max(tv) if tv else None)
     largest = max(r["batch_size"] for r in results) if results else None
     for res in results:
         twin = next((r for r in results if r["row"] == res["row"] and r["batch_size"] == largest), None)
-        big, med = (twin or {}).get("median_images_per_s"), res["median_images_per_s"]
-        res["ratio_vs_largest_batch"] = _finite(med / big) if big and med is not None else None
+        res["ratio_vs_largest_batch"] = ratio(res["median_images_per_s"], (twin or {}).get("median_images_per_s"))
     return results
 
 
@@ -309,30 +251,19 @@ def _batch_ratios(results: Sequence[dict], batch_sizes: Sequence[int]) -> list[d
         big = by_key.get((r["preset"], r["row"], large))
         a, b = r["median_images_per_s"], big["median_images_per_s"] if big else None
         out.append({"preset": r["preset"], "row": r["row"], "small_batch": small, "large_batch": large,
-                    "ratio": _finite(a / b) if a is not None and b else None})
+                    "ratio": ratio(a, b)})
     return out
 
 
 # ------------------------------------------------------------------------------------------------------ output
 def format_header(report: dict) -> str:
-    m, c = report["machine"], report["config"]
-    gpu = ", ".join(m["gpus"]) if m.get("gpus") else "none visible"
-    if m.get("driver"):
-        gpu += f" (driver {m['driver']})"
+    c = report["config"]
     batches = ", ".join(map(str, c["batch_sizes"]))
     dali_batch = "" if c.get("dali_batch_size") is None else f", DALI graph batch {c['dali_batch_size']}"
-    lines = [
-        "augment throughput benchmark",
-        f"  date        {m['date']}",
-        f"  cpu         {m['cpu_model']}",
-        f"  cores       {m['cores_available']} available of {m['cores_total']} (torch threads {m['torch_threads']})",
-        f"  gpu         {gpu}",
-        f"  versions    python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
-        f"DALI {m['dali']}",
-        f"  config      {_dataset_line(c)} train split, {c['num_samples']} samples, training batch {batches}{dali_batch}, "
-        f"{c['repeats']} repeat(s) x {c['epochs_per_repeat']} epoch(s) after 1 warm-up epoch, "
-        f"dali threads {c['dali_threads']}, device {c['device']}",
-    ]
+    lines = ["augment throughput benchmark", *machine_lines(report["machine"]),
+             f"  config      {_dataset_line(c)} train split, {c['num_samples']} samples, training batch "
+             f"{batches}{dali_batch}, {c['repeats']} repeat(s) x {c['epochs_per_repeat']} epoch(s) after 1 warm-up "
+             f"epoch, dali threads {c['dali_threads']}, device {c['device']}"]
     return "\n".join(lines)
 
 
@@ -367,21 +298,7 @@ def format_table(report: dict) -> str:
             if by_batch:
                 cells.append(_x(r["ratio_vs_largest_batch"]))
         body.append(cells)
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    align = ["<", ">", "<", ">", ">", ">", ">"]
-
-    def fmt(cells) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
-
-    lines = [fmt(head), fmt(["-" * w for w in widths])]
-    previous = None
-    for cells in body:
-        if previous is not None and cells[0] != previous:
-            lines.append("")
-        lines.append(fmt(cells))
-        previous = cells[0]
-    if not body:
-        lines.append("(no rows measured)")
+    lines = table(head, body, align="<><>>>>", group=1)
     for r in report["results"]:
         if r["status"] != "ok":
             lines.append(f"failed {r['preset']} batch {r['batch_size']} {r['row']}: {r['error']}")
@@ -398,10 +315,6 @@ def format_table(report: dict) -> str:
     if not report.get("complete", True):
         lines.append("incomplete: the run stopped before every preset was measured")
     return "\n".join(lines)
-
-
-def to_json(report: dict) -> str:
-    return json.dumps(report, indent=2, allow_nan=False)  # ValueError rather than invalid JSON
 
 
 def plot(report: dict, path: str | Path) -> None:
@@ -473,7 +386,7 @@ def make_jpeg_folder(root: str | Path, *, num_images: int, shape: tuple[int, int
 
 
 def measure_decode(files: Sequence[str], *, dali_threads: int, repeats: int = 3) -> list[dict]:
-    """Decode-only rows: images/s decoding `files` (median over `repeats`, after one untimed pass)."""
+    """Decode-only rows: images/s decoding `files` (median over `repeats` interleaved, after one untimed pass)."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
@@ -499,18 +412,23 @@ def measure_decode(files: Sequence[str], *, dali_threads: int, repeats: int = 3)
         for f in files:
             decode_image_rgb(f)
 
-    rows = []
     # DALI's last batch is padded with repeats of the last file: those are decoded too, so they count
-    for name, threads, images, run_pass in (("decode-only dali-cpu", dali_threads, steps * batch, dali_pass),
-                                            ("decode-only torchvision (1 process)", 1, len(files), reference_pass)):
+    arms = [Arm("decode-only dali-cpu", spec=(dali_threads, steps * batch, dali_pass)),
+            Arm("decode-only torchvision (1 process)", spec=(1, len(files), reference_pass))]
+
+    def timed(arm: Arm, _r: int) -> float:
+        _, images, run_pass = arm.spec
+        start = time.perf_counter()
         run_pass()
-        runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run_pass()
-            runs.append(images / (time.perf_counter() - start))
-        rows.append({"row": name, "workers_or_threads": threads, "median_images_per_s": statistics.median(runs),
-                     "min": min(runs), "max": max(runs)})
+        return images / (time.perf_counter() - start)
+
+    set_up(arms, lambda arm: arm.spec[2](), keep_going=False)  # one untimed pass each
+    interleaved(arms, repeats, timed, keep_going=False)
+    rows = []
+    for arm in arms:
+        stats = Stats.of(arm.runs)
+        rows.append({"row": arm.name, "workers_or_threads": arm.spec[0], "median_images_per_s": stats.median,
+                     "min": stats.min, "max": stats.max})
     return rows
 
 
@@ -598,7 +516,7 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--device", type=click.Choice(["cpu", "cuda", "all"]), default="all", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="all", show_default=True,
               help="Which rows: cpu (torchvision + dali-cpu), cuda (torchvision to GPU + dali-gpu), all.")
 @click.option("--presets", default=",".join(DEFAULT_PRESETS), show_default=True, callback=_parse_presets,
               help="Comma list of augmentation presets ('<preset>' or '<preset>+<policy>').")
@@ -616,7 +534,7 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
                    "[default: 0..cores available].")
 @click.option("--num-samples", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Size of the synthetic training split (one epoch).")
-@click.option("--dataset", type=click.Choice(["synthetic", "folder"]), default="synthetic", show_default=True,
+@click.option("--dataset", type=click.Choice(BENCH_DATASETS), default="synthetic", show_default=True,
               help="synthetic CIFAR arrays, or a generated folder of JPEGs (--folder-images, --image-shape).")
 @click.option("--image-size", type=click.IntRange(min=8), default=224, show_default=True,
               help="--dataset folder: the crop side in pixels.")

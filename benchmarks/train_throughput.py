@@ -35,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import itertools
-import math
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,17 +48,20 @@ import click  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks._outputs import json_updater, one_line, output_options, write_outputs  # noqa: E402
-from benchmarks.augment_throughput import NO_CUDA, _finite, machine_info, to_json  # noqa: E402
+from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
+from benchmarks.augment_throughput import DEVICES, NO_CUDA  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from training.checks import check_choice, check_int  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.engine import train_one_epoch  # noqa: E402
+from training.distributed import World  # noqa: E402
+from training.engine import StepContext, train_one_epoch  # noqa: E402
+from training.factory import build_model, data_loader, step_context  # noqa: E402
+from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
+from training.machine import machine_info  # noqa: E402
 from training.models import MODELS  # noqa: E402
 from training.monitor import MIB, ResourceMonitor  # noqa: E402
-from training.distributed import World  # noqa: E402
-from training.engine import StepContext  # noqa: E402
-from training.factory import build_model, data_loader, step_context  # noqa: E402
+
+__all__ = ["format_table", "main", "measure", "plan_rows", "plot", "to_json"]
 
 DEFAULT_MODELS = {"cuda": ("resnet18", "resnet20"), "cpu": ("resnet20",)}
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -186,7 +187,7 @@ class _BenchRun:
         torch.manual_seed(cfg.seed)
         loader = data_loader(cfg, device, "train")
         classes = len(loader.classes)
-        model = build_model(cfg, classes, device)
+        model = build_model(cfg, classes, device, image_size=loader.image_size[0])
         ctx = step_context(cfg, model, num_classes=classes, steps_per_epoch=len(loader), device=device,
                            world=World())
         return cls(cfg, device, loader, model, ctx)
@@ -200,7 +201,6 @@ class _Row:
         self.spec = spec
         self.run = self.stream = None
         self.steps_done = 0  # optimizer steps so far: the LR schedule's position
-        self.runs: list[dict] = []
         self.device = torch.device(spec["device"])
         try:
             self._setup(batch_size=batch_size, num_samples=num_samples, augment=augment, warmup_steps=warmup_steps,
@@ -219,7 +219,8 @@ class _Row:
                       output="", overrides=overrides)
         self.run = _BenchRun.build(cfg, self.device)
         gen = torch.Generator(device=self.device).manual_seed(1)
-        self.batch = (torch.randn(batch_size, 3, 32, 32, device=self.device, generator=gen),
+        side = self.run.train_loader.image_size[0]  # the synthetic batch has the loader's images' shape
+        self.batch = (torch.randn(batch_size, 3, side, side, device=self.device, generator=gen),
                       torch.randint(0, len(self.run.train_loader.classes), (batch_size,), device=self.device,
                                     generator=gen))
         self.stream = _endless(self.run.train_loader) if spec["feed"] == "dali" else None
@@ -258,7 +259,6 @@ class _Row:
             out["nvml_used_max_mib"] = fig.get("gpu_mem_used_max_mib")
             out["nvml_process_max_mib"] = fig.get("gpu_mem_process_max_mib")
             out["gpu_util_mean_pct"] = fig.get("gpu_util_mean_pct")
-        self.runs.append(out)
         return out
 
     def close(self) -> None:
@@ -267,8 +267,7 @@ class _Row:
 
 
 def _median(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(vals) if vals else None
+    return Stats.of(v if v is None else finite(v) for v in values).median
 
 
 SPEC_KEYS = ("device", "model", "row", "precision", "channels_last", "mixing", "compile", "feed")
@@ -282,34 +281,30 @@ def _failed(spec: dict, error: str) -> dict:
             "vs": spec["vs"], "kind": spec["kind"]}
 
 
-def _summarize(row: _Row) -> dict:
-    runs = row.runs
-    ips = [r["images_per_s"] for r in runs]
-    step = [r["step_ms"] for r in runs]
-    cuda = row.device.type == "cuda"
-    memory = {"host_rss_peak_mib": _finite(max(r["host_rss_peak_mib"] for r in runs)),
+def _summarize(arm: Arm) -> dict:
+    runs, row = arm.runs, arm.state
+    ips, step = Stats.of(r["images_per_s"] for r in runs), Stats.of(r["step_ms"] for r in runs)
+    memory = {"host_rss_peak_mib": finite(max(r["host_rss_peak_mib"] for r in runs)),
               "host_rss_scope": "process (all rows of this run resident)",
-              "saved_for_backward_mib": _finite(row.saved_mib)}
-    if cuda:
-        memory |= {"cuda_peak_allocated_mib": _finite(_median([r["cuda_peak_allocated_mib"] for r in runs])),
+              "saved_for_backward_mib": finite(row.saved_mib)}
+    if row.device.type == "cuda":
+        memory |= {"cuda_peak_allocated_mib": _median([r["cuda_peak_allocated_mib"] for r in runs]),
                    "cuda_peak_allocated_scope": "this row (window peak minus the other rows' resident memory)",
-                   "cuda_peak_reserved_mib": _finite(max(r["cuda_peak_reserved_mib"] for r in runs)),
+                   "cuda_peak_reserved_mib": finite(max(r["cuda_peak_reserved_mib"] for r in runs)),
                    "cuda_peak_reserved_scope": "process",
-                   "nvml_used_max_mib": _finite(_median([r["nvml_used_max_mib"] for r in runs])),
+                   "nvml_used_max_mib": _median([r["nvml_used_max_mib"] for r in runs]),
                    "nvml_scope": "device",
-                   "nvml_process_max_mib": _finite(_median([r["nvml_process_max_mib"] for r in runs])),
+                   "nvml_process_max_mib": _median([r["nvml_process_max_mib"] for r in runs]),
                    "nvml_process_scope": "process (all rows of this run resident; DALI's pipelines and the CUDA "
                                          "context included)",
-                   "gpu_util_mean_pct": _finite(_median([r["gpu_util_mean_pct"] for r in runs]))}
-    return {**{k: row.spec[k] for k in SPEC_KEYS}, "status": "ok", "error": None,
-            "median_images_per_s": _finite(statistics.median(ips)), "min": _finite(min(ips)),
-            "max": _finite(max(ips)), "runs": [_finite(x) for x in ips],
-            "median_step_ms": _finite(statistics.median(step)), "step_ms_min": _finite(min(step)),
-            "step_ms_max": _finite(max(step)),
-            "median_data_wait_s": _finite(statistics.median(r["data_wait_s"] for r in runs)),
+                   "gpu_util_mean_pct": _median([r["gpu_util_mean_pct"] for r in runs])}
+    return {**{k: arm.spec[k] for k in SPEC_KEYS}, "status": "ok", "error": None,
+            "median_images_per_s": ips.median, "min": ips.min, "max": ips.max, "runs": ips.runs,
+            "median_step_ms": step.median, "step_ms_min": step.min, "step_ms_max": step.max,
+            "median_data_wait_s": Stats.of(r["data_wait_s"] for r in runs).median,
             "nonfinite_losses": sum(r["nonfinite_losses"] for r in runs),
             "skipped_steps": sum(r["skipped_steps"] for r in runs),
-            "memory": memory, "vs": row.spec["vs"], "kind": row.spec["kind"]}
+            "memory": memory, "vs": arm.spec["vs"], "kind": arm.spec["kind"]}
 
 
 def _memory_basis(result: dict) -> tuple[str, float | None]:
@@ -317,10 +312,6 @@ def _memory_basis(result: dict) -> tuple[str, float | None]:
     if result["device"] == "cuda":
         return "cuda peak allocated (own)", m["cuda_peak_allocated_mib"]
     return "saved for backward", m["saved_for_backward_mib"]
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return _finite(a / b) if a is not None and b else None
 
 
 def _compare(results: list[dict]) -> list[dict]:
@@ -334,13 +325,13 @@ def _compare(results: list[dict]) -> list[dict]:
             continue
         basis, mem = _memory_basis(r)
         _, twin_mem = _memory_basis(twin)
-        r["speedup_vs"] = _ratio(r["median_images_per_s"], twin["median_images_per_s"])
-        r["memory_ratio_vs"] = _ratio(mem, twin_mem) if r["kind"] != "loader" else None
+        r["speedup_vs"] = ratio(r["median_images_per_s"], twin["median_images_per_s"])
+        r["memory_ratio_vs"] = ratio(mem, twin_mem) if r["kind"] != "loader" else None
         entry = {"device": r["device"], "model": r["model"], "kind": r["kind"], "row": r["row"], "vs": r["vs"],
                  "speedup": r["speedup_vs"], "memory_ratio": r["memory_ratio_vs"],
                  "memory_basis": basis if r["memory_ratio_vs"] is not None else None}
         if r["kind"] == "loader":
-            entry["loader_overhead_pct"] = (_finite(100 * (1 - r["speedup_vs"])) if r["speedup_vs"] is not None
+            entry["loader_overhead_pct"] = (finite(100 * (1 - r["speedup_vs"])) if r["speedup_vs"] is not None
                                             else None)
         ratios.append(entry)
     return ratios
@@ -362,7 +353,7 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
     Raises :class:`dali_pipes.DaliTrainError` for an unknown model, augmentation, override or size (before
     measuring).
     """
-    check_choice("--device", device, ("cpu", "cuda", "all"))
+    check_choice("--device", device, DEVICES)
     for name, value, lo in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup_steps", warmup_steps, 0),
                             ("repeats", repeats, 1), ("num_samples", num_samples, 1)):
         check_int("--" + name.replace("_", "-"), value, lo)
@@ -424,44 +415,33 @@ def _measure_group(specs: list[dict], dev: str, *, batch_size: int, num_samples:
                    warmup_steps: int, steps: int, repeats: int, overrides: Mapping[str, Mapping[str, Any]],
                    say: Callable[[str], None], cuda: bool) -> list[dict]:
     """The rows of one (device, model), interleaved; a row that fails is closed and reported, the rest go on."""
-    rows: list[_Row] = []
-    failed: dict[str, str] = {}
+    arms = [Arm(spec["row"], spec=spec) for spec in specs]
 
-    def fail(spec: dict, e: Exception) -> None:
-        failed[spec["row"]] = one_line(e)
-        say(f"[{dev} {spec['model']}] {spec['row']}: failed: {failed[spec['row']]}")
+    def build(arm: Arm) -> _Row:
+        say(f"[{dev} {arm.spec['model']}] {arm.name}: build + {warmup_steps} warm-up steps")
+        return _Row(arm.spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
+                    warmup_steps=warmup_steps, overrides=overrides.get(arm.name))
+
+    def failed(arm: Arm) -> None:
+        say(f"[{dev} {arm.spec['model']}] {arm.name}: failed: {arm.error}")
         gc.collect()  # what the failed row held (an out-of-memory row, say) is freed before the next one
         if dev == "cuda" and cuda:
             torch.cuda.empty_cache()
 
+    def said(arm: Arm, r: int, out: dict) -> None:
+        say(f"[{dev} {arm.spec['model']}] repeat {r + 1}/{repeats} {arm.name}: "
+            f"{out['images_per_s']:,.0f} img/s, {out['step_ms']:,.1f} ms/step")
+
     try:
-        for spec in specs:
-            say(f"[{dev} {spec['model']}] {spec['row']}: build + {warmup_steps} warm-up steps")
-            try:
-                rows.append(_Row(spec, batch_size=batch_size, num_samples=num_samples, augment=augment,
-                                 warmup_steps=warmup_steps, overrides=overrides.get(spec["row"])))
-            except Exception as e:  # noqa: BLE001 - one row's failure is that row's result
-                fail(spec, e)
+        set_up(arms, build, on_fail=failed)
         monitor = ResourceMonitor(torch.device(dev))
-        for r in range(repeats):
-            live = [row for row in rows if row.spec["row"] not in failed]
-            for k in range(len(live)):
-                row = live[(r + k) % len(live)]  # rotate the starting row
-                try:
-                    out = row.measure(steps, monitor)
-                except Exception as e:  # noqa: BLE001
-                    row.close()
-                    fail(row.spec, e)
-                    continue
-                say(f"[{dev} {row.spec['model']}] repeat {r + 1}/{repeats} {row.spec['row']}: "
-                    f"{out['images_per_s']:,.0f} img/s, {out['step_ms']:,.1f} ms/step")
-        by_label = {row.spec["row"]: row for row in rows}
-        return [_failed(spec, failed[spec["row"]]) if spec["row"] in failed else _summarize(by_label[spec["row"]])
-                for spec in specs]
+        interleaved(arms, repeats, lambda arm, _r: arm.state.measure(steps, monitor), on_result=said,
+                    on_fail=failed)
+        return [_summarize(arm) if arm.ok else _failed(arm.spec, arm.error) for arm in arms]
     finally:
-        for row in rows:
-            row.close()
-        del rows
+        for arm in arms:
+            arm.state = None
+        del arms
         gc.collect()
         if dev == "cuda" and cuda:
             torch.cuda.empty_cache()
@@ -469,23 +449,12 @@ def _measure_group(specs: list[dict], dev: str, *, batch_size: int, num_samples:
 
 # ------------------------------------------------------------------------------------------------------ output
 def format_header(report: dict) -> str:
-    m, c = report["machine"], report["config"]
-    gpu = ", ".join(m["gpus"]) if m.get("gpus") else "none visible"
-    if m.get("driver"):
-        gpu += f" (driver {m['driver']})"
+    c = report["config"]
     models = "; ".join(f"{d}: {', '.join(ms)}" for d, ms in c["models"].items())
-    lines = [
-        "training throughput benchmark",
-        f"  date        {m['date']}",
-        f"  cpu         {m['cpu_model']}",
-        f"  cores       {m['cores_available']} available of {m['cores_total']} (torch threads {m['torch_threads']})",
-        f"  gpu         {gpu}",
-        (f"  versions    python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
-         f"DALI {m['dali']}"),
-        (f"  config      {models}; batch {c['batch_size']}, {c['repeats']} repeat(s) x {c['steps']} steps after "
-         f"{c['warmup_steps']} warm-up steps; DALI loader: synthetic {c['num_samples']} samples, augment "
-         f"{c['augment']}"),
-    ]
+    lines = ["training throughput benchmark", *machine_lines(report["machine"]),
+             (f"  config      {models}; batch {c['batch_size']}, {c['repeats']} repeat(s) x {c['steps']} steps "
+              f"after {c['warmup_steps']} warm-up steps; DALI loader: synthetic {c['num_samples']} samples, augment "
+              f"{c['augment']}")]
     return "\n".join(lines)
 
 
@@ -514,21 +483,7 @@ def format_table(report: dict) -> str:
                      _num(r["memory"]["saved_for_backward_mib"], ",.1f"), r["vs"] or "",
                      "" if r["speedup_vs"] is None else f"{r['speedup_vs']:.2f}x",
                      "" if r["memory_ratio_vs"] is None else f"{r['memory_ratio_vs']:.2f}x"))
-    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    align = ["<", "<", "<", ">", ">", ">", ">", ">", "<", ">", ">"]
-
-    def fmt(cells) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()
-
-    lines = [fmt(head), fmt(["-" * w for w in widths])]
-    previous = None
-    for cells in body:
-        if previous is not None and cells[:2] != previous:
-            lines.append("")
-        lines.append(fmt(cells))
-        previous = cells[:2]
-    if not body:
-        lines.append("(no rows measured)")
+    lines = table(head, body, align="<<<>>>>><>>", group=2)
     if any(r["device"] == "cuda" and r["status"] == "ok" for r in report["results"]):
         lines.append("peak mem: cuda = own peak allocated / process peak reserved / process NVML peak (DALI and the "
                      "CUDA context included); cpu = host RSS peak (process)")
@@ -613,7 +568,7 @@ def _parse_augment(ctx, param, value: str) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--device", type=click.Choice(["cpu", "cuda", "all"]), default="all", show_default=True,
+@click.option("--device", type=click.Choice(DEVICES), default="all", show_default=True,
               help="Which rows: cpu, cuda, or both (cuda rows are skipped with a reason when no GPU is visible).")
 @click.option("--models", default=None, callback=_parse_models,
               help="Comma list of models [default: resnet18,resnet20 on cuda; resnet20 on cpu].")

@@ -53,9 +53,10 @@ Defined behaviour of :func:`list_image_folder`:
 
 :func:`decode_image_rgb` returns uint8 CHW RGB for any file the listing keeps (grey, CMYK, RGBA, palette, 16-bit),
 matching DALI's CPU decoder, with EXIF orientation applied as DALI's decoders do by default (a photo taken on its
-side comes out upright, as a viewer shows it; torchvision's ``decode_image`` and PIL ignore EXIF unless asked), and turns decode failures into :class:`DataError`; a PNG is first checked for what makes
-libpng stop with an error, on which torchvision's PNG decoder would crash the process. :func:`dali_file_error` does
-the same for DALI's multi-line report of a file it cannot read or decode.
+side comes out upright, as a viewer shows it; torchvision's ``decode_image`` and PIL ignore EXIF unless asked), and
+turns decode failures into :class:`DataError`; a PNG is first checked for what makes libpng stop with an error, on
+which torchvision's PNG decoder would crash the process. :func:`dali_file_error` does the same for DALI's
+multi-line report of a file it cannot read or decode.
 """
 
 from __future__ import annotations

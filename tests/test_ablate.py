@@ -40,27 +40,45 @@ def run_files(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted(out.glob("*/seed*/*"))}
 
 
-@pytest.mark.slow
-def test_a_tiny_study_runs_resumes_reports_and_skips_finished_runs(tmp_path) -> None:
-    study, out = tmp_path / "tiny.yaml", tmp_path / "study"
+@pytest.fixture(scope="module")
+def stopped_then_rerun(tmp_path_factory) -> dict:
+    """A tiny two-arm, two-seed study stopped by SIGTERM in its first run after one batch, then the same command
+    again (which resumes that run and starts the other three): the outputs of both calls, for the tests below."""
+    root = tmp_path_factory.mktemp("ablate")
+    study, out = root / "tiny.yaml", root / "study"
     study.write_text(STUDY)
     args = ["--study", str(study), "--seeds", "2", *TINY, "--output", str(out)]
+    stopped = invoke(args, stop=StopAfter(1))
+    first_files = {p.name for p in (out / "plain" / "seed0").iterdir()}
+    rerun = invoke(args)
+    dirs = {(arm, seed): out / arm / f"seed{seed}" for arm in ("plain", "smooth") for seed in (0, 1)}
+    return {"study": study, "out": out, "args": args, "stopped": stopped, "first_files": first_files,
+            "rerun": rerun, "dirs": dirs}
 
-    # 1. stopped in the first run after its first batch (SIGTERM): last.pth only, and a one-line pointer to rerun
-    code, text = invoke(args, stop=StopAfter(1))
+
+@pytest.mark.slow
+def test_a_stopped_study_keeps_last_pth_and_says_to_rerun_in_one_line(stopped_then_rerun) -> None:
+    code, text = stopped_then_rerun["stopped"]
     assert code == 128 + signal.SIGTERM, text
     assert "rerun the same dali-ablate command" in text and "Traceback" not in text
-    first = out / "plain" / "seed0"
-    assert (first / "last.pth").is_file() and not (first / "summary.json").exists()
+    assert "last.pth" in stopped_then_rerun["first_files"]
+    assert "summary.json" not in stopped_then_rerun["first_files"]
 
-    # 2. the same command: that run resumes from last.pth, the other three start
-    code, text = invoke(args)
+
+@pytest.mark.slow
+def test_the_rerun_resumes_the_stopped_run_and_starts_the_others(stopped_then_rerun) -> None:
+    code, text = stopped_then_rerun["rerun"]
     assert code == 0, text
     assert "[plain seed 0] resuming" in text and "resuming epoch 1 at batch 2/2" in text
-    dirs = {(arm, seed): out / arm / f"seed{seed}" for arm in ("plain", "smooth") for seed in (0, 1)}
-    for d in dirs.values():
+    for d in stopped_then_rerun["dirs"].values():
         assert {"config.yaml", "metrics.csv", "last.pth", "best.pth", "summary.json"} <= {p.name for p in d.iterdir()}
+    saved = yaml.safe_load((stopped_then_rerun["dirs"]["smooth", 1] / "config.yaml").read_text())
+    assert (saved["label_smoothing"], saved["lr"], saved["seed"]) == (0.2, 0.05, 1)
 
+
+@pytest.mark.slow
+def test_the_reports_are_read_from_the_runs_own_files(stopped_then_rerun) -> None:
+    out, dirs = stopped_then_rerun["out"], stopped_then_rerun["dirs"]
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {(r["arm"], int(r["seed"])) for r in rows} == set(dirs)
@@ -75,35 +93,45 @@ def test_a_tiny_study_runs_resumes_reports_and_skips_finished_runs(tmp_path) -> 
         assert float(r["mean_epoch_time_s"]) == metrics[-1]["epoch_time_s"]  # one epoch: its own figure
         assert float(r["peak_host_rss_mib"]) == metrics[-1]["host_rss_peak_mib"]
         assert r["peak_cuda_alloc_mib"] == "" and r["amp_dtype"] == "bfloat16"
-    saved = yaml.safe_load((dirs["smooth", 1] / "config.yaml").read_text())
-    assert (saved["label_smoothing"], saved["lr"], saved["seed"]) == (0.2, 0.05, 1)
-
     md = (out / "summary.md").read_text()
     assert "| plain | 2 |" in md and "| smooth | 2 |" in md and "baseline arm: **plain**" in md
     assert "label_smoothing=0.2, lr=0.05" in md
     for name in ("curves.png", "final_acc.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # 3. again: every run is skipped and none of their files is rewritten
+
+@pytest.mark.slow
+def test_a_finished_study_run_again_skips_every_run_and_rewrites_none(stopped_then_rerun) -> None:
+    out = stopped_then_rerun["out"]
     before = run_files(out)
-    code, text = invoke(args)
+    code, text = invoke(stopped_then_rerun["args"])
     assert code == 0, text
     assert text.count("skipped: finished earlier") == 4 and "starting" not in text
     assert run_files(out) == before
 
-    # 4. a run whose final evaluation never wrote summary.json is completed from its checkpoints, nothing else runs
-    (dirs["smooth", 0] / "summary.json").unlink()
-    code, text = invoke(args)
+
+@pytest.mark.slow
+def test_a_run_without_its_summary_is_finished_from_its_checkpoints_alone(stopped_then_rerun) -> None:
+    out, unfinished = stopped_then_rerun["out"], stopped_then_rerun["dirs"]["smooth", 0]
+    before = run_files(out)
+    (unfinished / "summary.json").unlink()
+    code, text = invoke(stopped_then_rerun["args"])
     assert code == 0, text
     assert "[smooth seed 0] all epochs are in last.pth" in text and text.count("skipped: finished earlier") == 3
-    assert (dirs["smooth", 0] / "summary.json").is_file()
+    assert (unfinished / "summary.json").is_file()
     after = run_files(out)
-    assert {p: t for p, t in after.items() if dirs["smooth", 0] not in p.parents} == \
-        {p: t for p, t in before.items() if dirs["smooth", 0] not in p.parents}
+    assert {p: t for p, t in after.items() if unfinished not in p.parents} == \
+        {p: t for p, t in before.items() if unfinished not in p.parents}
 
-    # 5. the same directory with another config is refused, not silently reused
-    code, text = invoke(["--study", str(study), "--seeds", "2", *TINY, "--weight-decay", "0.001", "--output", str(out)])
+
+@pytest.mark.slow
+def test_the_same_output_with_another_config_is_refused(stopped_then_rerun) -> None:
+    out = stopped_then_rerun["out"]
+    before = run_files(out)
+    code, text = invoke(["--study", str(stopped_then_rerun["study"]), "--seeds", "2", *TINY, "--weight-decay",
+                         "0.001", "--output", str(out)])
     assert code == 2 and one_line_error(text) and "holds a run with another config" in text, text
+    assert run_files(out) == before  # not silently reused
 
 
 def test_the_built_in_studies_are_valid_configs() -> None:

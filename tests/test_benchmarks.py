@@ -407,3 +407,38 @@ def test_gpu_check_full_plan_is_the_asked_check_within_8_minutes(tmp_path) -> No
     assert command[1:3] == ["-m", "training"] and command[command.index("--epochs") + 1] == "2"
     assert command[command.index("--amp-dtype") + 1] == "float16" and command[command.index("--device") + 1] == "cuda"
     assert "--cpu-smoke" not in parts["augment"].command and "--cpu-smoke" in gc.plan(True, tmp_path)[1].command
+
+
+# ---------------------------------------------------------------------------------------------- training.harness
+def test_harness_rotates_the_first_arm_and_a_failing_arm_fails_alone() -> None:
+    from training.harness import Arm, interleaved, set_up
+
+    order: list[tuple[int, str]] = []
+
+    def measure(arm: Arm, r: int) -> float:
+        order.append((r, arm.name))
+        if (r, arm.name) == (1, "b"):
+            raise ValueError("broken\nsecond line")
+        return float(len(order))
+
+    arms = [Arm("a"), Arm("b"), Arm("c")]
+    interleaved(arms, 3, measure)
+    assert order == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"), (2, "a"), (2, "c")]
+    assert [arm.runs for arm in arms] == [[1.0, 6.0, 7.0], [2.0], [3.0, 5.0, 8.0]]
+    assert arms[1].error == "ValueError: broken" and arms[0].ok and arms[2].ok
+    bad = [Arm("x"), Arm("y")]
+    set_up(bad, lambda arm: 1 / 0 if arm.name == "x" else "built")
+    assert bad[0].error == "ZeroDivisionError: division by zero" and bad[1].state == "built"
+    with pytest.raises(ZeroDivisionError):
+        set_up([Arm("x")], lambda arm: 1 / 0, keep_going=False)
+
+
+def test_harness_stats_and_table() -> None:
+    from training.harness import Stats, ratio, table
+
+    s = Stats.of([3.0, 1.0, float("inf"), None])
+    assert (s.median, s.min, s.max, s.runs) == (3.0, 1.0, None, [3.0, 1.0, None, None])
+    assert Stats.of([]).median is None and ratio(3.0, 0.0) is None and ratio(3.0, 2.0) == 1.5
+    assert table(["x", "value"], [["a", "1"], ["bb", "22"], ["bb", "3"]], align="<>", group=1) == [
+        "x   value", "--  -----", "a       1", "", "bb     22", "bb      3"]
+    assert table(["x"], [])[-1] == "(no rows measured)"

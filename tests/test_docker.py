@@ -206,7 +206,7 @@ def test_dockerfile_installs_exactly_the_stack() -> None:
 
 
 @pytest.mark.parametrize("dockerfile, expected", [
-    # the image this file replaced: torch and torchvision from another index, torchao at another version
+    # torch and torchvision from another index, torchao at another version: nothing ties them to the stack
     ("RUN pip install --extra-index-url https://download.pytorch.org/whl/cu128 torch==2.9.1 torchvision==0.24.1 \\\n"
      "    && pip install torchao==0.14.1\nRUN pip install .\n",
      ["package source", "torch==2.9.1", "torchvision==0.24.1", "torchao==0.14.1", "without requirements/stack.txt",
@@ -298,8 +298,9 @@ def option(words: list[str], name: str) -> str:
 
 
 def test_sbatch_runs_one_torchrun_per_node_with_the_first_host_as_rendezvous(tmp_path) -> None:
-    proc = dry_run(tmp_path, ["--epochs", "90", "--data-dir", "/shared/cifar"], SLURM_JOB_NODELIST="gpu-a[07-08],gpu-b[01-02]",
-                   SLURM_NNODES="4", SLURM_GPUS_ON_NODE="8", SLURM_JOB_ID="4242")
+    proc = dry_run(tmp_path, ["--epochs", "90", "--data-dir", "/shared/cifar"],
+                   SLURM_JOB_NODELIST="gpu-a[07-08],gpu-b[01-02]", SLURM_NNODES="4", SLURM_GPUS_ON_NODE="8",
+                   SLURM_JOB_ID="4242")
     assert proc.returncode == 0, proc.stderr
     words = shlex.split(proc.stdout)
     assert words[0] == "srun" and option(words, "--ntasks-per-node") == "1"

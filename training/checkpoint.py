@@ -144,10 +144,11 @@ def chosen_weights(state: dict[str, Any], path: Path, weights: str | None = None
 
 
 def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int, *,
-                          weights: str = "model") -> torch.nn.Module:
+                          weights: str = "model", image_size: int | None = None) -> torch.nn.Module:
     """The model the config names, with the checkpoint's `weights` ("model": the trained weights, "ema": their
-    average); a checkpoint of another shape is refused."""
-    model = create_model(cfg.model, num_classes=num_classes)
+    average); a checkpoint of another shape is refused. `image_size` (the side of the images it will see, the
+    loader's) refuses a CIFAR-stem model on large images, as dali-train does when it builds one."""
+    model = create_model(cfg.model, num_classes=num_classes, image_size=image_size)
     load_weights(model, state[weights], path, f"model {cfg.model} with {num_classes} classes")
     return model
 

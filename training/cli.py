@@ -18,6 +18,8 @@ from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, TrainConfig
 from .mixing import MIX_MODES
 from .models import MODELS
 from .options import read_options
+from .prune_masks import METHODS as PRUNE_METHODS
+from .quantize_int8 import MODES as QUANT_MODES
 
 _D = TrainConfig()  # defaults shown in --help come from the config itself
 
@@ -232,7 +234,7 @@ def eval_main(checkpoint: str, device: str, tta: bool, weights: str | None, **da
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--checkpoint", required=True, help="A dali-train checkpoint, or a run directory (its best.pth).")
 @_data_options
-@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static",
+@click.option("--mode", type=click.Choice(QUANT_MODES), default="static",
               help="static: activation scales from calibration; dynamic: computed per batch at run time.")
 @click.option("--calibration-batches", type=int, default=32, help="Training batches (evaluation pipeline) that "
               "calibrate static quantization.")
@@ -260,8 +262,8 @@ def quantize_main(checkpoint: str, mode: str, calibration_batches: int, quant_ba
 @click.option("--device", type=click.Choice(DEVICES), default="auto")
 @click.option("--amount", default="0.1,0.2,0.3,0.5", help="Sparsity targets of the prunable weights, one stage "
               "each, increasing.")
-@click.option("--method", type=click.Choice(["l1-unstructured", "l1-global", "ln-structured"]),
-              default="l1-unstructured", help="Per-layer or global weight magnitude, or whole conv filters (L2).")
+@click.option("--method", type=click.Choice(PRUNE_METHODS), default="l1-unstructured",
+              help="Per-layer or global weight magnitude, or whole conv filters (L2).")
 @click.option("--finetune-epochs", type=int, default=5, help="Fine-tuning epochs after each pruning step.")
 @click.option("--finetune-lr", type=float, default=0.01, help="Peak LR of each stage's cosine schedule.")
 @click.option("--output", required=True, help="Directory for prune.csv, prune.png, pruned.pth and the stage runs "

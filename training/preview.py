@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_pipes import AugmentConfig, ConfigError, Loader, load_source
+from dali_pipes import BACKENDS, AugmentConfig, ConfigError, Loader, load_source
 from dali_pipes.config import eval_config, resolve_augment
 from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
 from dali_pipes.sources import ArrayDataset, FolderDataset
 
 from .grid import Row, to_uint8, write_grid
+
+PREVIEW_BACKENDS = ("both", *BACKENDS)  # both: DALI's draws and the reference's, one after the other
+DALI_DEVICES = ("cpu", "cuda")  # where DALI runs its graph (the batch contract's devices)
 
 
 def subset(data: ArrayDataset | FolderDataset, count: int) -> ArrayDataset | FolderDataset:
@@ -98,7 +101,7 @@ def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str 
     data = subset(load_source(dataset, data_dir, split, num_samples=num_samples), num_images)
     side = image_size or FOLDER_IMAGE_SIZE  # folders: the loader's default crop side unless given
     size = (side, side) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
-    backends = ("dali", "torchvision") if backend == "both" else (backend,)
+    backends = BACKENDS if backend == "both" else (backend,)
     rows = preview_rows(data, cfg, backends=backends, device=dev, size=size, draws=draws, ops=ops)
     from dali_pipes.config import describe_augment
 
@@ -121,8 +124,8 @@ def main() -> None:
     @click.option("--augment", default="weak+autoaugment", help="Preset, optionally +policy.")
     @click.option("--aug", "overrides", multiple=True, metavar="FIELD=VALUE",
                   help="Override one recipe field (repeatable), e.g. --aug blur_p=0.5.")
-    @click.option("--backend", type=click.Choice(["both", "dali", "torchvision"]), default="both")
-    @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where DALI runs.")
+    @click.option("--backend", type=click.Choice(PREVIEW_BACKENDS), default="both")
+    @click.option("--device", type=click.Choice(DALI_DEVICES), default="cpu", help="Where DALI runs.")
     @click.option("--num-images", type=click.IntRange(1, 32), default=8)
     @click.option("--draws", type=click.IntRange(1, 8), default=3, help="Draws per backend.")
     @click.option("--ops/--no-ops", default=False, help="One row per single operation of the recipe.")
