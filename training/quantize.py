@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import save_checkpoint
+from .checkpoint import chosen_weights, save_checkpoint
 from .checkpoint_tools import ValModel, read_checkpoint, refuse_distributed, refuse_occupied
 from .checks import check_choice, check_int
-from .checkpoint import chosen_weights
 from .factory import data_loader
 from .harness import table
 from .latency import LATENCY_BATCHES, WARMUP_CALLS, compiled_latencies
