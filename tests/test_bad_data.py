@@ -129,7 +129,7 @@ def test_tolerated_variants_are_kept(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_epoch_runs_past_skipped_files(tmp_path: Path, backend: str) -> None:
-    """The files DALI's parser used to fail on (the run died, or the process with SIGSEGV) are left out."""
+    """Files DALI's parser fails on (the run dies, or the process with SIGSEGV) are left out at listing."""
     root = _folder(tmp_path / "ds")
     for name, (make, _) in SKIPPED.items():
         (root / "train" / "a" / name).write_bytes(make())

@@ -129,7 +129,7 @@ def test_a_chain_of_interrupts_and_resumes_ends_exactly_where_the_straight_run_e
         assert ended == expected, (case, k, lines)
         if ended == "interrupted":
             state = load_checkpoint(out / "last.pth")
-            assert state["ranks"][0]["loader"]["backend"] == "dali"  # the state a second save used to lose
+            assert state["ranks"][0]["loader"]["backend"] == "dali"  # a second save in one epoch keeps it
             positions.append((state["epoch"], state["batch"]))
         if ended == "aborted":
             assert not (out / "summary.json").exists()
