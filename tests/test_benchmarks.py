@@ -323,6 +323,7 @@ def test_gpu_check_bad_option_exits_2_naming_it(args, option) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow  # starts worker processes / runs every part of the plan: over 5 s here
 def test_gpu_check_cpu_smoke_runs_the_whole_plan(tmp_path) -> None:
     out = tmp_path / "check.json"
     result = run_gpu_check("--cpu-smoke", "--output", str(out))

@@ -98,6 +98,7 @@ def test_both_backends_follow_the_same_epoch_plan() -> None:
     assert torch.equal(plans[0], plans[1])
 
 
+@pytest.mark.slow  # starts worker processes / runs every part of the plan: over 5 s here
 def test_reference_batches_do_not_depend_on_the_worker_count() -> None:
     data = tiny(24)
     x0 = run_epoch(make(data, "torchvision", workers=0, batch_size=8), 1)[0]

@@ -30,10 +30,13 @@ def constant_images(n: int, rgb: tuple[int, int, int]) -> ArrayDataset:
 
 
 def run(data: ArrayDataset, backend: str, cfg: AugmentConfig, *, seed: int = 0) -> torch.Tensor:
-    """All images of one training epoch, back in dataset order and in uint8 units (float, unrounded)."""
+    """All images of one training epoch, back in dataset order and in uint8 units (float, unrounded).
+
+    The reference runs in this process (num_workers=0): its draws do not depend on the worker count
+    (test_loader.py holds that), and starting worker processes would cost each test ~5 s."""
     loader = Loader(data, train=True, cfg=cfg, backend=backend, device=torch.device("cpu"), batch_size=128,
                     seed=seed, shard_id=0, num_shards=1, drop_last=False, return_index=True, num_threads=2,
-                    num_workers=2, size=(32, 32))
+                    num_workers=0, size=(32, 32))
     images, index = zip(*((x, i) for x, _, i in loader))
     x = torch.cat(images)[torch.argsort(torch.cat(index))]
     mean = torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255
