@@ -336,6 +336,18 @@ def test_sbatch_defaults_and_settings(tmp_path) -> None:
     assert words.index("--container-image=dali-train.sqsh") < words.index("torchrun")
 
 
+@pytest.mark.parametrize("opt_args", [["--opt", "adamw"], ["--opt=adamw"]])
+def test_sbatch_scales_adamws_lr_with_the_square_root_of_the_batch(tmp_path, opt_args) -> None:
+    proc = dry_run(tmp_path, [*opt_args, "--epochs", "5"], SLURM_JOB_NODELIST="gpu-a[07-08]", SLURM_NNODES="2",
+                   SLURM_GPUS_ON_NODE="8")
+    assert proc.returncode == 0, proc.stderr
+    # 2 nodes x 8 processes x 128 = 2048 images: AdamW's 1e-3 x sqrt(2048 / 128) = 4e-3, not 1e-3 x 16
+    assert float(option(shlex.split(proc.stdout), "--lr")) == pytest.approx(4e-3)
+    proc = dry_run(tmp_path, ["--opt", "adamw"], SLURM_JOB_NODELIST="gpu-a07", SLURM_NNODES="1", BASE_LR="2e-3",
+                   BATCH_SIZE="512")
+    assert float(option(shlex.split(proc.stdout), "--lr")) == pytest.approx(2e-3 * 2)
+
+
 def test_sbatch_refuses_a_batch_size_argument_and_a_missing_allocation(tmp_path) -> None:
     proc = dry_run(tmp_path, ["--batch-size", "64"], SLURM_JOB_NODELIST="gpu-a07", SLURM_NNODES="1")
     assert proc.returncode == 2 and "set BATCH_SIZE" in proc.stderr and proc.stdout == ""
