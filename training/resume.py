@@ -49,8 +49,8 @@ def _same_run(ckpt_path: Path, cfg: TrainConfig) -> None:
     config.yaml that is missing or unreadable is no evidence either way, and resume rewrites it."""
     path = ckpt_path.parent / "config.yaml"
     try:
-        folder = TrainConfig.from_dict(yaml.safe_load(path.read_text()), source=str(path))
-    except (OSError, yaml.YAMLError, ConfigError, TypeError, ValueError, AttributeError):
+        folder = saved_config(ckpt_path.parent, None)
+    except (DataError, ValueError, TypeError):  # unreadable, not a mapping, or not a valid config (ConfigError)
         return
     ours, theirs = cfg.to_dict(), folder.to_dict()
     differ = [k for k in ours if k != "epochs" and ours[k] != theirs[k]]
