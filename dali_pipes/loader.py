@@ -20,7 +20,7 @@ from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMA
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
 from .errors import ConfigError
 from .plan import derive_seed, num_batches, shard_indices, split_batches
-from .sources import ArrayDataset, FolderDataset
+from .sources import ArrayDataset, FolderDataset, fingerprint
 
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 BACKENDS = ("dali", "torchvision")
@@ -230,6 +230,40 @@ class _EpochBatches:
         return len(self.batches)
 
 
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _start_worker_server() -> None:
+    """Start multiprocessing's forkserver (and its resource tracker) with the stop signals blocked, as the resource
+    tracker starts itself: a mask is inherited across fork and exec, so neither helper dies of a signal sent to the
+    whole process group (Ctrl-C, `kill -- -PGID`, SIGHUP from a closed ssh session; the helpers ignore only SIGINT,
+    or SIGINT and SIGTERM, themselves). Both end with this process (their pipes close)."""
+    import multiprocessing.forkserver
+    import signal
+
+    stop = {getattr(signal, name) for name in _STOP_SIGNALS}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _worker_leaves_stops_to_the_trainer(worker_id: int) -> None:
+    """A DataLoader worker leaves the terminal's and the shell's stop signals to the training process: it moves to
+    a process group of its own, so a Ctrl-C, a hangup or `kill -- -PGID` reaches the training process alone, which
+    saves its stop and ends the workers itself (a worker that died of the signal would take the loader down mid-
+    validation first). SIGTERM stays deadly to the worker when it is sent to it alone: that is how the training
+    process ends a worker that does not stop. A worker whose parent has gone exits on its own (torch's worker loop
+    watches the parent)."""
+    import signal
+
+    os.setpgid(0, 0)
+    for name in ("SIGINT", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {getattr(signal, name) for name in _STOP_SIGNALS})  # the server's mask
+
+
 class _TorchvisionBackend:
     """The reference: torchvision v2 transforms per sample in DataLoader workers.
 
@@ -244,7 +278,8 @@ class _TorchvisionBackend:
         from .reference import ReferenceDataset
 
         self.sampler = _EpochBatches()
-        workers = dict(multiprocessing_context="forkserver", persistent_workers=True) if num_workers > 0 else {}
+        workers = dict(multiprocessing_context="forkserver", persistent_workers=True,
+                       worker_init_fn=_worker_leaves_stops_to_the_trainer) if num_workers > 0 else {}
         # A private generator: the DataLoader draws its workers' base seed from it each epoch instead of from the
         # global torch RNG, which training owns (drop path) and restores on resume. Samples are seeded per index.
         self.loader = torch.utils.data.DataLoader(ReferenceDataset(data, cfg, size, seed), batch_sampler=self.sampler,
@@ -257,6 +292,8 @@ class _TorchvisionBackend:
         if not batches:
             return
         self.sampler.batches = [[(epoch, int(i)) for i in b] for b in batches]
+        if self.loader.num_workers > 0:
+            _start_worker_server()  # a no-op once it runs
         try:
             yield from self.loader
         except DataError as exc:
@@ -286,6 +323,7 @@ class Loader:
         self.even_shards = even_shards and train  # validation always sees every sample once
         self.image_size = size
         self.epoch = 0
+        self._fingerprint: dict[str, object] | None = None
         self._labels = torch.tensor(np.asarray(data.labels), dtype=torch.int64, device=device)
         if backend == "dali":
             # A training batch never holds more than the shard: DALI allocates for its batch size, so a
@@ -301,6 +339,12 @@ class Loader:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.data.classes
+
+    def fingerprint(self) -> dict[str, object]:
+        """The whole split's identity (sample count, classes, a digest; not this shard's): see sources.fingerprint."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.data)
+        return self._fingerprint
 
     @property
     def dataset_size(self) -> int:

@@ -4,6 +4,7 @@ names the cause and the way out, or runs within what the data can hold."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import shutil
@@ -13,6 +14,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from dali_pipes import DataError
 from training.checkpoint import load_checkpoint
 from training.cli import eval_main, main
 from training.figures import DIVERGED_LOSS_FACTOR, divergence
@@ -176,3 +178,262 @@ def test_a_binary_config_file_is_one_line(tmp_path) -> None:
     (run / "config.yaml").write_bytes(b"\xff\xfe\x00binary")  # a run folder whose config.yaml was overwritten
     code, text = invoke(["--resume", str(run)])
     assert code == 1 and "config.yaml: unreadable" in text and "Traceback" not in text, text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Second pass (#25): nothing lost. A resume never deletes what a run produced, never rewinds over later results,
+# never trains on data that is not the run's; a stop signal from the terminal, the job scheduler or a closed session
+# saves the run wherever it lands.
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file of a run folder (but the lock) with its bytes: what "nothing was changed" compares."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".dali-train.lock"}
+
+
+def finished_results(out) -> None:
+    """A run folder as a finished 2-epoch run leaves it once its checkpoints are removed to save space."""
+    from training.config import TrainConfig
+    from training.outputs import write_config
+
+    out.mkdir()
+    write_config(out, TrainConfig(dataset="synthetic", model="resnet20", epochs=2, output=str(out)))
+    write_rows(out / "metrics.csv", [{"epoch": e, "lr": 0.1, "train_loss": 2.0, "val_acc": 0.5} for e in (1, 2)])
+    (out / "summary.json").write_text('{"epochs_run": 2}\n')
+    (out / "curves.png").write_bytes(b"\x89PNG\r\n")
+
+
+def test_a_folder_with_results_but_no_checkpoint_is_never_started_over(tmp_path) -> None:
+    from training import ablate_runner
+    from training.config import TrainConfig
+
+    out = tmp_path / "run"
+    finished_results(out)
+    before = snapshot(out)
+    code, text = invoke(["--resume", str(out)])
+    assert code == 1 and "holds a run's results (metrics.csv (2 epochs), summary.json, curves.png)" in text, text
+    assert "nothing was changed" in text and "starting it over" not in text and "Traceback" not in text, text
+    code, text = invoke([*TINY, "--output", str(out)])
+    assert code == 2 and "holds a run's results" in text, text
+    assert snapshot(out) == before
+    (out / "summary.json").unlink()  # unfinished: dali-ablate would start the arm over
+    before = snapshot(out)
+    cfg = TrainConfig(dataset="synthetic", model="resnet20", epochs=2, output=str(out))
+    with pytest.raises(DataError, match="holds a run's results"):
+        ablate_runner.run_one(cfg, "arm", log=lambda *_: None)
+    assert snapshot(out) == before
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """A finished 2-epoch run (trained once for the tests that copy it)."""
+    out = tmp_path_factory.mktemp("two_epochs") / "run"
+    code, text = invoke([*TINY, "--num-samples", "64", "--epochs", "2", "--patience", "0", "--output", str(out)])
+    assert code == 0, text
+    return out
+
+
+def copy_run(two_epochs, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(two_epochs, out)
+    return out
+
+
+def at_epoch(state: dict, epoch: int) -> dict:
+    return {**state, "epoch": epoch, "best_epoch": epoch}
+
+
+@pytest.mark.slow
+def test_a_run_whose_last_pth_was_removed_continues_from_best_or_is_refused(two_epochs, tmp_path) -> None:
+    out = copy_run(two_epochs, tmp_path)
+    last = load_checkpoint(out / "last.pth")
+    # best.pth behind the results (the best epoch was 1 of 2): continuing from it would overwrite epoch 2
+    torch.save(at_epoch(last, 1), out / "best.pth")
+    (out / "last.pth").unlink()
+    before = snapshot(out)
+    code, text = invoke(["--resume", str(out), "--epochs", "3"])
+    assert code == 1 and "this checkpoint is at epoch 1, behind the run's results (metrics.csv has epochs up to 2)" \
+        in text and "its last.pth is missing" in text and "nothing was changed" in text, text
+    assert snapshot(out) == before
+    # a checkpoint given by name that is behind the folder's last.pth is refused the same way
+    torch.save(last, out / "last.pth")
+    before = snapshot(out)
+    code, text = invoke(["--resume", str(out / "best.pth"), "--epochs", "3"])
+    assert code == 1 and f"{out / 'last.pth'} is at epoch 2" in text, text
+    assert snapshot(out) == before
+    # best.pth at the latest epoch (the last epoch was the best): the run continues from it, losing nothing
+    (out / "last.pth").rename(out / "best.pth")
+    code, text = invoke(["--resume", str(out)])
+    assert code == 2 and "finished its 2 epochs" in text, text  # finished: refused as with last.pth
+    code, text = invoke(["--resume", str(out), "--epochs", "3"])
+    assert code == 0 and "continuing" in text and "from best.pth" in text, text
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_damaged_or_deleted_metrics_csv_is_rebuilt_from_the_checkpoint(two_epochs, tmp_path) -> None:
+    out = copy_run(two_epochs, tmp_path)
+    original = (out / "metrics.csv").read_text()
+    (out / "metrics.csv").write_bytes(b"epoch,lr\n1,\xff\xfe garbage\n")
+    code, text = invoke(["--resume", str(out), "--epochs", "3"])
+    assert code == 0 and "rewritten from the checkpoint's history (2 epochs)" in text, text
+    rebuilt = (out / "metrics.csv").read_text().splitlines()
+    assert rebuilt[:3] == original.splitlines()  # the first two epochs character for character, empty cells kept
+    (out / "metrics.csv").unlink()  # deleted: the history is not silently shortened to the epochs trained now
+    code, text = invoke(["--resume", str(out), "--epochs", "4"])
+    assert code == 0 and "was missing; rewritten" in text, text
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_resume_from_another_directory_reads_the_runs_data_and_refuses_other_data(tmp_path, monkeypatch) -> None:
+    from conftest import write_image_folder
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_image_folder(first / "data", classes=("a", "b"), per_class=4, shape=(32, 32), ext="png")
+    write_image_folder(second / "data", classes=("a", "b"), per_class=8, shape=(32, 32), ext="png", seed=1)
+    out = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", "data", "--image-size", "32", "--model", "resnet20",
+            "--batch-size", "4", "--num-threads", "1", "--augment", "none", "--no-channels-last", "--patience", "0"]
+    monkeypatch.chdir(first)
+    code, text = invoke([*args, "--epochs", "1", "--output", str(out)])
+    assert code == 0, text
+    assert yaml.safe_load((out / "config.yaml").read_text())["data_dir"] == str(first / "data")
+    monkeypatch.chdir(second)  # another ./data here: the run still reads its own
+    code, text = invoke(["--resume", str(out), "--epochs", "2"])
+    assert code == 0, text
+    assert [r["train_images"] for r in read_metrics(out / "metrics.csv")] == [8, 8]
+    write_image_folder(first / "data" / "extra", classes=("a",), per_class=2, shape=(32, 32), ext="png")
+    shutil.move(first / "data" / "extra" / "train" / "a" / "0.png", first / "data" / "train" / "a" / "new.png")
+    before = snapshot(out)
+    code, text = invoke(["--resume", str(out), "--epochs", "3"])
+    assert code == 1 and f"the train data at {first / 'data'} is not the data this run trained on (8 samples " \
+        "then, 9 now)" in text, text
+    assert snapshot(out) == before
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` refuses new and removed entries, even to root (the immutable flag; a plain chmod elsewhere)."""
+    import os
+    import subprocess
+
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_a_run_directory_gone_read_only_is_one_line_and_keeps_the_saved_epoch(tmp_path, capsys) -> None:
+    from training import run as run_mod
+    from training.cli import _run_guarded
+    from training.config import TrainConfig
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(dataset="synthetic", model="resnet20", batch_size=32, num_samples=64, epochs=2, lr=0.05,
+                      augment="none", num_threads=1, device="cpu", channels_last=False, output=str(out))
+    with contextlib.ExitStack() as stack:
+        def build(cfg, **kwargs):
+            run = run_mod.build_run(cfg, **kwargs)
+            save = run.save
+
+            def save_then_remount(name, state):  # a remount or a quota after epoch 1's last.pth
+                save(name, state)
+                if name == "last.pth":
+                    stack.enter_context(read_only(out))
+
+            run.save = save_then_remount
+            return run
+
+        with pytest.raises(SystemExit) as exited:
+            _run_guarded(lambda: run_mod.fit(cfg, build=build, log=lambda *_: None))
+        err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.startswith(f"error: {out / 'metrics.csv'}: cannot write it"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1
+
+
+def run_driver(tmp_path, out, how: str, where: str, signame: str, backend: str):
+    """One process of a run under tests/group_signal_driver.py, in a session (and process group) of its own."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = dict(dataset="synthetic", model="resnet20", batch_size=4, num_samples=64, epochs=1, lr=0.05,
+               augment="weak", num_threads=1, device="cpu", channels_last=False, backend=backend)
+    driver = Path(__file__).with_name("group_signal_driver.py")
+    return subprocess.run([sys.executable, str(driver), json.dumps(cfg), str(out), how, where, signame],
+                          start_new_session=True, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("where", "signame", "position"), [
+    ("val:0:0", "SIGINT", (1, 0)),  # Ctrl-C in a terminal during validation: the DataLoader workers get it too
+    ("train:0:5", "SIGHUP", (0, 6)),  # the ssh session closed mid-epoch: a stop like SIGTERM
+    ("val:0:1", "SIGTERM", (1, 0)),  # `kill -- -PGID` during validation
+])
+def test_a_signal_to_the_whole_process_group_saves_the_run(tmp_path, where, signame, position) -> None:
+    import signal as signals
+
+    out = tmp_path / "run"
+    ended = run_driver(tmp_path, out, "fit", where, signame, "torchvision")
+    errors = [line for line in ended.stderr.splitlines() if line.startswith("error:")]
+    assert ended.returncode == 128 + getattr(signals, signame), ended.stderr
+    assert len(errors) == 1 and f"--resume {out}" in errors[0] and "Traceback" not in ended.stderr, ended.stderr
+    state = load_checkpoint(out / "last.pth")
+    assert (state["epoch"], state["batch"]) == position
+    resumed = run_driver(tmp_path, out, "resume", "none", "SIGINT", "torchvision")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "summary.json").is_file()
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    from training.entry import _command
+
+    (tmp_path / "slow_to_import.py").write_text("raise KeyboardInterrupt\n")  # a Ctrl-C during `import torch`
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        _command("slow_to_import", "main")()
+    err = capsys.readouterr().err
+    assert exited.value.code == 130 and err.strip() == "error: interrupted while starting; nothing was written"
+
+
+def test_a_second_signal_says_what_last_pth_holds_and_how_to_continue(tmp_path, capsys) -> None:
+    import signal as signals
+
+    from training.cli import _run_guarded
+    from training.signals import SecondSignal
+
+    def aborted():
+        second = SecondSignal()
+        second.run_dir, second.signum = tmp_path, signals.SIGTERM
+        raise second
+
+    with pytest.raises(SystemExit) as exited:
+        _run_guarded(aborted)
+    err = capsys.readouterr().err
+    assert exited.value.code == 128 + signals.SIGTERM, err
+    assert "last.pth is as it was last written" in err and "holds the last completed epoch" not in err
+    assert err.strip().endswith(f"continue with: dali-train --resume {tmp_path}"), err
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_nan_weights_is_not_resumed_with_advice_about_the_lr(two_epochs, tmp_path) -> None:
+    out = copy_run(two_epochs, tmp_path)
+    state = load_checkpoint(out / "last.pth")
+    name = next(iter(state["model"]))
+    state["model"][name] = torch.full_like(state["model"][name], math.nan)
+    torch.save(state, out / "last.pth")
+    before = snapshot(out)
+    code, text = invoke(["--resume", str(out), "--epochs", "3"])
+    assert code == 1 and f"1 of its weight tensors hold inf/nan (e.g. {name})" in text and "--lr" not in text, text
+    assert snapshot(out) == before

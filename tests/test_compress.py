@@ -121,7 +121,7 @@ def test_gradual_pruning_fine_tunes_each_stage_and_writes_a_plain_pruned_checkpo
     code, text = invoke(prune_main, ["--checkpoint", str(ckpt), *DATA, "--amount", "0.2,0.4", "--finetune-epochs",
                                      "1", "--output", str(out)])
     assert code == 0, text
-    rows = read_metrics(out / "prune.csv")
+    rows = read_metrics(out / "prune.csv", key="stage")
     assert [r["stage"] for r in rows] == [0, 1, 2]
     assert [r["amount"] for r in rows] == [0.0, 0.2, 0.4]
     for r in rows:
@@ -168,7 +168,7 @@ def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(t
     e = stopped.value
     assert (e.run_dir.name, e.epoch, e.batch, e.signum) == ("stage2-0.5", 1, 3, signal.SIGTERM)
     assert e.exit_code == 128 + signal.SIGTERM
-    assert len(read_metrics(tmp_path / "resumed" / "prune.csv")) == 2  # stage 0 and stage 1 done
+    assert len(read_metrics(tmp_path / "resumed" / "prune.csv", key="stage")) == 2  # stage 0 and stage 1 done
     assert not (tmp_path / "resumed" / "pruned.pth").exists()
     rows = prune_mod.run_prune(ckpt, tmp_path / "resumed", pcfg, device="cpu", log=lambda *_: None, **data)
     assert [r["stage"] for r in rows] == [0, 1, 2]
@@ -176,7 +176,7 @@ def test_an_interrupted_pruning_run_continues_to_the_weights_of_a_straight_one(t
     b = load_checkpoint(tmp_path / "resumed" / "pruned.pth")["model"]
     assert a.keys() == b.keys()
     assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point()) < 1e-5
-    straight_rows = read_metrics(tmp_path / "straight" / "prune.csv")
+    straight_rows = read_metrics(tmp_path / "straight" / "prune.csv", key="stage")
     assert [r["val_acc"] for r in rows] == pytest.approx([r["val_acc"] for r in straight_rows])
     # the same --output with other settings is refused, naming the record
     with pytest.raises(ConfigError, match="other settings"):

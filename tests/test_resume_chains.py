@@ -29,11 +29,12 @@ SUMMARY = ("epochs_run", "stopped_early", "final_epoch_val_acc", "best_val_acc",
            "best_reloaded_val_acc", "best_reloaded_val_loss")
 
 
-def chain_config(out: Path) -> TrainConfig:
-    # Every random stream the resume must carry: augmentation (DALI), Mixup/CutMix, drop path.
+def chain_config(out: Path, backend: str = "dali") -> TrainConfig:
+    # Every random stream the resume must carry: augmentation (DALI's, or the reference's per-sample seeds),
+    # Mixup/CutMix, drop path.
     return TrainConfig(dataset="synthetic", model="resnet20", batch_size=16, num_samples=96, epochs=EPOCHS,
                        lr=0.05, warmup_epochs=1.0, augment="weak", mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.5,
-                       drop_path=0.1, output=str(out), num_threads=1, patience=0, device="cpu")
+                       drop_path=0.1, output=str(out), num_threads=1, patience=0, device="cpu", backend=backend)
 
 
 class SignalAt:
@@ -59,23 +60,36 @@ class SignalAt:
             yield batch
 
 
-def signals(train=(), val=()):
-    """A build_run that wraps the run's loaders in SignalAt."""
+def signals(train=(), val=(), save=()):
+    """A build_run that wraps the run's loaders in SignalAt, and sends SIGINT as the checkpoint writes of this
+    process numbered in `save` (1-based) begin."""
 
     def build(cfg, **kwargs):
         run = run_mod.build_run(cfg, **kwargs)
         run.train_loader = SignalAt(run.train_loader, set(train), by_epoch=True)
         run.val_loader = SignalAt(run.val_loader, set(val), by_epoch=False)
+        if save:
+            write, writes = run.save, [0]
+
+            def signalled(name, state):
+                writes[0] += 1
+                if writes[0] in save:
+                    signal.raise_signal(signal.SIGINT)
+                write(name, state)
+
+            run.save = signalled
         return run
 
     return build
 
 
-def attempt(first: bool, out: Path, *, build=run_mod.build_run, stop=None, ema: bool = False) -> tuple[str, list[str]]:
+def attempt(first: bool, out: Path, *, build=run_mod.build_run, stop=None, ema: bool = False,
+            backend: str = "dali") -> tuple[str, list[str]]:
     """One process's worth of the run: `fit` first, `resume` after. Returns how it ended and what it logged.
     `ema`: the run keeps an EMA of its weights, updated every 2 steps (so an interrupt falls between updates)."""
     lines: list[str] = []
-    cfg = chain_config(out).replace(ema_decay=0.9, ema_every=2) if ema else chain_config(out)
+    cfg = chain_config(out, backend)
+    cfg = cfg.replace(ema_decay=0.9, ema_every=2) if ema else cfg
     try:
         if first:
             run_mod.fit(cfg, log=lines.append, build=build, stop=stop)
@@ -94,10 +108,23 @@ def deterministic_cells(path: Path) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("straight") / "run"
-    assert attempt(True, out)[0] == "finished"
-    return out
+def straight_runs(tmp_path_factory) -> dict[str, Path]:
+    """The uninterrupted run of each backend, trained when a test first asks for it."""
+    runs: dict[str, Path] = {}
+
+    def get(backend: str) -> Path:
+        if backend not in runs:
+            out = tmp_path_factory.mktemp(f"straight-{backend}") / "run"
+            assert attempt(True, out, backend=backend)[0] == "finished"
+            runs[backend] = out
+        return runs[backend]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def straight(straight_runs) -> Path:
+    return straight_runs("dali")
 
 
 T, V = "train", "val"
@@ -112,24 +139,40 @@ CHAINS = {
     "between_epochs": [({"stop": BATCHES + 1}, "interrupted"), ({"stop": BATCHES + 1}, "interrupted"),
                        ({"stop": BATCHES + 1}, "interrupted"), ({}, "finished")],
     "during_validation": [({V: [(0, 0)]}, "interrupted"), ({V: [(0, 1)]}, "interrupted"), ({}, "finished")],
+    # the first step of the run, and the last step of an epoch (the epoch is complete: it stops after it)
+    "first_step": [({T: [(0, 0)]}, "interrupted"), ({}, "finished")],
+    "last_step_of_an_epoch": [({T: [(0, BATCHES - 1)]}, "interrupted"), ({T: [(1, BATCHES - 1)]}, "interrupted"),
+                              ({}, "finished")],
+    # as the first checkpoint write of each process begins (epoch 1's best.pth; epoch 2's best.pth or last.pth)
+    "during_a_checkpoint_write": [({"save": (1,)}, "interrupted"), ({"save": (1,)}, "interrupted"),
+                                  ({}, "finished")],
     # resumed in epoch 2, the process's validation passes are: after epoch 2, after epoch 3, the final one
     "during_the_final_evaluation": [({T: [(1, 2)]}, "interrupted"), ({V: [(2, 0), (2, 1)]}, "aborted"),
                                     ({V: [(0, 0)]}, "finished")],
 }
 
 
-@pytest.mark.parametrize("case", list(CHAINS))
-def test_a_chain_of_interrupts_and_resumes_ends_exactly_where_the_straight_run_ends(tmp_path, straight,
-                                                                                     case) -> None:
+# The reference backend (DataLoader workers, per-sample seeds) at the positions where its state differs from DALI's:
+# nothing to carry but the epoch, workers to keep alive through a stop.
+TORCHVISION_CHAINS = ("first_epoch_mid_way", "last_step_of_an_epoch", "during_validation",
+                      "during_the_final_evaluation")
+
+
+@pytest.mark.parametrize(("backend", "case"), [("dali", c) for c in CHAINS] +
+                         [("torchvision", c) for c in TORCHVISION_CHAINS])
+def test_a_chain_of_interrupts_and_resumes_ends_exactly_where_the_straight_run_ends(tmp_path, straight_runs,
+                                                                                     backend, case) -> None:
+    straight = straight_runs(backend)
     out = tmp_path / "run"
     positions = []
     for k, (where, expected) in enumerate(CHAINS[case]):
         stop = StopAfter(where["stop"]) if "stop" in where else None
-        ended, lines = attempt(k == 0, out, build=signals(where.get(T, ()), where.get(V, ())), stop=stop)
+        build = signals(where.get(T, ()), where.get(V, ()), where.get("save", ()))
+        ended, lines = attempt(k == 0, out, build=build, stop=stop, backend=backend)
         assert ended == expected, (case, k, lines)
         if ended == "interrupted":
             state = load_checkpoint(out / "last.pth")
-            assert state["ranks"][0]["loader"]["backend"] == "dali"  # a second save in one epoch keeps it
+            assert state["ranks"][0]["loader"]["backend"] == backend  # a second save in one epoch keeps it
             positions.append((state["epoch"], state["batch"]))
         if ended == "aborted":
             assert not (out / "summary.json").exists()
@@ -137,6 +180,10 @@ def test_a_chain_of_interrupts_and_resumes_ends_exactly_where_the_straight_run_e
         assert positions == [(1, 2), (1, 4), (1, 5)]
     if case == "between_epochs":
         assert positions == [(1, 0), (2, 0), (3, 0)]
+    if case in ("last_step_of_an_epoch", "during_a_checkpoint_write"):
+        assert positions == [(1, 0), (2, 0)]  # each stop lands after its whole epoch
+    if case == "first_step":
+        assert positions == [(0, 1)]
     if case == "during_the_final_evaluation":
         assert any("arrived during the final evaluation" in line for line in lines), lines
 

@@ -166,7 +166,8 @@ def test_an_existing_run_is_never_overwritten(tmp_path) -> None:
     assert (out / "metrics.csv").read_text() == "precious\n" and (out / "last.pth").read_bytes() == b"a checkpoint"
     (out / "last.pth").unlink()  # some outputs of a run, but nothing to resume or restart it from
     code, text = invoke([*TINY, "--num-samples", "64", "--epochs", "1", "--output", str(out)])
-    assert code == 2 and "leftovers of a dali-train run (metrics.csv)" in text and "--resume" not in text
+    assert code == 2 and "holds a run's results (metrics.csv (unreadable)) but no last.pth" in text, text
+    assert "--resume" not in text
     assert (out / "metrics.csv").read_text() == "precious\n"
 
 

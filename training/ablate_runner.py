@@ -18,7 +18,7 @@ from dali_pipes import ConfigError, DaliTrainError, DataError
 
 from . import rundir
 from .ablate_studies import Study, arm_configs, skip_reason
-from .config import TrainConfig
+from .config import TrainConfig, absolute_paths
 from .state import TrainState
 
 NOT_COMPARED = ("output", "num_threads")  # may differ between the run on disk and this invocation
@@ -47,7 +47,7 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _check_same(run_dir: Path, cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    wanted = cfg.to_dict()
+    wanted = absolute_paths(cfg).to_dict()  # as fit saved it
     # an option missing from config.yaml came after the run was made; it ran with that option's default
     saved = {**TrainConfig().to_dict(), **saved}
     diffs = [k for k in wanted if k not in NOT_COMPARED and saved[k] != wanted[k]]
@@ -63,6 +63,9 @@ def _clear_partial(run_dir: Path) -> bool:
     kind = rundir.classify(run_dir)
     if kind == rundir.EMPTY:
         return False
+    if kind == rundir.RESULTS_ONLY:
+        raise DataError(f"{run_dir} holds a run's results ({rundir.results(run_dir)}) but no last.pth; nothing was "
+                        f"deleted — continue it with dali-train --resume {run_dir}, or choose another --output")
     if kind == rundir.FOREIGN:
         raise ConfigError(f"{run_dir} holds files that are not an unfinished dali-train run "
                           f"({rundir.listing(run_dir)}); move them away or choose another --output")

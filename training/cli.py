@@ -124,7 +124,8 @@ _PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def _run_guarded(fn: Callable[[], Any], *,
-                 second_interrupt: str = "aborted by a second interrupt; last.pth holds the last completed epoch",
+                 second_interrupt: str = "aborted by a second interrupt without saving; last.pth is as it was last "
+                                         "written (the last finished epoch, or where an earlier stop saved it)",
                  interrupt: str = "interrupted; what was saved before is kept (rerun the command, or --resume a run "
                                   "directory that holds last.pth)") -> Any:
     """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal.
@@ -143,8 +144,9 @@ def _run_guarded(fn: Callable[[], Any], *,
         _fail(str(e), 2)
     except DaliTrainError as e:
         _fail(str(e), 1)
-    except SecondSignal:
-        _fail(second_interrupt, 130)
+    except SecondSignal as e:
+        resume = f"; continue with: dali-train --resume {e.run_dir}" if e.run_dir is not None else ""
+        _fail(second_interrupt + resume, 128 + e.signum)
     except KeyboardInterrupt:
         _fail(interrupt, 130)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from dali_pipes import BACKENDS, DATASETS, ConfigError, resolve_augment
@@ -119,6 +121,12 @@ class TrainConfig:
         if changes.get("opt", self.opt) != self.opt:
             changes = {**{name: None for name in ("lr", "momentum", "weight_decay", "nesterov")}, **changes}
         return replace(self, **changes)
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its data directory made absolute (``~`` expanded), as a new run saves it: a resume from another
+    working directory must read the data the run started on, not whatever lies at ``./data`` there."""
+    return cfg.replace(data_dir=os.path.normpath(Path(cfg.data_dir).expanduser().absolute()))
 
 
 def _validate(c: TrainConfig) -> None:

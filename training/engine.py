@@ -96,7 +96,9 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     ``nonfinite_images`` their samples), ``correct``, ``images``, ``steps`` (optimizer steps taken, skipped ones
     included) and ``position`` (the batch position reached in the epoch, the `skip` batches drawn included) —
     fewer than the epoch has when `should_stop()` turned true (SIGINT/SIGTERM): the step in flight finishes, the
-    rest is left.
+    rest is left. A stop asked at the epoch's last batch lets the iteration end by itself: a loader records its
+    end-of-epoch state (DALI's draws carry on into the next epoch) only when its iterator is exhausted, not when it
+    is abandoned after its last batch.
     Train accuracy counts the dominant label of each (possibly mixed) target. `on_progress(position, stats)` gets
     the running means of this call every `log_every` batches (``loss``, ``acc``, and ``images``, the count the loss
     is a mean over);
@@ -117,6 +119,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     data_time = 0.0
     start = time.perf_counter()
     fetch_start = start
+    total = len(batches) if hasattr(batches, "__len__") else None
     for images, labels in batches:
         position += 1
         if position <= skip:
@@ -148,7 +151,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
             finite = seen - int(nonfinite_images.item())  # the loss is a mean over the steps whose loss was finite
             on_progress(position, {"loss": (loss_sum / max(finite, 1)).item(), "acc": (correct / max(seen, 1)).item(),
                                    "images": finite})
-        if should_stop():
+        if should_stop() and position != total:
             break
         fetch_start = time.perf_counter()
     if dev.type == "cuda":

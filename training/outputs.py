@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from dali_pipes import DaliTrainError
+from dali_pipes import DaliTrainError, DataError
 
 from .config import TrainConfig
 
@@ -47,8 +47,16 @@ def write_rows(path: Path, rows: list[dict], fields: tuple[str, ...] = METRIC_FI
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise write_error(path, e) from None
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a temp file after a failed write; a folder that refuses that too (read-only) keeps the first error."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_text(path: Path, text: str) -> None:
@@ -58,7 +66,7 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise write_error(path, e) from None
 
 
@@ -81,11 +89,25 @@ def _cell(text: str | None) -> int | float:
         return float(text)
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path, key: str = "epoch") -> list[dict]:
+    """The rows of a metrics CSV written by write_rows ([] when there is none), one per `key` (its first column); a
+    damaged one (not text, no `key` column, a cell that is not a number, a row of another width) is a one-line
+    DataError naming the file."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows, reader = [], csv.DictReader(f)
+            if reader.fieldnames is not None and key not in reader.fieldnames:
+                raise ValueError(f"no {key} column")
+            for row in reader:
+                if None in row or None in row.values():  # more cells than the header names, or fewer
+                    raise ValueError(f"row {len(rows) + 1} does not fit the header")
+                rows.append({k: _cell(v) for k, v in row.items()})
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise DataError(f"{path}: unreadable ({reason})") from None
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -109,8 +131,12 @@ def plot_curves(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise write_error(path, e) from None
+    finally:
+        plt.close(fig)
 
 
 def epoch_line(cfg: TrainConfig, row: dict) -> str:

@@ -150,7 +150,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     stage_cfg = base_cfg.replace(epochs=max(pcfg.finetune_epochs, 1), lr=pcfg.finetune_lr, warmup_epochs=0.0,
                                  patience=0, compile=False, output="", ema_decay=0.0)
     csv_path = output / "prune.csv"
-    rows = read_metrics(csv_path)
+    rows = read_metrics(csv_path, key="stage")
     method = pcfg.method
 
     def load_into(weights: dict[str, torch.Tensor]):
@@ -201,7 +201,9 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
                 with (stop if stop is not None else StopSignal()) as flag:
                     train_epochs(run, flag, log=lambda line, tag=tag: log(f"{tag}: {line}"))
             except Interrupted as e:
-                raise Interrupted(f"dali-prune stopped in stage {stage} ({e}); run the same dali-prune command "
+                # the stage's own "dali-train --resume" line would not continue the pruning: only this command does
+                raise Interrupted(f"dali-prune stopped in stage {stage} ({e.where()}; its last.pth is saved); run "
+                                  "the same dali-prune command "
                                   "again to continue from there", e.exit_code, run_dir=e.run_dir, epoch=e.epoch,
                                   batch=e.batch, signum=e.signum) from None
             run.model.load_state_dict(load_checkpoint(stage_dir / "best.pth")["model"])

@@ -6,18 +6,51 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
 from dali_pipes import ConfigError, DataError
 
 from .checkpoint import checkpoint_config, load_checkpoint
 from .config import TrainConfig
+from .outputs import read_metrics
 from .state import TrainState
 
 
 def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a resume of `path` continues from: a file as given, a run directory's last.pth; a folder
+    that lost its last.pth continues from best.pth only when best.pth is its latest epoch (read_resume_state
+    refuses it otherwise)."""
     path = Path(path)
-    return path / "last.pth" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    last, best = path / "last.pth", path / "best.pth"
+    return best if not last.exists() and best.is_file() else last
+
+
+def _beyond(ckpt_path: Path, progress: TrainState) -> str | None:
+    """What the checkpoint's folder holds beyond the checkpoint's position (a later last.pth, metrics.csv rows or a
+    summary.json of later epochs), in words; None when nothing. A resume from `ckpt_path` would overwrite that."""
+    run_dir, here = ckpt_path.parent, (progress.epoch, progress.batch)
+    if ckpt_path.name == "last.pth":  # the folder's own position; a metrics row beyond it is its epoch in flight
+        return None
+    last = run_dir / "last.pth"
+    if last.is_file():
+        later = TrainState.from_dict(load_checkpoint(last))
+        if (later.epoch, later.batch) > here:
+            return f"{last} is at epoch {later.epoch}" + (f" batch {later.batch}" if later.batch else "")
+    try:
+        rows = read_metrics(run_dir / "metrics.csv")
+    except DataError:
+        return f"{run_dir / 'metrics.csv'} is unreadable, so what it holds cannot be kept"
+    epochs = [int(r["epoch"]) for r in rows if r["epoch"] == r["epoch"]]  # nan: an empty cell
+    if epochs and max(epochs) > progress.epoch:
+        return f"metrics.csv has epochs up to {max(epochs)}"
+    try:
+        ran = int(json.loads((run_dir / "summary.json").read_text())["epochs_run"])
+    except (OSError, ValueError, TypeError, KeyError):
+        ran = 0
+    return f"summary.json reports {ran} epochs" if ran > progress.epoch else None
 
 
 def read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig, dict, bool]:
@@ -27,7 +60,21 @@ def read_resume_state(ckpt_path: Path, epochs: int | None) -> tuple[TrainConfig,
     if "ranks" not in state:
         raise DataError(f"{ckpt_path}: not a resumable dali-train checkpoint (no per-rank state); start a new run")
     _same_run(ckpt_path, cfg)
+    weights = state["model"].items() if isinstance(state["model"], dict) else ()
+    bad = [k for k, v in weights if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:  # training on from nan weights only diverges: no option of this run helps
+        raise DataError(f"{ckpt_path}: {len(bad)} of its weight tensors hold inf/nan (e.g. {bad[0]}); it cannot be "
+                        "resumed — start a new run (from an earlier checkpoint of this run, copied into a new "
+                        "folder as last.pth, if there is one)")
     progress = TrainState.from_dict(state)
+    beyond = _beyond(ckpt_path, progress)
+    if beyond is not None:
+        at = f"epoch {progress.epoch}" + (f" batch {progress.batch}" if progress.batch else "")
+        missing = "" if (ckpt_path.parent / "last.pth").exists() else "its last.pth is missing and "
+        raise DataError(f"--resume {ckpt_path}: {missing}this checkpoint is at {at}, behind the run's results "
+                        f"({beyond}); continuing from it would overwrite them, so nothing was changed. Resume the "
+                        f"run's last.pth, or branch from this checkpoint in a new folder (copy it there as "
+                        f"last.pth and --resume that folder)")
     if epochs is not None:
         if epochs < progress.epoch + (1 if progress.batch else 0):
             raise ConfigError(f"--epochs={epochs} is invalid: the run already trained {progress.epoch} epochs")

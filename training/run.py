@@ -23,7 +23,7 @@ from dali_pipes.config import describe_augment
 
 from . import distributed, rundir
 from .checkpoint import chosen_weights, load_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, absolute_paths
 from .ema import evaluate_ema
 from .engine import evaluate, train_one_epoch
 from .factory import build_model, create_loaders, lr_factor, resolve_amp_dtype, resolve_device, step_context
@@ -97,7 +97,9 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
     cfg, metrics_path, main = run.cfg, run.run_dir / "metrics.csv", run.world.is_main
     log = log if main else (lambda *_: None)
     state = run.state
-    rows = [r for r in read_metrics(metrics_path) if r["epoch"] <= state.epoch] if main else []
+    rows = run.history
+    if main:
+        _reconcile_metrics(run, log)
     monitor = ResourceMonitor(run.device)
     poll = _stop_poll(stop, run)
     new_run = state.step == 0 and state.batch == 0
@@ -170,6 +172,33 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
                                  signum=stop.signum)
 
 
+def _reconcile_metrics(run: Run, log) -> None:
+    """metrics.csv is an output, the checkpoint's history the truth: a resumed run whose metrics.csv was deleted,
+    damaged or edited gets it rewritten from the history, with a line that says so. Rows beyond the checkpoint
+    (an epoch written to metrics.csv just before a kill stopped its last.pth) are the epoch about to be retrained."""
+    path, fields = run.run_dir / "metrics.csv", METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ())
+    if not run.history and not path.exists():
+        return
+    try:
+        found = [r for r in read_metrics(path) if r["epoch"] <= run.state.epoch]
+        why = None if _same_rows(found, run.history) else \
+            "missing" if not path.exists() else f"holds {len(found)} of its {len(run.history)} epochs or other values"
+    except DataError as e:
+        why = str(e).split(": ", 1)[-1]
+    if why is None:
+        return
+    write_rows(path, run.history, fields)
+    log(f"note: {path} was {why}; rewritten from the checkpoint's history ({len(run.history)} epochs)")
+
+
+def _same_rows(found: list[dict], history: list[dict]) -> bool:
+    def same(a, b) -> bool:
+        return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # nan == nan
+
+    return len(found) == len(history) and all(same(f.get(k), v) for f, h in zip(found, history)
+                                              for k, v in h.items())
+
+
 def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool = True,
            stop: StopSignal | None = None, build: Callable[..., Run] = build_run) -> dict:
     started = time.time()
@@ -198,6 +227,9 @@ def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None,
                 log(f"{signal.Signals(final.signum).name} arrived during the final evaluation, which completed: "
                     "the run is finished")
             return summary
+    except SecondSignal as e:
+        e.run_dir = run.run_dir if run is not None and (run.run_dir / "last.pth").is_file() else None
+        raise
     finally:
         if run is not None and run.lock is not None:
             run.lock.release()
@@ -210,7 +242,7 @@ def fit(cfg: TrainConfig, *, log=print, stop: StopSignal | None = None,
 
     `stop` is polled after every step (default: a StopSignal on SIGINT/SIGTERM); `build` makes the Run from the
     config (build_run; a caller may wrap it, to watch the run's loaders for instance)."""
-    return _train(cfg, resume_state=None, run_dir=None, log=log, stop=stop, build=build)
+    return _train(absolute_paths(cfg), resume_state=None, run_dir=None, log=log, stop=stop, build=build)
 
 
 def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: StopSignal | None = None,
@@ -225,8 +257,12 @@ def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: Stop
     run_dir = path if path.is_dir() else path.parent if path.is_file() else None
     lock = RunDirLock(run_dir).acquire() if run_dir is not None and distributed.launched_rank() == 0 else None
     try:
-        if path.is_dir() and not (path / "last.pth").exists():
-            kind = rundir.classify(path, "--resume")
+        kind = rundir.classify(path, "--resume") if path.is_dir() and not (path / "last.pth").exists() else None
+        if kind == rundir.RESULTS_ONLY and not (path / "best.pth").is_file():
+            raise DataError(f"--resume {path}: it holds a run's results ({rundir.results(path)}) but no last.pth or "
+                            "best.pth to continue from; nothing was changed. Restore last.pth, or start a new run "
+                            "with another --output")
+        if kind not in (None, rundir.RESULTS_ONLY):
             if kind != rundir.UNSTARTED:
                 held = ", it is empty" if kind == rundir.EMPTY else f"; it holds {rundir.listing(path)}"
                 raise DataError(f"--resume {path}: not a dali-train run (no last.pth or config.yaml{held}); pass a "
@@ -239,6 +275,9 @@ def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: Stop
             return _train(cfg, resume_state=None, run_dir=path, log=log, stop=stop, build=build)
         ckpt_path = find_checkpoint(path)
         cfg, state, finish_only = read_resume_state(ckpt_path, epochs)
+        if ckpt_path.name != "last.pth":
+            log(f"note: continuing {ckpt_path.parent} from {ckpt_path.name} (epoch {int(state['epoch'])}, the "
+                "latest its folder holds)")
         return _train(cfg, resume_state=state, run_dir=ckpt_path.parent, log=log, train=not finish_only,
                       stop=stop, build=build)
     finally:
@@ -260,7 +299,7 @@ def finish(run: Run, started: float, log=print) -> dict:
                                                    val["val_acc"] * val["val_images"], val["val_images"]],
                                                   run.world, run.device)
     val = {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1)}
-    rows = read_metrics(run.run_dir / "metrics.csv") if main else []
+    rows = run.history
     # One number per rank that any difference in weights would change: data-parallel ranks must agree exactly.
     checksums = distributed.gather(sum(float(p.detach().double().sum()) for p in run.model.parameters()),
                                    run.world)

@@ -1,8 +1,9 @@
 """The run directory: what a folder holds, and one writer at a time.
 
-A folder is empty, a run (last.pth), a run stopped before its first checkpoint (config.yaml, no last.pth: nothing
-to resume, everything to restart it), leftovers of a run (some of its outputs, neither of those two), or not a
-dali-train run. One process writes a run directory at a time: it
+A folder is empty, a run (last.pth), a run stopped before its first checkpoint (config.yaml and nothing an epoch
+produces: nothing to resume, everything to restart it), a run's results without its last.pth (best.pth,
+metrics.csv, summary.json or curves.png: removed to save space, or lost — never restarted over, that would delete
+them), leftovers of a run (temp files, events, first_batch.png: none of those), or not a dali-train run. One process writes a run directory at a time: it
 holds an flock on LOCK_NAME inside it, which the kernel drops when the process ends however it ends (kill -9
 included), so a crashed run never leaves its directory locked.
 """
@@ -30,8 +31,11 @@ LOCK_NAME = ".dali-train.lock"
 OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png")
 _TEMP = re.compile(r"^(metrics\.csv\.tmp|\.(last|best)\.pth\..+\.tmp|\.(config\.yaml|summary\.json)\.tmp)$")
 EVENTS = re.compile(r"^events\.out\.tfevents\..+$")  # TensorBoard's event files (tensorboard_log.py)
+# What only a finished epoch writes: a folder holding one of these holds results, whatever else is missing.
+RESULTS = ("best.pth", "metrics.csv", "summary.json", "curves.png")
 
-EMPTY, RUN, UNSTARTED, LEFTOVERS, FOREIGN = "empty", "run", "unstarted", "leftovers", "foreign"
+EMPTY, RUN, RESULTS_ONLY, UNSTARTED, LEFTOVERS, FOREIGN = \
+    "empty", "run", "results-only", "unstarted", "leftovers", "foreign"
 
 
 def _entries(path: Path) -> list[str]:
@@ -43,8 +47,8 @@ def _ours(name: str) -> bool:
 
 
 def classify(path: Path, option: str = "--output") -> str:
-    """EMPTY (or missing), RUN, UNSTARTED, LEFTOVERS or FOREIGN; a path that is a file is a ConfigError naming
-    `option`."""
+    """EMPTY (or missing), RUN, RESULTS_ONLY, UNSTARTED, LEFTOVERS or FOREIGN; a path that is a file is a
+    ConfigError naming `option`."""
     if not path.exists():
         return EMPTY
     if not path.is_dir():
@@ -54,6 +58,8 @@ def classify(path: Path, option: str = "--output") -> str:
         return EMPTY
     if "last.pth" in names:
         return RUN
+    if any(n in RESULTS for n in names):
+        return RESULTS_ONLY
     if "config.yaml" in names:
         return UNSTARTED
     return LEFTOVERS if all(_ours(n) for n in names) else FOREIGN
@@ -78,9 +84,29 @@ def make(path: Path) -> None:
             from None
 
 
+def results(path: Path) -> str:
+    """What results `path` holds, in words ("best.pth, metrics.csv (5 epochs), summary.json"), for a refusal."""
+    from .outputs import read_metrics  # outputs imports nothing of ours that imports rundir
+
+    held = []
+    for name in RESULTS:
+        if not (path / name).is_file():
+            continue
+        if name == "metrics.csv":
+            try:
+                name += f" ({len(read_metrics(path / name))} epochs)"
+            except DaliTrainError:
+                name += " (unreadable)"
+        held.append(name)
+    return ", ".join(held)
+
+
 def clear_outputs(path: Path, *, keep: tuple[str, ...] = ()) -> None:
     """Remove what a run stopped before its first checkpoint wrote (outputs and temp files but `keep`), nothing
-    else."""
+    else. A folder holding results (RESULTS_ONLY, RUN) is refused: its results are never deleted here."""
+    kind = classify(path)
+    if kind in (RUN, RESULTS_ONLY):
+        raise ConfigError(f"{path} holds a run's results ({results(path)}); nothing was deleted")
     for name in _entries(path):
         if name not in keep and _ours(name) and (path / name).is_file():
             (path / name).unlink()
@@ -129,7 +155,10 @@ class RunDirLock:
         """Remove the file while still holding it (the next process re-checks the path), then drop the lock."""
         if self._fd is None:
             return
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # a folder gone read-only: the file stays, and the next process flocks it as usual
+            pass
         os.close(self._fd)
         self._fd = None
 
@@ -154,6 +183,9 @@ def new_run_dir(cfg: TrainConfig, world: World) -> tuple[Path, RunDirLock | None
             if kind == RUN:
                 raise ConfigError(f"--output {run_dir} already holds a run; continue it with --resume {run_dir}, "
                                   "or choose another --output")
+            if kind == RESULTS_ONLY:
+                raise ConfigError(f"--output {run_dir} holds a run's results ({results(run_dir)}) but no last.pth; "
+                                  "choose another --output")
             if kind == UNSTARTED:
                 raise ConfigError(f"--output {run_dir} holds a run stopped before its first checkpoint "
                                   f"(config.yaml, no last.pth); start it over from its saved config with "

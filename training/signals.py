@@ -1,8 +1,9 @@
-"""Signals: the first SIGINT/SIGTERM becomes a flag the training loop polls (a safe stop that saves last.pth), a
+"""Signals: the first SIGINT/SIGTERM/SIGHUP becomes a flag the training loop polls (a safe stop that saves last.pth), a
 second one aborts at once; and the typed errors a stopped or diverged run raises."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -64,11 +65,34 @@ class Diverged(DaliTrainError):
 
 
 class SecondSignal(KeyboardInterrupt):
-    """A second SIGINT/SIGTERM while a StopSignal is installed: stop at once, without saving."""
+    """A second stop signal while a StopSignal is installed: stop at once, without saving. `run_dir` is the run
+    whose last.pth is left as it was last written (set by the code that knows the run)."""
+
+    run_dir: Path | None = None
+    signum: int = signal.SIGINT
+
+
+# SIGHUP is what a closed ssh session or terminal sends: a stop like SIGTERM, not a kill that loses the epoch.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _detach_from_terminal() -> None:
+    """After SIGHUP the terminal is gone and a write to it fails (EIO): the console lines of the rest of the run
+    go to /dev/null, as under nohup, so that the run can still save its stop."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.isatty():
+                stream.flush()
+                os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):  # closed, or not a real file: nothing to detach
+            pass
+    os.close(devnull)
 
 
 class StopSignal:
-    """Turns the first SIGINT/SIGTERM into a flag the loop polls after each step; a second one aborts at once."""
+    """Turns the first SIGINT/SIGTERM/SIGHUP into a flag the loop polls after each step; a second one aborts at
+    once."""
 
     note = "finishing the current step, then saving last.pth (send it again to abort without saving)"
 
@@ -77,17 +101,24 @@ class StopSignal:
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
         if self.signum is not None:
-            raise SecondSignal
+            second = SecondSignal()
+            second.signum = signum
+            raise second
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: {self.note}", file=sys.stderr, flush=True)
+        try:
+            print(f"\n{signal.Signals(signum).name}: {self.note}", file=sys.stderr, flush=True)
+        except OSError:  # the terminal went away
+            pass
 
     def is_set(self) -> bool:
         return self.signum is not None
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in STOP_SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 

@@ -87,6 +87,9 @@ class Run:
     lock: RunDirLock | None = None  # held from the creation of a new run directory (rank 0)
     loader_state: dict = field(default_factory=dict)  # the train loader's state at the start of the epoch in progress
     epoch_so_far: dict = field(default_factory=dict)  # this rank's figures of the epoch in progress (_epoch_totals)
+    # metrics.csv's rows, one per finished epoch: the checkpoint carries them, so the history a resume continues is
+    # the checkpoint's, whatever happened to metrics.csv (an output, rewritten from this)
+    history: list[dict[str, int | float]] = field(default_factory=list)
 
     def rank_state(self) -> dict[str, Any]:
         """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
@@ -100,6 +103,24 @@ class Run:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
+    def data_identity(self) -> dict[str, Any]:
+        """The data this run trains and validates on (sources.fingerprint of each split)."""
+        return {"train": self.train_loader.fingerprint(), "val": self.val_loader.fingerprint()}
+
+    def _check_data(self, saved: Any) -> None:
+        """Refuse a resume whose data is not the data the run started on (moved, replaced or edited since)."""
+        now = self.data_identity()
+        for split in ("train", "val"):
+            was, found = (saved or {}).get(split) or {}, now[split]
+            if was == found:
+                continue
+            what = (f"{was.get('samples')} samples then, {found['samples']} now"
+                    if was.get("samples") != found["samples"] else
+                    f"classes {was.get('classes')} then, {found['classes']} now"
+                    if was.get("classes") != found["classes"] else "the same size and classes, other contents")
+            raise DataError(f"{self.run_dir}: the {split} data at {self.cfg.data_dir} is not the data this run "
+                            f"trained on ({what}); put the run's data back there, or start a new run")
+
     def load_state(self, state: dict[str, Any]) -> None:
         """The inverse of :meth:`checkpoint` (and of :meth:`rank_state` for this rank): every key is read back
         here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule;
@@ -109,6 +130,7 @@ class Run:
                               f"{self.world.size}; resume with the same number (torchrun --nproc_per_node / "
                               "--nnodes)")
         mine = state["ranks"][self.world.rank]
+        self._check_data(state.get("data"))
         try:
             self.model.load_state_dict(state["model"])
             self.ctx.optimizer.load_state_dict(state["optimizer"])
@@ -117,6 +139,7 @@ class Run:
             if self.ctx.ema is not None:  # a run with --ema-decay wrote "ema" into every checkpoint
                 self.ctx.ema.load_state_dict(state["ema"])
             self.train_loader.load_state_dict(mine["loader"])
+            history = [dict(row) for row in state["history"]]
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise DataError(f"{self.run_dir}: the checkpoint does not match its own config ({str(e)[:160]}); "
                             "it was edited or written by another version — start a new run") from None
@@ -124,6 +147,7 @@ class Run:
         self.loader_state = mine["loader"]
         self.epoch_so_far = dict(mine.get("epoch_so_far") or {})
         self.state = TrainState.from_dict(state)
+        self.history = history
         torch.set_rng_state(mine["torch_rng"])
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
@@ -140,6 +164,9 @@ class Run:
             "scaler": self.ctx.scaler.state_dict(),
             **({"ema": self.ctx.ema.state_dict()} if self.ctx.ema is not None else {}),
             **self.state.to_dict(),
+            "data": self.data_identity(),
+            # plain numbers only: a checkpoint is read with weights_only, which refuses numpy scalars
+            "history": [{k: v if isinstance(v, int) else float(v) for k, v in row.items()} for row in self.history],
             "ranks": distributed.gather(self.rank_state(), self.world),
         }
 
