@@ -176,3 +176,73 @@ def test_a_binary_config_file_is_one_line(tmp_path) -> None:
     (run / "config.yaml").write_bytes(b"\xff\xfe\x00binary")  # a run folder whose config.yaml was overwritten
     code, text = invoke(["--resume", str(run)])
     assert code == 1 and "config.yaml: unreadable" in text and "Traceback" not in text, text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Second pass (#25): tracebacks where one line is promised
+
+
+def _encoded(fmt: str, seed: int = 1) -> bytes:
+    """A valid 20x24 image file of random pixels: compression leaves long image data to damage."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _png_with_damaged_idat() -> bytes:
+    """Zeros inside the deflate stream, the chunk's CRC recomputed: the listing's structure walk keeps the file."""
+    import struct
+    import zlib
+
+    data = bytearray(_encoded("PNG"))
+    at = data.index(b"IDAT")
+    length = int.from_bytes(data[at - 4:at], "big")
+    data[at + 14:at + 44] = bytes(30)
+    data[at + 4 + length:at + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + length])))
+    return bytes(data)
+
+
+def _jpeg_with_bogus_huffman_table() -> bytes:
+    data = bytearray(_encoded("JPEG"))
+    at = data.index(b"\xff\xc4")  # DHT: marker, length (2), class/id (1), 16 counts of codes per length
+    data[at + 5:at + 21] = b"\xff" * 16  # more codes than the bit lengths can hold
+    return bytes(data)
+
+
+def _jpeg_with_damaged_scan() -> bytes:
+    data = bytearray(_encoded("JPEG"))
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    data[start + 20:start + 60] = bytes(range(40))  # no 0xFF: the markers stay intact, the Huffman codes do not
+    return bytes(data)
+
+
+def _folder_with(root, name: str, data: bytes):
+    from conftest import write_image_folder
+
+    write_image_folder(root, classes=("a", "b"), per_class=3, shape=(20, 24), ext=name.rsplit(".", 1)[1])
+    (root / "train" / "b" / name).write_bytes(data)
+    return root / "train" / "b" / name
+
+
+FOLDER = ["--dataset", "folder", "--model", "resnet20", "--batch-size", "4", "--num-threads", "1", "--image-size",
+          "16", "--no-channels-last", "--backend", "dali", "--device", "cpu", "--epochs", "1"]
+
+
+@pytest.mark.parametrize(("name", "make"), [("bad.png", _png_with_damaged_idat),
+                                            ("bad.jpg", _jpeg_with_bogus_huffman_table)])
+def test_damaged_image_data_in_the_dali_training_split_is_one_line_naming_the_file(tmp_path, name, make) -> None:
+    bad = _folder_with(tmp_path / "ds", name, make())
+    # "weak" crops at random: on a folder the crop is DALI's decoder fused with the random-resized crop
+    code, text = invoke([*FOLDER, "--data-dir", str(tmp_path / "ds"), "--augment", "weak",
+                         "--output", str(tmp_path / "run")])
+    assert code == 1, text
+    (line,) = [t for t in text.splitlines() if t.startswith("error:")]
+    assert line.startswith(f"error: cannot decode image {bad}: ") and "corrupt" in line, text
+    assert "Traceback" not in text and "Current pipeline object" not in text, text
