@@ -246,3 +246,11 @@ def test_damaged_image_data_in_the_dali_training_split_is_one_line_naming_the_fi
     (line,) = [t for t in text.splitlines() if t.startswith("error:")]
     assert line.startswith(f"error: cannot decode image {bad}: ") and "corrupt" in line, text
     assert "Traceback" not in text and "Current pipeline object" not in text, text
+
+
+@pytest.mark.parametrize("seed", [str(2**64), "-1"])
+def test_a_seed_outside_torchs_range_is_refused_naming_the_range(seed) -> None:
+    code, text = invoke([*TINY, "--seed", seed])
+    assert code == 2, text
+    assert text.strip() == f"error: --seed={seed} is invalid: expected an integer in [0, {2**64 - 1}] (torch's " \
+        "seeds are unsigned 64-bit)", text

@@ -17,10 +17,11 @@ def invalid(label: str, value: Any, rule: str) -> ConfigError:
     return ConfigError(f"{label}={value!r} is invalid: {rule}")
 
 
-def check_int(label: str, value: Any, lo: int, *, note: str = "") -> None:
-    """An int (not a bool) >= `lo`; `note` follows the rule ("(0: prune only)")."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise invalid(label, value, f"expected an integer >= {lo}" + (f" {note}" if note else ""))
+def check_int(label: str, value: Any, lo: int, hi: int | None = None, *, note: str = "") -> None:
+    """An int (not a bool) >= `lo` (and <= `hi` when given); `note` follows the rule ("(0: prune only)")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise invalid(label, value, f"expected an integer {bound}" + (f" {note}" if note else ""))
 
 
 def check_number(label: str, value: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False,
