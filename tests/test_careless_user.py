@@ -254,3 +254,51 @@ def test_a_seed_outside_torchs_range_is_refused_naming_the_range(seed) -> None:
     assert code == 2, text
     assert text.strip() == f"error: --seed={seed} is invalid: expected an integer in [0, {2**64 - 1}] (torch's " \
         "seeds are unsigned 64-bit)", text
+
+
+def _laughs(levels: int) -> str:
+    """YAML whose last alias stands for 10**levels strings ("billion laughs" at 9 levels, here kept small enough
+    that code without the refusal still ends, with an error line megabytes long)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 10)}]" for k in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nlr: *l{levels}\n"
+
+
+def test_yaml_aliases_are_refused_in_one_line_wherever_a_file_is_read(tmp_path) -> None:
+    from training import ablate
+
+    config = tmp_path / "laughs.yaml"
+    config.write_text(_laughs(5))
+    code, text = invoke(["--config", str(config)])
+    assert code == 2 and text.strip() == f"error: --config {config}: line 1: YAML anchor &l0: anchors and aliases " \
+        "are not accepted (a few of them can expand to billions of values); write the values out", text
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(_laughs(5))  # a run folder whose config.yaml was replaced
+    code, text = invoke(["--resume", str(run)])
+    assert code == 1 and "config.yaml: unreadable (line 1: YAML anchor &l0" in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    study = tmp_path / "study.yaml"
+    study.write_text("arms:\n  a: &base {lr: 0.1}\n  b: *base\n")
+    result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--output", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "line 2: YAML anchor &base" in result.output, result.output
+    code, text = invoke([*TINY, "--aug", "rrc_scale=[&a 0.5, *a]"])
+    assert code == 2 and "--aug 'rrc_scale=[&a 0.5, *a]': line 1: YAML anchor &a" in text, text
+
+
+def test_an_option_given_twice_in_a_yaml_file_is_refused_naming_it(tmp_path) -> None:
+    from training import ablate
+
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.1\nepochs: 3\nlr: 0.5\n")
+    code, text = invoke(["--config", str(config)])
+    assert code == 2 and text.strip() == f"error: --config {config}: key 'lr' is given twice (lines 1 and 3); " \
+        "keep one", text
+    config.write_text("batch-size: 8\nbatch_size: 16\n")  # one option in two spellings
+    code, text = invoke(["--config", str(config)])
+    assert code == 2 and text.strip() == f"error: --config {config}: option batch_size is given twice (as " \
+        "'batch-size' and 'batch_size'); keep one", text
+    study = tmp_path / "study.yaml"
+    study.write_text("arms:\n  a: {lr: 0.1}\n  a: {lr: 0.2}\n")
+    result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--output", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "key 'a' is given twice (lines 2 and 3)" in result.output, result.output
