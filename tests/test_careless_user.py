@@ -302,3 +302,26 @@ def test_an_option_given_twice_in_a_yaml_file_is_refused_naming_it(tmp_path) -> 
     study.write_text("arms:\n  a: {lr: 0.1}\n  a: {lr: 0.2}\n")
     result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--output", str(tmp_path / "s")])
     assert result.exit_code == 2 and "key 'a' is given twice (lines 2 and 3)" in result.output, result.output
+
+
+def test_preview_output_is_checked_before_drawing_and_the_file_written_is_the_one_reported(tmp_path) -> None:
+    from training.preview import command
+
+    def preview(output: str) -> tuple[int, str]:
+        result = CliRunner().invoke(command(), ["--dataset", "synthetic", "--backend", "torchvision", "--draws", "1",
+                                                "--num-images", "2", "--augment", "weak", "--output", output])
+        return result.exit_code, result.output
+
+    code, text = preview(str(tmp_path / "grid.pth"))
+    assert code == 2 and text.strip() == f"error: --output {tmp_path / 'grid.pth'}: cannot write a grid as '.pth'; " \
+        "give a name ending in .png, .jpg, .jpeg, .pdf, .svg", text
+    (tmp_path / "afile").write_text("")
+    code, text = preview(str(tmp_path / "afile" / "grid.png"))  # its folder would be a file
+    assert code == 2 and text.startswith(f"error: --output {tmp_path / 'afile' / 'grid.png'}: cannot create its "
+                                         "folder") and len(text.splitlines()) == 1, text
+    code, text = preview(str(tmp_path / ("x" * 300 + ".png")))  # the write itself fails (a name too long)
+    assert code == 1 and text.startswith("error: --output ") and "cannot write the grid" in text, text
+    assert len(text.splitlines()) == 1, text
+    code, text = preview(str(tmp_path / "bare"))
+    assert code == 0 and text.startswith(f"wrote {tmp_path / 'bare.png'}: "), text
+    assert (tmp_path / "bare.png").stat().st_size > 0 and not (tmp_path / "bare").exists()
