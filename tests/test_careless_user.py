@@ -325,3 +325,31 @@ def test_preview_output_is_checked_before_drawing_and_the_file_written_is_the_on
     code, text = preview(str(tmp_path / "bare"))
     assert code == 0 and text.startswith(f"wrote {tmp_path / 'bare.png'}: "), text
     assert (tmp_path / "bare.png").stat().st_size > 0 and not (tmp_path / "bare").exists()
+
+
+def _checkpoint_with_a_nan_weight(path) -> None:
+    """What a diverged run leaves: a valid checkpoint of resnet20 on synthetic data whose weights hold nan."""
+    from training.checkpoint import save_checkpoint
+    from training.config import TrainConfig
+    from training.models import create_model
+
+    cfg = TrainConfig(dataset="synthetic", model="resnet20", batch_size=32, num_samples=64, num_threads=1,
+                      augment="none", channels_last=False, device="cpu")
+    weights = create_model("resnet20", num_classes=10).state_dict()
+    weights["conv1.weight"][0, 0, 0, 0] = math.nan
+    save_checkpoint({"config": cfg.to_dict(), "model": weights, "epoch": 1}, path)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_the_tools_in_one_line(tmp_path) -> None:
+    from training.cli import prune_main, quantize_main
+
+    ckpt = tmp_path / "last.pth"
+    _checkpoint_with_a_nan_weight(ckpt)
+    expected = f"error: {ckpt}: its weights are not finite (nan/inf in 1 of "
+    for command, extra in [(eval_main, []), (quantize_main, ["--no-latency", "--output", str(tmp_path / "q")]),
+                           (prune_main, ["--finetune-epochs", "1", "--output", str(tmp_path / "p")])]:
+        result = CliRunner().invoke(command, ["--checkpoint", str(ckpt), "--num-samples", "64", *extra])
+        assert result.exit_code == 1, (command.name, result.output)
+        assert result.output.startswith(expected) and "e.g. conv1.weight" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
