@@ -7,15 +7,18 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
+from dali_pipes import ConfigError
 from training.checkpoint import load_checkpoint
 from training.cli import eval_main, main
 from training.figures import DIVERGED_LOSS_FACTOR, divergence
+from training.models import create_model
 from training.outputs import read_metrics, write_rows
 from training.signals import Diverged
 
@@ -353,3 +356,48 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_the_tools_in_one_line(tmp_p
         assert result.output.startswith(expected) and "e.g. conv1.weight" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_batch_whose_step_does_not_fit_in_memory_is_refused_with_the_largest_that_fits(tmp_path) -> None:
+    from functools import partial
+
+    from training import run
+    from training.config import TrainConfig
+    from training.step_memory import check_training_step
+
+    free = 64 * 2**20  # a host with 64 MiB free: resnet20 at 32x32 holds a few MiB per image in a step
+    cfg = TrainConfig(dataset="synthetic", model="resnet20", num_samples=512, batch_size=100_000, num_threads=1,
+                      augment="none", channels_last=False, amp=False, epochs=1, output=str(tmp_path / "run"))
+    with pytest.raises(ConfigError) as info:
+        run.fit(cfg, build=partial(run.build_run, memory=lambda device: free))
+    message = str(info.value)
+    assert message.startswith("--batch-size=100000 (held to the split's 512 images) does not fit: one training step "
+                              "of 512 images of 32x32 through resnet20 needs about "), message
+    assert "of host memory" in message and "0.1 GiB is available" in message and "\n" not in message
+    largest = int(message.rsplit("use --batch-size ", 1)[1].split()[0])
+    assert 4 <= largest < 64 and not (tmp_path / "run").exists(), message
+    # the largest batch it names passes the check; one more does not
+    loader = SimpleNamespace(shard_size=512, image_size=(32, 32))
+    model = create_model("resnet20", num_classes=10)
+    check = partial(check_training_step, model, loader, model_name="resnet20", device=torch.device("cpu"),
+                    amp_dtype=None, channels_last=False, available=lambda device: free)
+    check(requested=largest)
+    with pytest.raises(ConfigError, match=f"use --batch-size {largest} or less"):
+        check(requested=largest + 1)
+
+
+def test_the_memory_probe_leaves_the_model_and_the_random_streams_as_they_were() -> None:
+    from training.step_memory import saved_bytes_per_image
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, drop_path=0.2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    per_image = saved_bytes_per_image(model, image_size=(32, 32), device=torch.device("cpu"), amp_dtype=None,
+                                      channels_last=False)
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # half the bytes per image under bfloat16 autocast, as measured on the step itself
+    bf16 = saved_bytes_per_image(model, image_size=(32, 32), device=torch.device("cpu"), amp_dtype=torch.bfloat16,
+                                 channels_last=False)
+    assert 0.4 < bf16 / per_image < 0.6 and per_image > 32 * 32 * 16 * 4  # at least one 16-channel map per image
