@@ -1,16 +1,22 @@
 """YAML for option files, run configs and ``--aug`` values: PyYAML's safe loader without anchors, aliases or
-duplicate keys.
+duplicate keys, reading ``5e-1`` as a number.
 
 Aliases let a few hundred bytes stand for billions of values ("billion laughs": each alias repeats the one before
 ten times); whatever walks the result (validation, ``repr`` in an error, ``dataclasses.asdict``) then runs for
 minutes and dies of memory. Option files are flat mappings that dali-train writes without aliases, so they are
 refused rather than bounded. A key given twice is refused too: YAML keeps the last one silently, so the file says
 two things and the run would take one.
+
+PyYAML follows YAML 1.1, where a float needs a dot: ``5e-1`` would be the string "5e-1", accepted for some options
+and refused for others depending on who converts it. YAML 1.2 (and every reader of the number) takes it as 0.5, and
+so does this loader, wherever a value is read.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import re
 
 import yaml
 
@@ -41,6 +47,11 @@ class _StrictLoader(yaml.SafeLoader):
                     raise YamlRefused(f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one")
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's floats with an exponent and no dot (those with a dot are YAML 1.1 floats already)
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def load_yaml(text: str) -> Any:

@@ -401,3 +401,15 @@ def test_the_memory_probe_leaves_the_model_and_the_random_streams_as_they_were()
     bf16 = saved_bytes_per_image(model, image_size=(32, 32), device=torch.device("cpu"), amp_dtype=torch.bfloat16,
                                  channels_last=False)
     assert 0.4 < bf16 / per_image < 0.6 and per_image > 32 * 32 * 16 * 4  # at least one 16-channel map per image
+
+
+def test_an_exponent_without_a_dot_is_a_number_for_every_option_and_recipe_field(tmp_path) -> None:
+    from dali_pipes.config import parse_override
+    from training.config import TrainConfig
+    from training.options import read_options
+
+    assert parse_override("erase_p=5e-1") == ("erase_p", 0.5)
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 5e-1\nweight_decay: 5E-4\naugment: {preset: standard, erase_p: 5e-1}\n")
+    cfg = TrainConfig.from_dict(read_options(config, "--config"))
+    assert (cfg.lr, cfg.weight_decay, cfg.augment["erase_p"]) == (0.5, 5e-4, 0.5)
