@@ -413,3 +413,11 @@ def test_an_exponent_without_a_dot_is_a_number_for_every_option_and_recipe_field
     config.write_text("lr: 5e-1\nweight_decay: 5E-4\naugment: {preset: standard, erase_p: 5e-1}\n")
     cfg = TrainConfig.from_dict(read_options(config, "--config"))
     assert (cfg.lr, cfg.weight_decay, cfg.augment["erase_p"]) == (0.5, 5e-4, 0.5)
+
+
+def test_a_quoted_tilde_in_output_means_the_home_folder(monkeypatch, tmp_path) -> None:
+    from training.config import TrainConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert TrainConfig(output="~/runs/x").output == str(tmp_path / "runs" / "x")
+    assert TrainConfig(output="runs/~x").output == "runs/~x"  # only a leading ~ is the home folder

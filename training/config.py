@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -90,6 +91,9 @@ class TrainConfig:
     ema_warmup: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.output, str) and self.output.startswith("~"):
+            # a quoted '~/runs/x' reaches us unexpanded: the user means their home, not a folder named "~"
+            object.__setattr__(self, "output", os.path.expanduser(self.output))
         # an unknown opt is refused by _validate
         for name, value in (OPT_DEFAULTS.get(self.opt, {}) if isinstance(self.opt, str) else {}).items():
             if getattr(self, name) is None:
