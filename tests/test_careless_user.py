@@ -1,6 +1,8 @@
 """Options and files a careless user gives: a diverging LR, a batch larger than the dataset, another run's
-checkpoint copied into a run folder, a crafted checkpoint, an infinite option value. Each stops with one line that
-names the cause and the way out, or runs within what the data can hold."""
+checkpoint copied into a run folder, a crafted checkpoint, an infinite option value; and (second pass) damaged
+image data in a DALI training split, YAML aliases and duplicate keys, a seed out of range, NaN weights handed to
+the tools, a preview written where it cannot be, a batch whose step does not fit in memory. Each stops with one
+line that names the cause and the way out, or runs within what the data and the machine can hold."""
 
 from __future__ import annotations
 
@@ -439,3 +441,16 @@ def test_a_failed_download_into_a_missing_data_dir_leaves_no_folder(tmp_path, mo
     with pytest.raises(DataError, match="offline"):
         cifar.load_cifar("cifar10", missing, "val", download=True)
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.gpu
+def test_the_step_memory_check_measures_the_same_activations_on_cuda() -> None:
+    from training.step_memory import available_memory, step_memory
+
+    model = create_model("resnet20", num_classes=10)
+    options = dict(image_size=(32, 32), amp_dtype=None, channels_last=False)
+    cpu = step_memory(model, device=torch.device("cpu"), **options)
+    cuda = step_memory(model.cuda(), device=torch.device("cuda"), **options)
+    assert cuda.per_image == pytest.approx(cpu.per_image, rel=0.05)  # the same tensors saved, on either device
+    total = torch.cuda.get_device_properties(0).total_memory
+    assert 0 < cuda.available <= total and 0 < available_memory(torch.device("cuda")) <= total

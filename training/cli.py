@@ -277,7 +277,8 @@ def prune_main(checkpoint: str, device: str, amount: str, method: str, finetune_
 
         pcfg = PruneConfig(amounts=parse_amounts(amount), method=method, finetune_epochs=finetune_epochs,
                            finetune_lr=finetune_lr)
-        return run_prune(_checkpoint_path(checkpoint), Path(output).expanduser(), pcfg, device=device, log=click.echo, **data)
+        return run_prune(_checkpoint_path(checkpoint), Path(output).expanduser(), pcfg, device=device, log=click.echo,
+                         **data)
 
     _run_guarded(work, second_interrupt="aborted by a second interrupt; run the same command again to continue "
                                         "from the last completed epoch")
