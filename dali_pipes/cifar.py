@@ -92,7 +92,9 @@ def _layout(name: str) -> _Layout:
 
 
 def _download(layout: _Layout, root: Path, *, had_bad_archive: bool) -> None:
-    """Fetch and extract the official archive, or fail fast with a DataError telling how to supply it by hand."""
+    """Fetch and extract the official archive, or fail fast with a DataError telling how to supply it by hand. A
+    failed download leaves no folder it made: a mistyped --data-dir (dali-eval's, say) must not appear on disk."""
+    made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first; the download creates them
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
     try:
@@ -100,6 +102,11 @@ def _download(layout: _Layout, root: Path, *, had_bad_archive: bool) -> None:
     # URLError/HTTPError/timeouts are OSError; torchvision raises RuntimeError on an md5 mismatch;
     # the rest come from a truncated or damaged archive.
     except (OSError, RuntimeError, tarfile.TarError, EOFError, zlib.error, ValueError) as e:
+        for folder in made:
+            try:
+                folder.rmdir()  # only while empty: a partial archive stays for the message below
+            except OSError:
+                break
         note = f" (the existing {layout.archive} failed its md5 check)" if had_bad_archive else ""
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(

@@ -264,6 +264,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     """``"field=value"`` (value in YAML: ``0.25``, ``[0.9, 1.1]``, ``reflect``) -> (field, value), field checked."""
     import yaml
 
+    from .strict_yaml import YamlRefused, load_yaml
+
     name, sep, raw = text.partition("=")
     name = name.strip().replace("-", "_")
     known = {f.name for f in fields(AugmentConfig)} | {"preset"}
@@ -272,7 +274,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if name not in known:
         raise ConfigError(f"--aug {text!r}: unknown field {name!r}; valid fields: {', '.join(sorted(known))}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
+    except YamlRefused as e:
+        raise ConfigError(f"--aug {text!r}: {e}") from None
     except yaml.YAMLError:
         raise ConfigError(f"--aug {text!r}: the value is not a number, word or [list]") from None
     if value is None:

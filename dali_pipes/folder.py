@@ -461,7 +461,10 @@ def decode_image_rgb(path: str) -> torch.Tensor:
 # the operator's own message, e.g. "Failed to decode sample #9 : /data/train/cat/x.png".
 _DALI_OPERATOR = re.compile(r"Error in \w+ operator `nvidia\.dali\.fn\.([\w.]+)`")
 _DALI_REASON = re.compile(r"encountered:\s*\n\s*(\S.*)")
-_FILE_OPERATORS = {"decoders.image": "image decoder", "readers.file": "file reader"}
+# Every decoder that reads the files: the plain one (val, centre and pad crops) and the random-resized-crop one
+# fused with decoding (the training split of a folder), which fail on the same damage with the same report.
+_FILE_OPERATORS = {"decoders.image": "image decoder", "decoders.image_random_crop": "image decoder",
+                   "readers.file": "file reader"}
 
 
 def dali_file_error(exc: BaseException, files: Sequence[str], root: str) -> DataError | None:

@@ -466,7 +466,7 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     split = _choice("split", split, SPLITS)
     backend = _choice("backend", backend, BACKENDS)
     batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's seeds are unsigned 64-bit
     num_shards = _check_int("num_shards", num_shards, 1)
     shard_id = _check_int("shard_id", shard_id, 0, num_shards - 1)
     cores = cores_per_process()

@@ -1,6 +1,8 @@
 """Options and files a careless user gives: a diverging LR, a batch larger than the dataset, another run's
-checkpoint copied into a run folder, a crafted checkpoint, an infinite option value. Each stops with one line that
-names the cause and the way out, or runs within what the data can hold."""
+checkpoint copied into a run folder, a crafted checkpoint, an infinite option value; and (second pass) damaged
+image data in a DALI training split, YAML aliases and duplicate keys, a seed out of range, NaN weights handed to
+the tools, a preview written where it cannot be, a batch whose step does not fit in memory. Each stops with one
+line that names the cause and the way out, or runs within what the data and the machine can hold."""
 
 from __future__ import annotations
 
@@ -8,16 +10,18 @@ import contextlib
 import csv
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 
-from dali_pipes import DataError
+from dali_pipes import ConfigError, DataError
 from training.checkpoint import load_checkpoint
 from training.cli import eval_main, main
 from training.figures import DIVERGED_LOSS_FACTOR, divergence
+from training.models import create_model
 from training.outputs import read_metrics, write_rows
 from training.signals import Diverged
 
@@ -437,3 +441,276 @@ def test_a_checkpoint_with_nan_weights_is_not_resumed_with_advice_about_the_lr(t
     code, text = invoke(["--resume", str(out), "--epochs", "3"])
     assert code == 1 and f"1 of its weight tensors hold inf/nan (e.g. {name})" in text and "--lr" not in text, text
     assert snapshot(out) == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Second pass (#25): tracebacks where one line is promised
+
+
+def _encoded(fmt: str, seed: int = 1) -> bytes:
+    """A valid 20x24 image file of random pixels: compression leaves long image data to damage."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _png_with_damaged_idat() -> bytes:
+    """Zeros inside the deflate stream, the chunk's CRC recomputed: the listing's structure walk keeps the file."""
+    import struct
+    import zlib
+
+    data = bytearray(_encoded("PNG"))
+    at = data.index(b"IDAT")
+    length = int.from_bytes(data[at - 4:at], "big")
+    data[at + 14:at + 44] = bytes(30)
+    data[at + 4 + length:at + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[at:at + 4 + length])))
+    return bytes(data)
+
+
+def _jpeg_with_bogus_huffman_table() -> bytes:
+    data = bytearray(_encoded("JPEG"))
+    at = data.index(b"\xff\xc4")  # DHT: marker, length (2), class/id (1), 16 counts of codes per length
+    data[at + 5:at + 21] = b"\xff" * 16  # more codes than the bit lengths can hold
+    return bytes(data)
+
+
+def _jpeg_with_damaged_scan() -> bytes:
+    data = bytearray(_encoded("JPEG"))
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    data[start + 20:start + 60] = bytes(range(40))  # no 0xFF: the markers stay intact, the Huffman codes do not
+    return bytes(data)
+
+
+def _folder_with(root, name: str, data: bytes):
+    from conftest import write_image_folder
+
+    write_image_folder(root, classes=("a", "b"), per_class=3, shape=(20, 24), ext=name.rsplit(".", 1)[1])
+    (root / "train" / "b" / name).write_bytes(data)
+    return root / "train" / "b" / name
+
+
+FOLDER = ["--dataset", "folder", "--model", "resnet20", "--batch-size", "4", "--num-threads", "1", "--image-size",
+          "16", "--no-channels-last", "--backend", "dali", "--device", "cpu", "--epochs", "1"]
+
+
+@pytest.mark.parametrize(("name", "make"), [("bad.png", _png_with_damaged_idat),
+                                            ("bad.jpg", _jpeg_with_bogus_huffman_table)])
+def test_damaged_image_data_in_the_dali_training_split_is_one_line_naming_the_file(tmp_path, name, make) -> None:
+    bad = _folder_with(tmp_path / "ds", name, make())
+    # "weak" crops at random: on a folder the crop is DALI's decoder fused with the random-resized crop
+    code, text = invoke([*FOLDER, "--data-dir", str(tmp_path / "ds"), "--augment", "weak",
+                         "--output", str(tmp_path / "run")])
+    assert code == 1, text
+    (line,) = [t for t in text.splitlines() if t.startswith("error:")]
+    assert line.startswith(f"error: cannot decode image {bad}: ") and "corrupt" in line, text
+    assert "Traceback" not in text and "Current pipeline object" not in text, text
+
+
+@pytest.mark.parametrize("seed", [str(2**64), "-1"])
+def test_a_seed_outside_torchs_range_is_refused_naming_the_range(seed) -> None:
+    code, text = invoke([*TINY, "--seed", seed])
+    assert code == 2, text
+    assert text.strip() == f"error: --seed={seed} is invalid: expected an integer in [0, {2**64 - 1}] (torch's " \
+        "seeds are unsigned 64-bit)", text
+
+
+def _laughs(levels: int) -> str:
+    """YAML whose last alias stands for 10**levels strings ("billion laughs" at 9 levels, here kept small enough
+    that code without the refusal still ends, with an error line megabytes long)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 10)}]" for k in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nlr: *l{levels}\n"
+
+
+def test_yaml_aliases_are_refused_in_one_line_wherever_a_file_is_read(tmp_path) -> None:
+    from training import ablate
+
+    config = tmp_path / "laughs.yaml"
+    config.write_text(_laughs(5))
+    code, text = invoke(["--config", str(config)])
+    assert code == 2 and text.strip() == f"error: --config {config}: line 1: YAML anchor &l0: anchors and aliases " \
+        "are not accepted (a few of them can expand to billions of values); write the values out", text
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(_laughs(5))  # a run folder whose config.yaml was replaced
+    code, text = invoke(["--resume", str(run)])
+    assert code == 1 and "config.yaml: unreadable (line 1: YAML anchor &l0" in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    study = tmp_path / "study.yaml"
+    study.write_text("arms:\n  a: &base {lr: 0.1}\n  b: *base\n")
+    result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--output", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "line 2: YAML anchor &base" in result.output, result.output
+    code, text = invoke([*TINY, "--aug", "rrc_scale=[&a 0.5, *a]"])
+    assert code == 2 and "--aug 'rrc_scale=[&a 0.5, *a]': line 1: YAML anchor &a" in text, text
+
+
+def test_an_option_given_twice_in_a_yaml_file_is_refused_naming_it(tmp_path) -> None:
+    from training import ablate
+
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.1\nepochs: 3\nlr: 0.5\n")
+    code, text = invoke(["--config", str(config)])
+    assert code == 2 and text.strip() == f"error: --config {config}: key 'lr' is given twice (lines 1 and 3); " \
+        "keep one", text
+    config.write_text("batch-size: 8\nbatch_size: 16\n")  # one option in two spellings
+    code, text = invoke(["--config", str(config)])
+    assert code == 2 and text.strip() == f"error: --config {config}: option batch_size is given twice (as " \
+        "'batch-size' and 'batch_size'); keep one", text
+    study = tmp_path / "study.yaml"
+    study.write_text("arms:\n  a: {lr: 0.1}\n  a: {lr: 0.2}\n")
+    result = CliRunner().invoke(ablate.main, ["--study", str(study), *TINY, "--output", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "key 'a' is given twice (lines 2 and 3)" in result.output, result.output
+
+
+def test_preview_output_is_checked_before_drawing_and_the_file_written_is_the_one_reported(tmp_path) -> None:
+    from training.preview import command
+
+    def preview(output: str) -> tuple[int, str]:
+        result = CliRunner().invoke(command(), ["--dataset", "synthetic", "--backend", "torchvision", "--draws", "1",
+                                                "--num-images", "2", "--augment", "weak", "--output", output])
+        return result.exit_code, result.output
+
+    code, text = preview(str(tmp_path / "grid.pth"))
+    assert code == 2 and text.strip() == f"error: --output {tmp_path / 'grid.pth'}: cannot write a grid as '.pth'; " \
+        "give a name ending in .png, .jpg, .jpeg, .pdf, .svg", text
+    (tmp_path / "afile").write_text("")
+    code, text = preview(str(tmp_path / "afile" / "grid.png"))  # its folder would be a file
+    assert code == 2 and text.startswith(f"error: --output {tmp_path / 'afile' / 'grid.png'}: cannot create its "
+                                         "folder") and len(text.splitlines()) == 1, text
+    code, text = preview(str(tmp_path / ("x" * 300 + ".png")))  # the write itself fails (a name too long)
+    assert code == 1 and text.startswith("error: --output ") and "cannot write the grid" in text, text
+    assert len(text.splitlines()) == 1, text
+    code, text = preview(str(tmp_path / "bare"))
+    assert code == 0 and text.startswith(f"wrote {tmp_path / 'bare.png'}: "), text
+    assert (tmp_path / "bare.png").stat().st_size > 0 and not (tmp_path / "bare").exists()
+
+
+def _checkpoint_with_a_nan_weight(path) -> None:
+    """What a diverged run leaves: a valid checkpoint of resnet20 on synthetic data whose weights hold nan."""
+    from training.checkpoint import save_checkpoint
+    from training.config import TrainConfig
+    from training.models import create_model
+
+    cfg = TrainConfig(dataset="synthetic", model="resnet20", batch_size=32, num_samples=64, num_threads=1,
+                      augment="none", channels_last=False, device="cpu")
+    weights = create_model("resnet20", num_classes=10).state_dict()
+    weights["conv1.weight"][0, 0, 0, 0] = math.nan
+    save_checkpoint({"config": cfg.to_dict(), "model": weights, "epoch": 1}, path)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_by_the_tools_in_one_line(tmp_path) -> None:
+    from training.cli import prune_main, quantize_main
+
+    ckpt = tmp_path / "last.pth"
+    _checkpoint_with_a_nan_weight(ckpt)
+    expected = f"error: {ckpt}: its weights are not finite (nan/inf in 1 of "
+    for command, extra in [(eval_main, []), (quantize_main, ["--no-latency", "--output", str(tmp_path / "q")]),
+                           (prune_main, ["--finetune-epochs", "1", "--output", str(tmp_path / "p")])]:
+        result = CliRunner().invoke(command, ["--checkpoint", str(ckpt), "--num-samples", "64", *extra])
+        assert result.exit_code == 1, (command.name, result.output)
+        assert result.output.startswith(expected) and "e.g. conv1.weight" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_batch_whose_step_does_not_fit_in_memory_is_refused_with_the_largest_that_fits(tmp_path) -> None:
+    from functools import partial
+
+    from training import run
+    from training.config import TrainConfig
+    from training.step_memory import check_training_step
+
+    free = 64 * 2**20  # a host with 64 MiB free: resnet20 at 32x32 holds a few MiB per image in a step
+    cfg = TrainConfig(dataset="synthetic", model="resnet20", num_samples=512, batch_size=100_000, num_threads=1,
+                      augment="none", channels_last=False, amp=False, epochs=1, output=str(tmp_path / "run"))
+    with pytest.raises(ConfigError) as info:
+        run.fit(cfg, build=partial(run.build_run, memory=lambda device: free))
+    message = str(info.value)
+    assert message.startswith("--batch-size=100000 (held to the split's 512 images) does not fit: one training step "
+                              "of 512 images of 32x32 through resnet20 needs about "), message
+    assert "of host memory" in message and "0.1 GiB is available" in message and "\n" not in message
+    largest = int(message.rsplit("use --batch-size ", 1)[1].split()[0])
+    assert 4 <= largest < 64 and not (tmp_path / "run").exists(), message
+    # the largest batch it names passes the check; one more does not
+    loader = SimpleNamespace(shard_size=512, image_size=(32, 32))
+    model = create_model("resnet20", num_classes=10)
+    check = partial(check_training_step, model, loader, model_name="resnet20", device=torch.device("cpu"),
+                    amp_dtype=None, channels_last=False, available=lambda device: free)
+    check(requested=largest)
+    with pytest.raises(ConfigError, match=f"use --batch-size {largest} or less"):
+        check(requested=largest + 1)
+
+
+def test_the_memory_probe_leaves_the_model_and_the_random_streams_as_they_were() -> None:
+    from training.step_memory import saved_bytes_per_image
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, drop_path=0.2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    per_image = saved_bytes_per_image(model, image_size=(32, 32), device=torch.device("cpu"), amp_dtype=None,
+                                      channels_last=False)
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # half the bytes per image under bfloat16 autocast, as measured on the step itself
+    bf16 = saved_bytes_per_image(model, image_size=(32, 32), device=torch.device("cpu"), amp_dtype=torch.bfloat16,
+                                 channels_last=False)
+    assert 0.4 < bf16 / per_image < 0.6 and per_image > 32 * 32 * 16 * 4  # at least one 16-channel map per image
+
+
+def test_an_exponent_without_a_dot_is_a_number_for_every_option_and_recipe_field(tmp_path) -> None:
+    from dali_pipes.config import parse_override
+    from training.config import TrainConfig
+    from training.options import read_options
+
+    assert parse_override("erase_p=5e-1") == ("erase_p", 0.5)
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 5e-1\nweight_decay: 5E-4\naugment: {preset: standard, erase_p: 5e-1}\n")
+    cfg = TrainConfig.from_dict(read_options(config, "--config"))
+    assert (cfg.lr, cfg.weight_decay, cfg.augment["erase_p"]) == (0.5, 5e-4, 0.5)
+
+
+def test_a_quoted_tilde_in_output_means_the_home_folder(monkeypatch, tmp_path) -> None:
+    from training.config import TrainConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert TrainConfig(output="~/runs/x").output == str(tmp_path / "runs" / "x")
+    assert TrainConfig(output="runs/~x").output == "runs/~x"  # only a leading ~ is the home folder
+
+
+def test_a_failed_download_into_a_missing_data_dir_leaves_no_folder(tmp_path, monkeypatch) -> None:
+    import urllib.error
+
+    from dali_pipes import DataError, cifar
+
+    def offline(url: str, download_root: str, **kw) -> None:
+        from pathlib import Path
+
+        Path(download_root).mkdir(parents=True, exist_ok=True)  # what torchvision's download does first
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    missing = tmp_path / "typo" / "data"  # dali-eval --data-dir with a typo, on a checkpoint of a CIFAR run
+    with pytest.raises(DataError, match="offline"):
+        cifar.load_cifar("cifar10", missing, "val", download=True)
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.gpu
+def test_the_step_memory_check_measures_the_same_activations_on_cuda() -> None:
+    from training.step_memory import available_memory, step_memory
+
+    model = create_model("resnet20", num_classes=10)
+    options = dict(image_size=(32, 32), amp_dtype=None, channels_last=False)
+    cpu = step_memory(model, device=torch.device("cpu"), **options)
+    cuda = step_memory(model.cuda(), device=torch.device("cuda"), **options)
+    assert cuda.per_image == pytest.approx(cpu.per_image, rel=0.05)  # the same tensors saved, on either device
+    total = torch.cuda.get_device_properties(0).total_memory
+    assert 0 < cuda.available <= total and 0 < available_memory(torch.device("cuda")) <= total

@@ -61,7 +61,7 @@ def main(click_ctx: click.Context, study: str | None, seeds: int, **options: Any
             raise ConfigError(f"--seeds={seeds} is invalid: expected an integer >= 1 (runs per arm)")
         if not options["output"]:
             raise ConfigError("--output DIR is required: the study directory (rerun with the same one to resume)")
-        output = Path(options["output"])
+        output = Path(options["output"]).expanduser()
         if output.exists() and not output.is_dir():
             raise ConfigError(f"--output {output} is a file; give a directory")
         base = TrainConfig.from_dict(options, source="options")

@@ -15,6 +15,7 @@ import click
 import yaml
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
+from dali_pipes.strict_yaml import load_yaml
 
 from . import rundir
 from .ablate_studies import Study, arm_configs, skip_reason
@@ -37,7 +38,7 @@ class RunRecord:
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:
     try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = load_yaml((run_dir / "config.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         saved = None
     if not isinstance(saved, dict):

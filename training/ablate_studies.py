@@ -116,7 +116,7 @@ def _study_file(path: Path) -> Study:
             options = {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}: arm {name!r}: expected a mapping of option names to values")
-        options = option_values(options)
+        options = option_values(options, f"{where}: arm {name!r}")
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"{where}: arm {name!r}: unknown option(s) {', '.join(unknown)}")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dali_pipes import ConfigError
+from dali_pipes import ConfigError, DataError
 
 from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
 from .config import TrainConfig
@@ -48,6 +48,24 @@ def read_checkpoint(path: Path, **overrides: Any) -> tuple[dict[str, Any], Train
     return state, checkpoint_config(state, path, **overrides)
 
 
+def finite_weights(state: dict[str, Any], path: Path, weights: str) -> dict[str, Any]:
+    """``state[weights]``, refused with a one-line DataError naming `path` when a float tensor (weights or norm
+    statistics) holds nan or inf.
+
+    Such a model answers every image with nan logits: dali-eval would report chance accuracy and a nan loss as if
+    measured, dali-quantize's observers fail on nan ranges, and dali-prune cannot rank nan magnitudes nor fine-tune
+    them back (nan spreads through every forward pass). So all three refuse and point to an earlier checkpoint."""
+    tensors = state[weights]
+    bad = [name for name, t in tensors.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        label = "EMA weights" if weights == "ema" else "weights"
+        raise DataError(f"{path}: its {label} are not finite (nan/inf in {len(bad)} of {len(tensors)} tensors, e.g. "
+                        f"{bad[0]}): the run diverged before this checkpoint was written; use a checkpoint from "
+                        "before (its best.pth, or an earlier run)")
+    return tensors
+
+
 @dataclass
 class ValModel:
     """A model, the validation loader that measures it and how it is evaluated: what dali-eval, dali-quantize and
@@ -76,6 +94,7 @@ class ValModel:
         """The checkpoint's model on the config's device with its `weights` ("model" or "ema"). `float32`:
         evaluated without autocast, in the default memory format (dali-quantize compares its int8 model with
         exactly that)."""
+        finite_weights(state, path, weights)
         device = resolve_device(cfg.device)
         val_loader = data_loader(cfg, device, "val")
         model = model_from_checkpoint(state, path, cfg, len(val_loader.classes), weights=weights,

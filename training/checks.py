@@ -7,20 +7,33 @@ benchmarks): one wording for every refusal, ``<label>=<value> is invalid: <rule>
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
 from dali_pipes import ConfigError
 
 
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother = 3, 120, 120
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = 8
+    return shown
+
+
+# A value from a file can be any size: the error line shows its start, and the work to show it stays bounded.
+_SHOWN = _bounded_repr()
+
+
 def invalid(label: str, value: Any, rule: str) -> ConfigError:
-    return ConfigError(f"{label}={value!r} is invalid: {rule}")
+    return ConfigError(f"{label}={_SHOWN.repr(value)} is invalid: {rule}")
 
 
-def check_int(label: str, value: Any, lo: int, *, note: str = "") -> None:
-    """An int (not a bool) >= `lo`; `note` follows the rule ("(0: prune only)")."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise invalid(label, value, f"expected an integer >= {lo}" + (f" {note}" if note else ""))
+def check_int(label: str, value: Any, lo: int, hi: int | None = None, *, note: str = "") -> None:
+    """An int (not a bool) >= `lo` (and <= `hi` when given); `note` follows the rule ("(0: prune only)")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise invalid(label, value, f"expected an integer {bound}" + (f" {note}" if note else ""))
 
 
 def check_number(label: str, value: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False,

@@ -253,7 +253,7 @@ def quantize_main(checkpoint: str, mode: str, calibration_batches: int, quant_ba
 
         qcfg = QuantizeConfig(mode=mode, calibration_batches=calibration_batches, quant_backend=quant_backend,
                               latency=latency, latency_repeats=latency_repeats)
-        return run_quantize(_checkpoint_path(checkpoint), Path(output), qcfg, log=click.echo, **data)
+        return run_quantize(_checkpoint_path(checkpoint), Path(output).expanduser(), qcfg, log=click.echo, **data)
 
     _run_guarded(work, interrupt="interrupted; --output may hold partial files")
 
@@ -279,7 +279,8 @@ def prune_main(checkpoint: str, device: str, amount: str, method: str, finetune_
 
         pcfg = PruneConfig(amounts=parse_amounts(amount), method=method, finetune_epochs=finetune_epochs,
                            finetune_lr=finetune_lr)
-        return run_prune(_checkpoint_path(checkpoint), Path(output), pcfg, device=device, log=click.echo, **data)
+        return run_prune(_checkpoint_path(checkpoint), Path(output).expanduser(), pcfg, device=device, log=click.echo,
+                         **data)
 
     _run_guarded(work, second_interrupt="aborted by a second interrupt; run the same command again to continue "
                                         "from the last completed epoch")

@@ -17,6 +17,7 @@ from .checks import check_bool, check_choice, check_int, check_number, invalid
 AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
 OPTIMIZERS = ("sgd", "adamw")
+SEED_MAX = 2**64 - 1  # torch.manual_seed and torch.Generator take unsigned 64-bit seeds
 # What each optimizer's options resolve to when not given. SGD: the seed recipe (lr per 128 images, scaled linearly
 # with the global batch). AdamW: DeiT's and timm's decoupled weight decay 0.05, and Adam's customary lr 1e-3 per 128
 # images (not tuned for this recipe), scaled with the square root of the global batch (timm's rule for adaptive
@@ -91,6 +92,9 @@ class TrainConfig:
     ema_warmup: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.output, str) and self.output.startswith("~"):
+            # a quoted '~/runs/x' reaches us unexpanded: the user means their home, not a folder named "~"
+            object.__setattr__(self, "output", os.path.expanduser(self.output))
         # an unknown opt is refused by _validate
         for name, value in (OPT_DEFAULTS.get(self.opt, {}) if isinstance(self.opt, str) else {}).items():
             if getattr(self, name) is None:
@@ -139,8 +143,8 @@ def _validate(c: TrainConfig) -> None:
     def num(option: str, lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False) -> None:
         check_number(label(option), getattr(c, option), lo, hi, lo_open=lo_open, hi_open=hi_open)
 
-    def integer(option: str, lo: int) -> None:
-        check_int(label(option), getattr(c, option), lo)
+    def integer(option: str, lo: int, hi: int | None = None, note: str = "") -> None:
+        check_int(label(option), getattr(c, option), lo, hi, note=note)
 
     def choice(option: str, options: tuple[str, ...]) -> None:
         check_choice(label(option), getattr(c, option), options)
@@ -155,7 +159,7 @@ def _validate(c: TrainConfig) -> None:
     integer("epochs", 1)
     integer("batch_size", 1)
     integer("patience", 0)
-    integer("seed", 0)
+    integer("seed", 0, SEED_MAX, "(torch's seeds are unsigned 64-bit)")
     integer("num_samples", 0)
     integer("num_threads", 0)
     integer("dali_batch_size", 0)

@@ -8,20 +8,49 @@ Tiles are exactly what the loaders return (float, normalized), mapped back to ui
 from __future__ import annotations
 
 from dataclasses import replace
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dali_pipes import BACKENDS, AugmentConfig, ConfigError, Loader, load_source
+from dali_pipes import BACKENDS, AugmentConfig, ConfigError, DaliTrainError, Loader, load_source
 from dali_pipes.config import eval_config, resolve_augment
 from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
 from dali_pipes.sources import ArrayDataset, FolderDataset
 
 from .grid import Row, to_uint8, write_grid
 
+# What the grid can be written as (matplotlib's writers that need nothing beyond Pillow); a name without an
+# extension gets .png, which is what matplotlib would write anyway, and the message says so.
+GRID_FORMATS = ("png", "jpg", "jpeg", "pdf", "svg")
 PREVIEW_BACKENDS = ("both", *BACKENDS)  # both: DALI's draws and the reference's, one after the other
 DALI_DEVICES = ("cpu", "cuda")  # where DALI runs its graph (the batch contract's devices)
+
+
+def grid_path(output: str | Path) -> Path:
+    """The file the grid will be written to, checked before any image is drawn: `output` with ``~`` expanded and
+    .png added when it has no extension; ConfigError (naming --output) for another extension or a folder that
+    cannot be made or written."""
+    path = Path(output).expanduser()
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        path = path.with_name(path.name + ".png")
+    elif suffix not in GRID_FORMATS:
+        raise ConfigError(f"--output {output}: cannot write a grid as '.{suffix}'; give a name ending in "
+                          f"{', '.join('.' + f for f in GRID_FORMATS)}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output {output}: cannot create its folder {folder} ({e.strerror}); give a path in a "
+                          "writable folder") from None
+    if os.path.isdir(path):  # False, not an error, for a name the file system refuses: the write says why
+        raise ConfigError(f"--output {output}: is a folder; give a file name ending in .png")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--output {output}: the folder {folder} is not writable; give a path in a writable "
+                          "folder")
+    return path
 
 
 def subset(data: ArrayDataset | FolderDataset, count: int) -> ArrayDataset | FolderDataset:
@@ -94,7 +123,9 @@ def preview_rows(data, cfg: AugmentConfig, *, backends: tuple[str, ...], device:
 def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str = "both", device: str = "cpu",
             num_images: int = 8, draws: int = 3, ops: bool = False, image_size: int | None = None,
             num_samples: int = 512, split: str = "train") -> list[Row]:
-    """Build the rows and write the PNG; returns the rows (what the tiles are made of)."""
+    """Build the rows and write the grid to :func:`grid_path` of `output`; returns the rows (what the tiles are
+    made of)."""
+    path = grid_path(output)
     dev = resolve_device(device)
     mean, std = dataset_stats(dataset)
     cfg = resolve_augment(augment, mean=mean, std=std)
@@ -106,11 +137,16 @@ def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str 
     from dali_pipes.config import describe_augment
 
     name = augment if isinstance(augment, str) else describe_augment(augment)
-    write_grid(rows, Path(output), f"{dataset}: {name}" + (" — one operation per row" if ops else ""))
+    try:
+        write_grid(rows, path, f"{dataset}: {name}" + (" — one operation per row" if ops else ""))
+    except OSError as e:
+        raise DaliTrainError(f"--output {path}: cannot write the grid ({e.strerror or e}); give a path in a "
+                             "writable folder with free space") from None
     return rows
 
 
-def main() -> None:
+def command():
+    """The `dali-preview` click command."""
     import click
 
     from dali_pipes import DATASETS
@@ -131,17 +167,23 @@ def main() -> None:
     @click.option("--ops/--no-ops", default=False, help="One row per single operation of the recipe.")
     @click.option("--image-size", type=click.IntRange(8, 1024), default=None,
                   help="Folder datasets only [default: the loader's, 224].")
-    @click.option("--output", type=click.Path(dir_okay=False), default="augment_preview.png")
-    def command(dataset, data_dir, augment, overrides, backend, device, num_images, draws, ops, image_size,
-                output) -> None:
+    @click.option("--output", default="augment_preview.png",
+                  help=f"The grid's file: {', '.join('.' + f for f in GRID_FORMATS)} (none: .png is added).")
+    def preview_command(dataset, data_dir, augment, overrides, backend, device, num_images, draws, ops,
+                        image_size, output) -> None:
         """Write a PNG grid of a recipe: the same images un-augmented and augmented on both backends."""
 
         def work() -> None:
             recipe = {"preset": augment, **dict(parse_override(o) for o in overrides)} if overrides else augment
-            rows = preview(dataset=dataset, data_dir=data_dir, augment=recipe, output=Path(output), backend=backend,
+            path = grid_path(output)  # what preview writes to: the name it was given may lack ".png"
+            rows = preview(dataset=dataset, data_dir=data_dir, augment=recipe, output=path, backend=backend,
                            device=device, num_images=num_images, draws=draws, ops=ops, image_size=image_size)
-            click.echo(f"wrote {output}: {len(rows)} rows x {rows[0].tiles.shape[0]} images")
+            click.echo(f"wrote {path}: {len(rows)} rows x {rows[0].tiles.shape[0]} images")
 
         _run_guarded(work)
 
-    command()
+    return preview_command
+
+
+def main() -> None:
+    command()()

@@ -31,7 +31,7 @@ from dali_pipes import ConfigError, DataError
 
 from .checks import check_choice, check_int, check_number
 from .checkpoint import chosen_weights, load_checkpoint, load_weights, save_checkpoint
-from .checkpoint_tools import ValModel, is_occupied, read_checkpoint, refuse_distributed
+from .checkpoint_tools import ValModel, finite_weights, is_occupied, read_checkpoint, refuse_distributed
 from .engine import evaluate
 from .prune_masks import METHODS, add_masks, make_permanent, nonzero_params, prunable, prune_to, sparsity
 from .run import Interrupted, StopSignal, build_run, read_metrics, train_epochs, write_rows
@@ -143,6 +143,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     each stage's fine-tuning); when it is set, the stage saves last.pth and Interrupted says how to continue."""
     refuse_distributed("dali-prune")
     state, base_cfg = read_checkpoint(checkpoint, device=device, **data)
+    finite_weights(state, checkpoint, chosen_weights(state, checkpoint))  # before --output is made
     _open_output(output, _settings(checkpoint, pcfg, {**data, "device": device}))
     # Each stage is a short dali-train run: the checkpoint's recipe and data, its own LR schedule, no warmup
     # (the weights are trained already), no early stopping, no compile (pruning hooks rewrite weights per call),

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from dali_pipes import ConfigError, DataError
+from dali_pipes.strict_yaml import load_yaml
 
 from .checkpoint import checkpoint_config, load_checkpoint
 from .config import TrainConfig
@@ -122,7 +123,7 @@ def saved_config(run_dir: Path, epochs: int | None) -> TrainConfig:
     """The config.yaml of a run stopped before its first checkpoint (with --epochs applied, when given)."""
     path = run_dir / "config.yaml"
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
         raise DataError(f"{path}: unreadable ({reason}); start a new run with another --output") from None

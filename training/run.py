@@ -36,6 +36,7 @@ from .resume import find_checkpoint, read_resume_state, saved_config
 from .rundir import RunDirLock
 from .signals import Diverged, FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
 from .state import Run, TrainState, cuda_rng_entry
+from .step_memory import available_memory, check_training_step
 from .tensorboard_log import FIRST_BATCH, EventLog, open_event_log
 
 # What callers (prune, ablate, tests, benchmarks) import from here besides fit and resume.
@@ -45,18 +46,23 @@ __all__ = ["METRIC_FIELDS", "Diverged", "Interrupted", "Run", "SecondSignal", "S
 
 
 def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
-              prepare_model: Callable[[torch.nn.Module], None] | None = None) -> Run:
+              prepare_model: Callable[[torch.nn.Module], None] | None = None,
+              memory: Callable[[torch.device], int | None] = available_memory) -> Run:
     """Loaders, model, optimizer, schedule, mixer for `cfg`, at the start of the run (a resume then loads its
     checkpoint with :meth:`Run.load_state`). A new run directory is made and locked unless `run_dir` is given.
 
     `prepare_model` may change the model in place before the optimizer and DDP see its parameters (dali-prune
-    puts pruning masks on it there)."""
+    puts pruning masks on it there). A batch whose training step would not fit in `memory` (bytes free on the
+    device, step_memory.available_memory) is refused before the run directory is made."""
     world, device = distributed.setup(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_loader, val_loader = create_loaders(cfg, device, world)
     classes = len(train_loader.classes)
     model = build_model(cfg, classes, device, world=world, prepare=prepare_model,
                         image_size=train_loader.image_size[0])
+    check_training_step(model, train_loader, requested=cfg.batch_size, model_name=cfg.model, device=device,
+                        amp_dtype=resolve_amp_dtype(cfg, device), channels_last=cfg.channels_last,
+                        available=memory)
     ctx = step_context(cfg, model, num_classes=classes, steps_per_epoch=len(train_loader), device=device,
                        world=world)
     lock = None
