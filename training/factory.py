@@ -128,11 +128,25 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def create_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD (the seed recipe: one group, every parameter decays) or AdamW (decay_groups). The LR set here is
-    overwritten before every step by the schedule (engine.set_lr), in every group alike."""
+    overwritten before every step by the schedule (engine.set_lr), in every group alike.
+
+    Both use torch's fused kernels, on CUDA and on the CPU alike. A fused optimizer implements AMP scaling itself:
+    GradScaler passes it the device tensor ``found_inf`` and it skips the update on the device, where any other
+    optimizer makes GradScaler read ``found_inf`` on the host (one sync per fp16 step). On the CPU they are also
+    the fastest (ResNet-18, 11.2M parameters, one core: SGD 5.4 ms per step fused, 17 ms foreach, 39 ms
+    for-loop; AdamW 7.5 / 44 / 50 ms)."""
     if cfg.opt == "adamw":
-        return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
+        return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, fused=True)
+    if cfg.momentum:
+        # Fused SGD allocates its momentum buffers uninitialised (empty_like) at its first step and leaves them so
+        # when GradScaler's found_inf makes it skip that step, as fp16 runs' first steps often are: the next step
+        # then adds garbage (seen: 2e15 and nan, torch 2.14). Zeros give the first step's own result (momentum *
+        # 0 + grad = grad, dampening 0), so the update is unchanged and a skipped first step leaves them zero.
+        for p in optimizer.param_groups[0]["params"]:
+            optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, steps_per_epoch: int,
