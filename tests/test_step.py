@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -193,3 +194,46 @@ def test_an_fp16_cuda_epoch_makes_no_host_sync(mix) -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert stats["steps"] == 8 and stats["images"] == 8 * 16
+
+
+# -- kernel choice -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_kernel_settings_apply_for_the_run_and_are_restored(monkeypatch, deterministic) -> None:
+    from training.factory import CUBLAS_DETERMINISTIC, kernel_settings
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    with kernel_settings(deterministic=deterministic):
+        assert cudnn.benchmark is not deterministic and cudnn.deterministic is deterministic
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        assert (os.environ.get("CUBLAS_WORKSPACE_CONFIG") == CUBLAS_DETERMINISTIC) is deterministic
+    assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+def test_deterministic_is_an_option_of_the_config_and_the_cli() -> None:
+    from click.testing import CliRunner
+
+    from dali_pipes import ConfigError
+    from training.cli import main
+
+    assert TrainConfig().deterministic is False and TrainConfig(deterministic=True).deterministic is True
+    with pytest.raises(ConfigError, match="--deterministic"):
+        TrainConfig(deterministic="yes")
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    assert "--deterministic / --no-deterministic" in help_text and "no-deterministic]" in help_text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_deterministic_run_resumes_bit_for_bit(tmp_path, device) -> None:
+    cfg = _tiny(tmp_path / "straight", device=device, deterministic=True, mixup_alpha=0.2, cutmix_alpha=1.0,
+                augment="standard")
+    run_mod.fit(cfg, log=lambda *_: None, stop=StopAfter(10**9))
+    with pytest.raises(run_mod.Interrupted):
+        run_mod.fit(cfg.replace(output=str(tmp_path / "chain")), log=lambda *_: None, stop=StopAfter(3))
+    run_mod.resume(tmp_path / "chain", log=lambda *_: None, stop=StopAfter(10**9))
+    straight = load_checkpoint(tmp_path / "straight" / "last.pth")["model"]
+    resumed = load_checkpoint(tmp_path / "chain" / "last.pth")["model"]
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

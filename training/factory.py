@@ -7,8 +7,10 @@ rank 0 to download CIFAR; the LR is a pure function of the step.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -41,6 +43,41 @@ def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     if device.type == "cpu":
         return torch.bfloat16
     return torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+
+
+# cuBLAS picks its reduction order by workspace; one fixed configuration (4096 KiB x 8 buffers, NVIDIA's documented
+# value for reproducible GEMMs) makes it the same run to run. Read when cuBLAS first runs in the process.
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+@contextlib.contextmanager
+def kernel_settings(*, deterministic: bool) -> Iterator[None]:
+    """cuDNN/cuBLAS kernel choice for training, restored on exit (the settings are process-wide).
+
+    Default: ``cudnn.benchmark`` on, so cuDNN times its convolution algorithms once per input shape and keeps the
+    fastest (the shapes of an epoch are fixed, so this is paid in the first steps). `deterministic`: benchmark
+    off, cuDNN's deterministic algorithms, ``torch.use_deterministic_algorithms`` and a fixed cuBLAS workspace,
+    so that a GPU run resumed from a checkpoint lands on the straight run's weights bit for bit. Ops without a
+    deterministic CUDA kernel warn instead of failing (``warn_only``): here that is AdaptiveAvgPool2d's backward,
+    whose atomic adds each input element receives exactly once with a 1x1 output, so its result does not vary.
+    The CPU kernels are deterministic either way."""
+    cudnn = torch.backends.cudnn
+    flags = cudnn.benchmark, cudnn.deterministic
+    algorithms = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = flags
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def split_samples(cfg: TrainConfig, split: str) -> int | None:
