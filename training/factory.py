@@ -201,8 +201,12 @@ def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, 
                   generator=torch.Generator().manual_seed(derive_seed(cfg.seed, world.rank, 2)))
     net = model
     if world.distributed:
+        # broadcast_buffers=False: DDP would broadcast rank 0's BatchNorm statistics before every forward; they are
+        # copied once per epoch instead (distributed.sync_buffers, before evaluation and checkpoints). Rank 0's
+        # statistics follow the same path either way (it receives its own), and training normalises with batch
+        # statistics, so the weights and what is saved are unchanged: one broadcast per step less.
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+                                                        else None, broadcast_buffers=False)
     if cfg.compile:
         net = torch.compile(net)
     ema = (ModelEma(model, decay=cfg.ema_decay, every=cfg.ema_every, warmup=cfg.ema_warmup) if cfg.ema_decay > 0
