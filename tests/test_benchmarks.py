@@ -49,6 +49,12 @@ def test_train_rows_cover_the_grid_and_are_finite(train_report) -> None:
         assert r["median_step_ms"] > 0 and r["memory"]["host_rss_peak_mib"] > 0
     by_row = {r["row"]: r for r in cpu}
     assert by_row["bf16 +cl +mix, DALI loader"]["feed"] == "dali" and by_row["bf16"]["feed"] == "synthetic"
+    # the loader row states its threads, by training's rule; rows without a loader state none
+    from dali_pipes.loader import default_num_threads
+
+    for r in train_report["results"]:
+        want = default_num_threads(torch.device(r["device"])) if r["feed"] == "dali" else None
+        assert r["dali_threads"] == want, r["row"]
     # bf16 autocast keeps (about) half the activation bytes of fp32
     assert by_row["bf16"]["memory"]["saved_for_backward_mib"] < 0.8 * by_row["fp32"]["memory"]["saved_for_backward_mib"]
     assert json.loads(json.dumps(train_report, allow_nan=False)) == train_report

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dali_pipes import ConfigError, create_loader
+from dali_pipes.loader import default_num_threads
 from dali_pipes.plan import derive_seed
 
 from . import distributed
@@ -87,10 +88,17 @@ def split_samples(cfg: TrainConfig, split: str) -> int | None:
     return cfg.num_samples if split == "train" else max(1, cfg.num_samples // 5)
 
 
+def loader_threads(cfg: TrainConfig, device: torch.device) -> int:
+    """The DALI threads a run's loaders use: --num-threads, else dali_pipes' rule (default_num_threads: this
+    process's share of the cores, one left to the training loop when the graph runs on the GPU)."""
+    return cfg.num_threads or default_num_threads(device)
+
+
 def _loader_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    threads = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
+    workers = cfg.num_threads or None  # None: create_loader's default, the cores shared among local ranks
     return dict(dataset=cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, backend=cfg.backend,
-                device=device, augment=cfg.augment, seed=cfg.seed, num_threads=threads, num_workers=threads,
+                device=device, augment=cfg.augment, seed=cfg.seed, num_threads=loader_threads(cfg, device),
+                num_workers=workers,
                 dali_batch_size=cfg.dali_batch_size or None, image_size=cfg.image_size or None)
 
 
