@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 import os
 
 import pytest
@@ -237,3 +238,35 @@ def test_a_deterministic_run_resumes_bit_for_bit(tmp_path, device) -> None:
     straight = load_checkpoint(tmp_path / "straight" / "last.pth")["model"]
     resumed = load_checkpoint(tmp_path / "chain" / "last.pth")["model"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+# -- --compile -----------------------------------------------------------------------------------------------------
+class CountingBackend:
+    """A torch.compile backend (the public hook) that runs the captured graph eagerly and records, per compile, the
+    batch size of the images it was captured with and whether the graph takes a symbolic size (dynamo passes a
+    symbolic dimension as an extra non-tensor input)."""
+
+    def __init__(self, image_shape: tuple[int, ...]) -> None:
+        self.image_shape = image_shape
+        self.compiles: list[tuple[int, bool]] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        images = [x for x in example_inputs if isinstance(x, torch.Tensor) and tuple(x.shape[1:]) == self.image_shape]
+        symbolic = any(not isinstance(x, torch.Tensor) for x in example_inputs)
+        self.compiles.append((images[0].shape[0], symbolic))
+        return gm.forward
+
+
+def test_compile_keeps_static_shapes_and_compiles_each_batch_shape_once() -> None:
+    from training.factory import compile_model
+
+    torch._dynamo.reset()  # other tests' compiled frames must not count here
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    backend = CountingBackend((3, 8, 8))
+    net = compile_model(model, backend=backend)
+    for n in (16, 16, 5, 16, 5, 16):  # epochs of full batches and a short last one
+        net(torch.randn(n, 3, 8, 8))
+    # two compiles, each specialised to its batch size; without dynamic=False the second is symbolic
+    assert backend.compiles == [(16, False), (5, False)]

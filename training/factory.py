@@ -194,6 +194,18 @@ def create_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Op
     return optimizer
 
 
+def compile_model(net: torch.nn.Module, *, backend: Any = "inductor") -> torch.nn.Module:
+    """`net` under torch.compile with static shapes (``dynamic=False``): each batch shape gets a graph of its own.
+
+    An epoch has two shapes, the full batch and the short last one (training keeps it). Left to its default,
+    dynamo recompiles at the second shape with a symbolic batch size and that graph then serves every later step,
+    full batches included. Static, the run compiles twice, once per shape, and every step runs a graph
+    specialised to its shape; the last batch's graph is reused every epoch. Padding the last batch instead would
+    change its BatchNorm statistics and Mixup partners, and dropping it the epoch's samples. `backend`: torch's
+    (a test passes a counting one)."""
+    return torch.compile(net, dynamic=False, backend=backend)
+
+
 def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, steps_per_epoch: int,
                  device: torch.device, world: World) -> StepContext:
     """Optimizer, LR schedule, scaler, mixer, the EMA of the weights (with --ema-decay) and the network the step
@@ -216,7 +228,7 @@ def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, 
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None, broadcast_buffers=False)
     if cfg.compile:
-        net = torch.compile(net)
+        net = compile_model(net)
     ema = (ModelEma(model, decay=cfg.ema_decay, every=cfg.ema_every, warmup=cfg.ema_warmup) if cfg.ema_decay > 0
            else None)
     return StepContext(net, optimizer, lr_schedule(cfg, steps_per_epoch), scaler, mixer, device, amp_dtype,
