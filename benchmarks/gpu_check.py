@@ -1,18 +1,25 @@
 """One GPU check, sized for a short loan of a CUDA machine: correctness, augmentation and training throughput, and
 a real run, each part in its own process with its own time budget, all in one JSON.
 
-    python benchmarks/gpu_check.py --output gpu_check.json     # on a CUDA machine, about 7.5 minutes at most
+    python benchmarks/gpu_check.py --output gpu_check.json     # on a CUDA machine, about 6.3 minutes at most
     python benchmarks/gpu_check.py --cpu-smoke --output x.json  # the same plan on the CPU with tiny sizes
 
-Parts (in this order; budgets in seconds, ``--budget-s`` caps the sum):
+Parts, most informative first (budgets in seconds, ``--budget-s`` caps the sum):
 
-- ``pytest``     (130) ``pytest -m gpu tests``: pass / fail / error / skip counts and the failing tests' names;
-- ``augment``    (110) ``augment_throughput.measure``: presets none, weak, standard, weak+autoaugment at training
+- ``step``       (70)  dali-train's training step alone (needs torch and this repository; DALI only for its last
+  row): a full fp16 epoch (fused SGD, clipping, per-sample Mixup/CutMix) with every step under
+  ``torch.cuda.set_sync_debug_mode("error")`` ("ok", or the synchronising call and where); ms per step of fp16,
+  bf16, fp32 and fp16 with a non-fused SGD (GradScaler then reads found_inf on the host), ResNet-18 batch 128,
+  interleaved repeats, and the ratio fp16 / bf16; fused SGD after an overflowing first step (finite, equal to
+  foreach SGD); the DALI GPU loader's synchronising calls per batch (sync-debug "warn");
+- ``pytest``     (120) ``pytest -m gpu tests``: pass / fail / error / skip counts and the failing tests' names
+  (the GPU graphs, an fp16 epoch under sync-debug, a ``--deterministic`` run resumed bit for bit);
+- ``train``      (60)  ``train_throughput.measure`` on resnet18: fp32, fp16, bf16 each with and without
+  channels-last, the recipe with mixing, and the same step fed by the DALI loader (loader overhead, with the DALI
+  threads it used), with the allocator, process (DALI included) and device memory peaks;
+- ``augment``    (70)  ``augment_throughput.measure``: presets none, weak, standard, weak+autoaugment at training
   batch 128 and 1024, dali-gpu and dali-cpu rows, short epochs; images/s and the batch 128 / 1024 ratios;
-- ``train``      (110) ``train_throughput.measure`` on resnet18: fp32, fp16, bf16 each with and without
-  channels-last, the recipe with mixing, and the same step fed by the DALI loader (loader overhead), with the
-  allocator, process (DALI included) and device memory peaks;
-- ``dali_train`` (80)  ``python -m training``: 2 epochs of fp16 ResNet-18 on a small synthetic split in a temporary
+- ``dali_train`` (45)  ``python -m training``: 2 epochs of fp16 ResNet-18 on a small synthetic split in a temporary
   run directory; its summary.json and metrics.csv.
 
 Each part runs as a child process (``--part NAME``) in its own process group: one that fails or overruns its
@@ -27,7 +34,8 @@ torchvision; nvidia-ml-py for the NVML figures and pytest for the first part. Th
 which of these are missing. The repository itself need not be installed: this script puts its root on
 ``sys.path`` and on the children's ``PYTHONPATH``.
 
-On the lent device machine (device tool; nothing can be fetched there, DALI travels as wheels):
+On the lent device machine (device tool; torch 2.11+cu130 on Python 3.12, click, pyyaml, matplotlib, numpy,
+pillow, torchvision, nvidia-ml-py, pytest and tqdm are there; nothing can be fetched, DALI travels as wheels):
 
 1. here, in the repository root: ``bash ../shared/tools/device-wheels.sh nvidia-dali-cuda130==2.4.0
    astunparse==1.6.3 gast==0.7.0 optree==0.20.0 makefun==1.16.0 libcst==1.9.0 nvtx==0.2.17
@@ -37,7 +45,7 @@ On the lent device machine (device tool; nothing can be fetched there, DALI trav
 2. device ``run`` calls back to back (the machine stays warm 30 s): for k = 01 .. NN-1, carry
    ``[".whl-parts/k"]``, command ``true``;
 3. last call, carry ``[".whl-parts/NN", ".whl-parts/install.sh"]`` (install.sh at the top of .whl-parts is what
-   finds every folder), timeout_s 590, command::
+   finds every folder), timeout_s 480 (install and check; the check stops itself at --budget-s), command::
 
        bash .whl-parts/install.sh && export PYTHONPATH=/tmp/site:$PYTHONPATH && PYTHONUNBUFFERED=1 \\
        python3 benchmarks/gpu_check.py --output $OUT/gpu_check.json
@@ -73,7 +81,9 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from benchmarks._outputs import one_line, write_text_atomic  # noqa: E402 - standard library only
 
 NO_CUDA = "no CUDA device visible"
-TOTAL_BUDGET_S = 450  # leaves a 10-minute device call room for installing the wheels first
+# The parts' budgets and a kill grace: 6.3 minutes, so that carrying and installing DALI's wheels (about 1.5
+# minutes of device calls) and the check fit in 8, and a rerun in a 15-minute loan.
+TOTAL_BUDGET_S = 380
 KILL_GRACE_S = 10  # after SIGTERM, before SIGKILL
 NEEDED = ("torch", "nvidia.dali", "click", "yaml", "matplotlib", "numpy", "PIL", "torchvision", "pynvml", "pytest",
           "tqdm")
@@ -81,20 +91,24 @@ NEEDED = ("torch", "nvidia.dali", "click", "yaml", "matplotlib", "numpy", "PIL",
 # What each part measures; "smoke" is the same plan on the CPU with tiny sizes.
 SIZES = {
     "full": {
-        "pytest": {"budget_s": 130, "target": "tests"},
-        "augment": {"budget_s": 110, "presets": ["none", "weak", "standard", "weak+autoaugment"], "device": "all",
+        "step": {"budget_s": 70, "model": "resnet18", "batch_size": 128, "steps": 30, "warmup_steps": 10,
+                 "repeats": 3, "sync_steps": 20},
+        "pytest": {"budget_s": 120, "target": "tests"},
+        "train": {"budget_s": 60, "device": "cuda", "models": ["resnet18"], "batch_size": 128, "steps": 30,
+                  "warmup_steps": 5, "repeats": 3, "num_samples": 4096},
+        "augment": {"budget_s": 70, "presets": ["none", "weak", "standard", "weak+autoaugment"], "device": "all",
                     "batch_sizes": [128, 1024], "repeats": 3, "num_samples": 10_240},
-        "train": {"budget_s": 110, "device": "cuda", "models": ["resnet18"], "batch_size": 128, "steps": 50,
-                  "warmup_steps": 10, "repeats": 3, "num_samples": 4096},
-        "dali_train": {"budget_s": 80, "args": ["--device", "cuda", "--model", "resnet18", "--num-samples", "4096",
+        "dali_train": {"budget_s": 45, "args": ["--device", "cuda", "--model", "resnet18", "--num-samples", "4096",
                                                 "--amp", "--amp-dtype", "float16"]},
     },
     "smoke": {
+        "step": {"budget_s": 120, "model": "resnet20", "batch_size": 8, "steps": 2, "warmup_steps": 1,
+                 "repeats": 1, "sync_steps": 2, "cpu": True},
         "pytest": {"budget_s": 120, "target": "tests/test_gpu.py"},
-        "augment": {"budget_s": 120, "presets": ["none", "weak"], "device": "cpu", "batch_sizes": [8, 16],
-                    "repeats": 1, "num_samples": 32},
         "train": {"budget_s": 150, "device": "cpu", "models": ["resnet20"], "batch_size": 4, "steps": 1,
                   "warmup_steps": 1, "repeats": 1, "num_samples": 8, "augment": "none"},
+        "augment": {"budget_s": 120, "presets": ["none", "weak"], "device": "cpu", "batch_sizes": [8, 16],
+                    "repeats": 1, "num_samples": 32},
         "dali_train": {"budget_s": 150, "args": ["--device", "cpu", "--model", "resnet20", "--num-samples", "64",
                                                  "--batch-size", "16", "--amp", "--amp-dtype", "bfloat16",
                                                  "--augment", "none"]},
@@ -131,7 +145,184 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-CHILD_PARTS = {"augment": part_augment, "train": part_train}
+STEP_ROWS = ("fp16", "fp16 foreach", "bf16", "fp32")  # "foreach": SGD without fused kernels, as before issue 20
+
+
+def _step_setup(precision: str, sizes: dict, device: Any) -> tuple[Any, tuple[Any, Any]]:
+    """The training step dali-train builds for `precision` (training.factory), without mixing, and one synthetic
+    batch on the device."""
+    import dataclasses
+
+    import torch
+
+    from training.config import TrainConfig
+    from training.distributed import World
+    from training.factory import build_model, step_context
+
+    amp = precision != "fp32"
+    cfg = TrainConfig(dataset="synthetic", model=sizes["model"], batch_size=sizes["batch_size"], amp=amp,
+                      amp_dtype="bfloat16" if precision == "bf16" else "float16", mixup_alpha=0.0, cutmix_alpha=0.0,
+                      clip_grad=sizes.get("clip_grad", 0.0), device=device.type)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, device)
+    ctx = step_context(cfg, model, num_classes=10, steps_per_epoch=1000, device=device, world=World())
+    if precision.endswith("foreach"):
+        ctx = dataclasses.replace(ctx, optimizer=torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov, foreach=True))
+    g = torch.Generator(device=device).manual_seed(1)
+    batch = (torch.randn(cfg.batch_size, 3, 32, 32, device=device, generator=g),
+             torch.randint(0, 10, (cfg.batch_size,), device=device, generator=g))
+    return ctx, batch
+
+
+def _sync_debug_epoch(sizes: dict, device: Any) -> dict:
+    """A full fp16 epoch of dali-train's step (fused SGD, clipping, Mixup/CutMix per sample) on device batches,
+    every step under ``set_sync_debug_mode("error")``: "ok", or the synchronising call that raised."""
+    import itertools
+    import traceback
+
+    import torch
+
+    from training.engine import train_one_epoch
+    from training.mixing import MixConfig, Mixer
+
+    ctx, batch = _step_setup("fp16", {**sizes, "clip_grad": 1.0}, device)
+    ctx.mixer = Mixer(MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1,
+                                num_classes=10), generator=torch.Generator().manual_seed(2))
+    steps = sizes["sync_steps"]
+    train_one_epoch(ctx, itertools.repeat(batch, 3), log_every=10**9)  # warm: cuDNN autotuning, lazy inits
+
+    def checked():
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from itertools.repeat(batch, steps)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+
+    try:
+        stats = train_one_epoch(ctx, checked(), log_every=10**9)
+    except RuntimeError as e:
+        frames = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in traceback.extract_tb(e.__traceback__)]
+        return {"status": "failed", "error": one_line(e), "where": frames[-6:]}
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return {"status": "ok", "steps": stats["steps"], "skipped_steps": stats["skipped_steps"]}
+
+
+def _loader_sync_count(sizes: dict, device: Any) -> dict:
+    """Synchronising calls per batch of the DALI loader (GPU graph, `standard`), counted under sync-debug "warn":
+    the loader's share, apart from the step's (needs DALI)."""
+    import warnings
+
+    import torch
+
+    from dali_pipes import create_loader
+
+    loader = create_loader(dataset="synthetic", split="train", batch_size=sizes["batch_size"], device=device,
+                           augment="standard", num_samples=sizes["batch_size"] * sizes["sync_steps"], download=False)
+    loader.set_epoch(0)
+    for _ in loader:  # build and warm the pipeline
+        pass
+    loader.set_epoch(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            batches = sum(1 for _ in loader)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    return {"status": "ok", "batches": batches, "sync_warnings": len(syncs),
+            "per_batch": len(syncs) / max(batches, 1),
+            "first": one_line(syncs[0].message) if syncs else None}
+
+
+def _step_times(sizes: dict, device: Any) -> dict:
+    """ms per step of dali-train's step per precision, interleaved repeats, median (CUDA synchronized before the
+    clock is read, by train_one_epoch); fp16 vs bf16 is the cost of GradScaler on top of the same kernels."""
+    import itertools
+    import statistics
+
+    from training.engine import train_one_epoch
+
+    rows = {name: _step_setup(name, sizes, device) for name in STEP_ROWS}
+    for ctx, batch in rows.values():
+        train_one_epoch(ctx, itertools.repeat(batch, sizes["warmup_steps"]), log_every=10**9)
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for rep in range(sizes["repeats"]):
+        order = list(rows)[rep % len(rows):] + list(rows)[:rep % len(rows)]
+        for name in order:
+            ctx, batch = rows[name]
+            stats = train_one_epoch(ctx, itertools.repeat(batch, sizes["steps"]), log_every=10**9)
+            times[name].append(1000 * stats["epoch_time_s"] / sizes["steps"])
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {"status": "ok", "model": sizes["model"], "batch_size": sizes["batch_size"], "steps": sizes["steps"],
+            "median_step_ms": med, "runs_ms": times,
+            "fp16_vs_bf16_time": med["fp16"] / med["bf16"],
+            "fp16_foreach_vs_fp16_time": med["fp16 foreach"] / med["fp16"]}
+
+
+def _fused_sgd_skip(device: Any) -> dict:
+    """The built (fused) SGD after an overflowing first fp16 step and a finite one, against foreach SGD: fused
+    SGD leaves uninitialised momentum when its first step is skipped, unless create_optimizer zeroes it."""
+    import math as m
+
+    import torch
+
+    from training.config import TrainConfig
+    from training.engine import scaler_step
+    from training.factory import create_optimizer
+
+    ends = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(64, 64).to(device)
+        opt = (create_optimizer(TrainConfig(lr=0.1), layer) if fused else torch.optim.SGD(
+            layer.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True))
+        scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10)
+        for x in (torch.full((2, 64), m.inf, device=device), torch.ones(2, 64, device=device)):
+            opt.zero_grad(set_to_none=True)
+            scaler_step(layer(x).sum(), opt, scaler, params=list(layer.parameters()))
+        ends.append([p.detach().double() for p in layer.parameters()])
+    diff = max(float((a - b).abs().max()) for a, b in zip(*ends))
+    finite = all(bool(torch.isfinite(p).all()) for p in ends[0])
+    return {"status": "ok" if finite and diff < 1e-5 else "failed", "finite": finite, "max_abs_diff": diff}
+
+
+def part_step(sizes: dict, out: Path) -> None:
+    """The training step alone (torch and this repository; DALI only for the loader count): the fp16 epoch under
+    sync-debug "error", fp16 vs bf16 step time, fused SGD after a skipped first step, the loader's syncs. The JSON
+    is rewritten after each; one that fails is recorded and the next runs."""
+    import torch
+
+    from training.machine import machine_info
+
+    cuda = torch.cuda.is_available() and not sizes.get("cpu")
+    device = torch.device("cuda" if cuda else "cpu")
+    report: dict[str, Any] = {"machine": machine_info(), "config": sizes, "results": [], "complete": False}
+    write = _writer(out)
+    checks = [("fp16 epoch under sync-debug error", lambda: _sync_debug_epoch(sizes, device) if cuda else
+               {"status": "skipped", "error": "sync-debug mode needs CUDA"}),
+              ("step time per precision", lambda: _step_times(sizes, device)),
+              ("fused SGD after a skipped first step", lambda: _fused_sgd_skip(device)),
+              ("DALI loader syncs per batch", lambda: _loader_sync_count(sizes, device) if cuda else
+               {"status": "skipped", "error": "sync-debug mode needs CUDA"})]
+    for name, check in checks:
+        _say(f"[step] {name}")
+        try:
+            row = check()
+        except Exception as e:  # noqa: BLE001 - one check's failure is its row's, the next runs
+            row = {"status": "failed", "error": one_line(e)}
+        report["results"].append({"row": name, **row})
+        write(report)
+    report["complete"] = True
+    write(report)
+    print(json.dumps(report["results"], indent=1), flush=True)
+
+
+CHILD_PARTS = {"augment": part_augment, "train": part_train, "step": part_step}
 
 
 # ------------------------------------------------------------------------------------------------ plan (parent)
@@ -217,7 +408,7 @@ def _bench_part(name: str, sizes: dict, tmp: Path, smoke: bool) -> Part:
                 res["status"], res["error"] = "failed", "exited without writing its report"
             return
         rows = report.get("results", [])
-        bad = [r for r in rows if r.get("status") != "ok"]
+        bad = [r for r in rows if r.get("status") not in ("ok", "skipped")]  # skipped: not on this device
         res["summary"] = (f"{len(rows) - len(bad)} of {len(rows)} rows ok"
                           + ("" if report.get("complete") else " (incomplete)") + _bench_highlights(name, report))
         if bad and res["status"] == "ok":
@@ -233,7 +424,26 @@ def _fmt(x: Any, spec: str) -> str:
     return "-" if not isinstance(x, (int, float)) or not math.isfinite(x) else format(x, spec)
 
 
+def _step_highlights(report: dict) -> str:
+    rows = {r.get("row"): r for r in report.get("results", [])}
+    out = []
+    sync = rows.get("fp16 epoch under sync-debug error")
+    if sync:
+        out.append(f"sync-debug fp16 epoch {sync['status']}")
+    times = rows.get("step time per precision")
+    if times and times.get("status") == "ok":
+        med = times["median_step_ms"]
+        out.append(f"ms/step fp16 {_fmt(med['fp16'], '.2f')}, bf16 {_fmt(med['bf16'], '.2f')} (fp16/bf16 "
+                   f"{_fmt(times['fp16_vs_bf16_time'], '.2f')}x), fp16 foreach {_fmt(med['fp16 foreach'], '.2f')}")
+    loader = rows.get("DALI loader syncs per batch")
+    if loader and loader.get("status") == "ok":
+        out.append(f"loader syncs/batch {_fmt(loader['per_batch'], '.1f')}")
+    return "; " + "; ".join(out) if out else ""
+
+
 def _bench_highlights(name: str, report: dict) -> str:
+    if name == "step":
+        return _step_highlights(report)
     if name == "augment":
         ratios = [q for q in report.get("batch_ratios", []) if q.get("ratio") is not None]
         if not ratios:
@@ -292,8 +502,11 @@ def _number(value: str | None) -> float | str | None:
 
 def plan(smoke: bool, tmp: Path) -> list[Part]:
     sizes = SIZES["smoke" if smoke else "full"]
-    return [_pytest_part(sizes["pytest"], tmp), _bench_part("augment", sizes["augment"], tmp, smoke),
-            _bench_part("train", sizes["train"], tmp, smoke), _dali_train_part(sizes["dali_train"], tmp)]
+    # Most informative first: the step alone needs only torch (a failed DALI install still leaves it), then the
+    # GPU tests, then the throughputs, then a whole run.
+    return [_bench_part("step", sizes["step"], tmp, smoke), _pytest_part(sizes["pytest"], tmp),
+            _bench_part("train", sizes["train"], tmp, smoke), _bench_part("augment", sizes["augment"], tmp, smoke),
+            _dali_train_part(sizes["dali_train"], tmp)]
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -429,6 +642,9 @@ def _details(report: dict) -> str:
     out = []
     for p in report["parts"]:
         if p["name"] in CHILD_PARTS and isinstance(p.get("result"), dict) and p["result"].get("results"):
+            if p["name"] == "step":  # no module table: its rows as they are
+                out += ["", "== step"] + [json.dumps(r, allow_nan=False) for r in p["result"]["results"]]
+                continue
             try:
                 module = __import__(f"benchmarks.{p['name']}_throughput", fromlist=["format_table"])
                 out += ["", f"== {p['name']}", module.format_table(p["result"])]

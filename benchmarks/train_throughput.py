@@ -11,7 +11,8 @@ other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, lab
 - ``<recipe> +cl +mix``: the training default (fp16 on CUDA, bf16 on the CPU, channels_last, Mixup/CutMix);
 - ``<recipe> +cl +mix +compile`` with ``--compile`` only (compiling takes minutes, on the CPU even more);
 - ``<recipe> +cl +mix, DALI loader``: the same step fed by the real loader (synthetic dataset, ``--augment``).
-  Loader overhead = 1 - (DALI-fed img/s) / (synthetic-fed img/s), both measured side by side.
+  Loader overhead = 1 - (DALI-fed img/s) / (synthetic-fed img/s), both measured side by side. The row states the
+  DALI threads it ran with (``dali_threads``): training's rule, ``training.factory.loader_threads``.
 
 How it measures (same rules as ``augment_throughput.py``):
 
@@ -55,7 +56,8 @@ from training.checks import check_choice, check_int  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.distributed import World  # noqa: E402
 from training.engine import StepContext, train_one_epoch  # noqa: E402
-from training.factory import build_model, data_loader, step_context  # noqa: E402
+from training.factory import (build_model, data_loader, kernel_settings, loader_threads,  # noqa: E402
+                              step_context)
 from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
 from training.machine import machine_info  # noqa: E402
 from training.models import MODELS  # noqa: E402
@@ -224,6 +226,8 @@ class _Row:
                       torch.randint(0, len(self.run.train_loader.classes), (batch_size,), device=self.device,
                                     generator=gen))
         self.stream = _endless(self.run.train_loader) if spec["feed"] == "dali" else None
+        # the threads training's rule gives this loader (training.factory.loader_threads): stated with the row
+        self.dali_threads = loader_threads(cfg, self.device) if spec["feed"] == "dali" else None
         self.train(warmup_steps)  # untimed
         self.saved_mib = None if spec["compile"] else _saved_for_backward_mib(self.run, self.batch)
         _sync(self.device)
@@ -278,7 +282,7 @@ def _failed(spec: dict, error: str) -> dict:
     return {**{k: spec[k] for k in SPEC_KEYS}, "status": "failed", "error": error, "median_images_per_s": None,
             "min": None, "max": None, "runs": [], "median_step_ms": None, "step_ms_min": None, "step_ms_max": None,
             "median_data_wait_s": None, "nonfinite_losses": 0, "skipped_steps": 0, "memory": None,
-            "vs": spec["vs"], "kind": spec["kind"]}
+            "vs": spec["vs"], "kind": spec["kind"], "dali_threads": None}
 
 
 def _summarize(arm: Arm) -> dict:
@@ -304,7 +308,7 @@ def _summarize(arm: Arm) -> dict:
             "median_data_wait_s": Stats.of(r["data_wait_s"] for r in runs).median,
             "nonfinite_losses": sum(r["nonfinite_losses"] for r in runs),
             "skipped_steps": sum(r["skipped_steps"] for r in runs),
-            "memory": memory, "vs": arm.spec["vs"], "kind": arm.spec["kind"]}
+            "memory": memory, "vs": arm.spec["vs"], "kind": arm.spec["kind"], "dali_threads": row.dali_threads}
 
 
 def _memory_basis(result: dict) -> tuple[str, float | None]:
@@ -331,6 +335,7 @@ def _compare(results: list[dict]) -> list[dict]:
                  "speedup": r["speedup_vs"], "memory_ratio": r["memory_ratio_vs"],
                  "memory_basis": basis if r["memory_ratio_vs"] is not None else None}
         if r["kind"] == "loader":
+            entry["dali_threads"] = r["dali_threads"]
             entry["loader_overhead_pct"] = (finite(100 * (1 - r["speedup_vs"])) if r["speedup_vs"] is not None
                                             else None)
         ratios.append(entry)
@@ -399,10 +404,11 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
             specs, skip = plan_rows(dev, model, cuda, compile)
             report["skipped"] += skip
             if specs:
-                report["results"] += _measure_group(specs, dev, batch_size=batch_size, num_samples=num_samples,
-                                                    augment=augment, warmup_steps=warmup_steps, steps=steps,
-                                                    repeats=repeats, overrides=overrides or {}, say=say,
-                                                    cuda=cuda)
+                with kernel_settings(deterministic=False):  # what training runs with: cudnn.benchmark on
+                    report["results"] += _measure_group(specs, dev, batch_size=batch_size, num_samples=num_samples,
+                                                        augment=augment, warmup_steps=warmup_steps, steps=steps,
+                                                        repeats=repeats, overrides=overrides or {}, say=say,
+                                                        cuda=cuda)
                 report["ratios"] = _compare(report["results"])
                 if on_update is not None:
                     on_update(report)
@@ -516,7 +522,8 @@ def _summary_lines(report: dict) -> list[str]:
                        f"{_num(q['speedup'], '.2f')}x images/s{mem}")
         elif q["kind"] == "loader":
             out.append(f"{q['device']} {q['model']}: loader overhead {_num(q['loader_overhead_pct'], '.0f')}% "
-                       f"({q['row']} vs the same step on a synthetic batch on the device)")
+                       f"({q['row']}, {q['dali_threads']} DALI threads, vs the same step on a synthetic batch on "
+                       "the device)")
     return out
 
 

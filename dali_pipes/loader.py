@@ -71,6 +71,18 @@ def cores_per_process() -> int:
     return max(1, cpu_count() // local)
 
 
+def default_num_threads(device: torch.device, cores: int | None = None) -> int:
+    """DALI's CPU threads when none are asked for: the one rule of training and the benchmarks.
+
+    `cores`: this process's share (default :func:`cores_per_process`). A GPU graph gets every one but one, which is
+    left to the training loop that launches the step's kernels (a small-batch step is launch-bound). Its CPU
+    operators (per-sample random draws and their scalar arithmetic, ~0.5-1 us per sample per operator) are what
+    bounds it on the host, and they spread over the threads: the former cap of 4 left 12 of a 16-core device
+    machine's cores idle while the GPU waited. The CPU graph shares every core with the CPU training step."""
+    cores = cores_per_process() if cores is None else cores
+    return max(1, cores - 1) if device.type == "cuda" else cores
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """'cuda', 'cuda:N' or 'cpu' -> torch.device; CUDA requested on a machine without it is a user error."""
     try:
@@ -454,7 +466,7 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
 
     Extra keyword-only options: `num_threads` (DALI CPU threads) and `num_workers` (DataLoader workers), by default
     the cores available to this process divided among the processes of this node (torchrun's LOCAL_WORLD_SIZE),
-    and for a GPU graph over arrays at most 4 (its CPU operators only draw random numbers); `dali_batch_size`
+    one fewer for a GPU graph (:func:`default_num_threads`); `dali_batch_size`
     (samples per DALI graph iteration, rounded down to whole training batches; default: about 2**20 pixels'
     worth, 1024 CIFAR images, see DALI_BATCH_PIXELS); `image_size` (the side folder images are cropped to by the
     recipe's crop, see :mod:`dali_pipes.config`; default FOLDER_IMAGE_SIZE = 224; array datasets keep their size),
@@ -487,7 +499,7 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
         cfg = eval_config(cfg)
     data = load_source(dataset, data_dir, split, num_samples=num_samples, download=download)
     if threads is None:
-        threads = min(cores, 4) if dev.type == "cuda" and isinstance(data, ArrayDataset) else cores
+        threads = default_num_threads(dev, cores)
     if isinstance(data, FolderDataset):
         side = image_size or FOLDER_IMAGE_SIZE
     else:

@@ -49,6 +49,12 @@ def test_train_rows_cover_the_grid_and_are_finite(train_report) -> None:
         assert r["median_step_ms"] > 0 and r["memory"]["host_rss_peak_mib"] > 0
     by_row = {r["row"]: r for r in cpu}
     assert by_row["bf16 +cl +mix, DALI loader"]["feed"] == "dali" and by_row["bf16"]["feed"] == "synthetic"
+    # the loader row states its threads, by training's rule; rows without a loader state none
+    from dali_pipes.loader import default_num_threads
+
+    for r in train_report["results"]:
+        want = default_num_threads(torch.device(r["device"])) if r["feed"] == "dali" else None
+        assert r["dali_threads"] == want, r["row"]
     # bf16 autocast keeps (about) half the activation bytes of fp32
     assert by_row["bf16"]["memory"]["saved_for_backward_mib"] < 0.8 * by_row["fp32"]["memory"]["saved_for_backward_mib"]
     assert json.loads(json.dumps(train_report, allow_nan=False)) == train_report
@@ -330,7 +336,8 @@ def test_gpu_check_cpu_smoke_runs_the_whole_plan(tmp_path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     parts = {p["name"]: p for p in report["parts"]}
-    assert list(parts) == ["pytest", "augment", "train", "dali_train"] and report["complete"] and report["ok"]
+    assert list(parts) == ["step", "pytest", "train", "augment", "dali_train"]
+    assert report["complete"] and report["ok"]
     assert all(p["status"] == "ok" and p["error"] is None for p in parts.values()), parts
     counts = parts["pytest"]["result"]
     assert counts["failed"] == counts["errors"] == 0
@@ -341,6 +348,10 @@ def test_gpu_check_cpu_smoke_runs_the_whole_plan(tmp_path) -> None:
     assert augment["complete"] and {q["preset"] for q in augment["batch_ratios"]} == {"none", "weak"}
     train = parts["train"]["result"]
     assert [r["row"] for r in train["results"]] == CPU_ROWS and any(q["kind"] == "loader" for q in train["ratios"])
+    step = {r["row"]: r for r in parts["step"]["result"]["results"]}
+    assert step["step time per precision"]["status"] == "ok"
+    assert set(step["step time per precision"]["median_step_ms"]) == {"fp16", "fp16 foreach", "bf16", "fp32"}
+    assert step["fused SGD after a skipped first step"]["status"] == "ok"
     run = parts["dali_train"]["result"]
     assert run["summary"]["epochs_run"] == 2 and [m["epoch"] for m in run["metrics"]] == [1, 2]
     assert report["machine"]["dali"] and "nvidia.dali" not in report["environment"]["missing_modules"]
@@ -396,7 +407,8 @@ def test_gpu_check_full_plan_is_the_asked_check_within_8_minutes(tmp_path) -> No
     from benchmarks import gpu_check as gc
 
     parts = {p.name: p for p in gc.plan(False, tmp_path)}
-    assert list(parts) == ["pytest", "augment", "train", "dali_train"]
+    # most informative first: the step (torch alone) before anything that needs DALI
+    assert list(parts) == ["step", "pytest", "train", "augment", "dali_train"]
     # every budget, the kill grace of each, inside the total; the total inside 8 minutes
     assert sum(p.budget_s for p in parts.values()) + gc.KILL_GRACE_S <= gc.TOTAL_BUDGET_S <= 480
     assert parts["pytest"].command[-6:-4] == ["gpu", "tests"]
@@ -404,10 +416,13 @@ def test_gpu_check_full_plan_is_the_asked_check_within_8_minutes(tmp_path) -> No
     assert full["augment"]["presets"] == ["none", "weak", "standard", "weak+autoaugment"]
     assert full["augment"]["batch_sizes"] == [128, 1024] and full["augment"]["device"] == "all"
     assert full["train"]["models"] == ["resnet18"] and full["train"]["device"] == "cuda"
+    assert full["step"]["model"] == "resnet18" and full["step"]["batch_size"] == 128 and "cpu" not in full["step"]
+    assert parts["step"].command[-2:] == ["--part-output", str(tmp_path / "step.json")]
     command = parts["dali_train"].command
     assert command[1:3] == ["-m", "training"] and command[command.index("--epochs") + 1] == "2"
     assert command[command.index("--amp-dtype") + 1] == "float16" and command[command.index("--device") + 1] == "cuda"
-    assert "--cpu-smoke" not in parts["augment"].command and "--cpu-smoke" in gc.plan(True, tmp_path)[1].command
+    smoke = {p.name: p for p in gc.plan(True, tmp_path)}
+    assert "--cpu-smoke" not in parts["augment"].command and "--cpu-smoke" in smoke["augment"].command
 
 
 # ---------------------------------------------------------------------------------------------- training.harness

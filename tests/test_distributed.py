@@ -78,3 +78,26 @@ def test_dockerfile_passes_hadolint() -> None:
     proc = subprocess.run([hadolint, "docker/Dockerfile"], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ddp_leaves_the_buffers_to_sync_buffers(tmp_path) -> None:
+    """step_context wraps DDP without a buffer broadcast per forward: BatchNorm statistics are copied from rank 0
+    once per epoch by distributed.sync_buffers. A one-process gloo group stands in for torchrun."""
+    import torch
+    import torch.distributed as dist
+
+    from training.config import TrainConfig
+    from training.distributed import World
+    from training.factory import step_context
+    from training.models import create_model
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = create_model("resnet20", num_classes=10)
+        ctx = step_context(TrainConfig(dataset="synthetic", model="resnet20"), model, num_classes=10,
+                           steps_per_epoch=4, device=torch.device("cpu"), world=World(0, 2, 0))
+        assert isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel)
+        assert ctx.model.broadcast_buffers is False
+        assert ctx.model.module is model  # the statistics sync_buffers copies are the saved model's
+    finally:
+        dist.destroy_process_group()

@@ -250,3 +250,17 @@ def test_a_restored_dali_pipeline_logs_nothing_and_leaves_the_root_logger_as_it_
         run_epoch(resumed, 1)  # DALI warns about iterator state when it wraps a restored pipeline
     assert "Iterator data was not saved" not in caplog.text
     assert not logging.getLogger().filters  # the filter is scoped to the iterator's construction
+
+
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_one_thread_rule_leaves_a_gpu_graph_all_cores_but_the_training_loops(cores) -> None:
+    from dali_pipes.loader import default_num_threads
+    from training.config import TrainConfig
+    from training.factory import loader_threads
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert default_num_threads(cuda, cores) == max(1, cores - 1)  # no fixed cap: 15 on a 16-core machine
+    assert default_num_threads(cpu, cores) == cores
+    # training asks the same rule, and --num-threads wins over it
+    assert loader_threads(TrainConfig(), cpu) == default_num_threads(cpu)
+    assert loader_threads(TrainConfig(num_threads=3), cuda) == 3

@@ -62,6 +62,9 @@ def _options(f: Callable) -> Callable:
         click.option("--amp-dtype", type=click.Choice(AMP_DTYPES), default=_D.amp_dtype),
         click.option("--channels-last/--no-channels-last", default=_D.channels_last),
         click.option("--compile/--no-compile", default=_D.compile, help="torch.compile the model."),
+        click.option("--deterministic/--no-deterministic", default=_D.deterministic,
+                     help="Reproducible cuDNN/cuBLAS kernels, so that a GPU run resumes bit for bit (slower: no "
+                          "cuDNN autotuning). CPU runs are reproducible either way."),
         click.option("--sync-bn/--no-sync-bn", default=_D.sync_bn, help="SyncBatchNorm under torchrun."),
         click.option("--backend", type=click.Choice(BACKENDS), default=_D.backend),
         click.option("--device", type=click.Choice(DEVICES), default=_D.device),

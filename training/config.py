@@ -72,6 +72,10 @@ class TrainConfig:
     amp_dtype: str = "float16"
     channels_last: bool = True
     compile: bool = False
+    # cuDNN/cuBLAS kernels chosen for reproducibility: a GPU run then resumes bit for bit (cudnn.benchmark off,
+    # deterministic algorithms, a fixed cuBLAS workspace). Off: cuDNN benchmarks its kernels (faster, not
+    # reproducible run to run). CPU runs are reproducible either way.
+    deterministic: bool = False
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
     backend: str = "dali"
     device: str = "auto"
@@ -182,7 +186,8 @@ def _validate(c: TrainConfig) -> None:
     num("switch_prob", 0.0, 1.0)
     num("label_smoothing", 0.0, 1.0, hi_open=True)
     num("drop_path", 0.0, 1.0, hi_open=True)
-    for flag in ("nesterov", "amp", "channels_last", "compile", "sync_bn", "tensorboard", "ema_warmup"):
+    for flag in ("nesterov", "amp", "channels_last", "compile", "deterministic", "sync_bn", "tensorboard",
+                 "ema_warmup"):
         check_bool(label(flag), getattr(c, flag))
     if c.opt == "sgd":
         num("momentum", 0.0, 1.0, hi_open=True)

@@ -51,29 +51,30 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def scaler_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, *,
-                params: list[torch.nn.Parameter], clip_grad: float = 0.0) -> tuple[torch.Tensor | None, bool]:
+                params: list[torch.nn.Parameter], clip_grad: float = 0.0) -> tuple[torch.Tensor | None, torch.Tensor]:
     """scale -> backward -> unscale -> clip (when `clip_grad` > 0) -> step -> update, through GradScaler's public API.
 
     Returns the global grad norm before clipping (a device tensor; None when not clipping, so that no norm is
-    computed for nothing) and whether the scaler skipped the step (fp16 gradients with inf/nan).
+    computed for nothing) and whether the scaler skipped the step (fp16 gradients with inf/nan), as a 0-dim bool
+    tensor on the device: the caller sums it and reads the sum once per epoch.
 
-    Skipped steps are told by the public ``get_scale()``: the scaler lowers its scale exactly when it skips. That
-    reads the scale on the host twice per step, but only when the scaler is enabled (float16 AMP), and then
-    ``scaler.step`` already waits for the device to tell whether gradients were finite, so the two reads add no
-    new stall; bfloat16 and FP32 runs take no host sync here.
+    No host read happens here when the optimizer implements AMP scaling itself (``fused=True``,
+    factory.create_optimizer): GradScaler then hands it the device tensor ``found_inf`` instead of reading it with
+    ``.item()`` to decide whether to call ``step``. A skipped step is told by the scale on the device: the scaler
+    lowers it exactly when it skips, and ``scaler.scale(one)`` is the current scale as a device tensor (the public
+    route; ``get_scale()`` would read it on the host). With the scaler disabled (bfloat16, FP32) both are ``one``
+    and nothing is skipped.
     """
     scaler.scale(loss).backward()
     norm = None
     if clip_grad > 0:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    if not scaler.is_enabled():
-        optimizer.step()
-        return norm, False
-    before = scaler.get_scale()
-    scaler.step(optimizer)  # skips the update when fp16 gradients overflowed
+    one = loss.new_ones((), dtype=torch.float32)
+    before = scaler.scale(one)
+    scaler.step(optimizer)  # skips the update when fp16 gradients overflowed; optimizer.step() when disabled
     scaler.update()
-    return norm, scaler.get_scale() < before
+    return norm, scaler.scale(one) < before
 
 
 def _autocast(ctx_device: torch.device, dtype: torch.dtype | None):
@@ -112,7 +113,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     correct = torch.zeros((), device=dev, dtype=torch.int64)
     nonfinite = torch.zeros((), device=dev, dtype=torch.int64)
     nonfinite_images = torch.zeros((), device=dev, dtype=torch.int64)  # samples of the steps whose loss was inf/nan
-    skipped_by_scaler = 0
+    skipped_by_scaler = torch.zeros((), device=dev, dtype=torch.int64)  # read once, at the end of the epoch
     seen = 0
     position = 0
     steps = 0
@@ -162,7 +163,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         "correct": int(correct.item()),
         "nonfinite_losses": int(nonfinite.item()),
         "nonfinite_images": int(nonfinite_images.item()),
-        "skipped_steps": skipped_by_scaler,
+        "skipped_steps": int(skipped_by_scaler.item()),
         "images": seen,
         "steps": steps,
         "position": position,

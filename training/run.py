@@ -26,7 +26,8 @@ from .checkpoint import chosen_weights, load_checkpoint
 from .config import TrainConfig, absolute_paths
 from .ema import evaluate_ema
 from .engine import evaluate, train_one_epoch
-from .factory import build_model, create_loaders, lr_factor, resolve_amp_dtype, resolve_device, step_context
+from .factory import build_model, create_loaders, kernel_settings, lr_factor, resolve_amp_dtype, resolve_device, \
+    step_context
 from .figures import divergence, epoch_totals, reduced
 from .first_batch import MAX_TILES, FirstBatch
 from .monitor import ResourceMonitor
@@ -208,6 +209,13 @@ def _same_rows(found: list[dict], history: list[dict]) -> bool:
 def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool = True,
            stop: StopSignal | None = None, build: Callable[..., Run] = build_run) -> dict:
     started = time.time()
+    with kernel_settings(deterministic=cfg.deterministic):  # before build: cuBLAS reads its workspace setting once
+        return _train_with(cfg, resume_state=resume_state, run_dir=run_dir, log=log, train=train, stop=stop,
+                           build=build, started=started)
+
+
+def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool,
+                stop: StopSignal | None, build: Callable[..., Run], started: float) -> dict:
     run = None
     try:
         run = build(cfg, run_dir=run_dir)
