@@ -1,15 +1,19 @@
 """The DALI graph: one definition, the device ("gpu" | "cpu") a parameter.
 
-Graph functions only build graphs; the loader decides what runs when. Kept differences from the torchvision
-reference (tested with tolerances in tests/test_lockstep.py):
+Graph functions only build graphs; the loader decides what runs when. Every per-sample random parameter is drawn on
+the host (dali_pipes.draws, dali_pipes.policy) and arrives through one CPU external source; the graph keeps only
+operators that touch pixels. The torchvision reference applies the same parameters: crop, flip and erasing agree
+image for image; kept differences (tested in tests/test_lockstep.py):
 
 - colour jitter runs in a fixed order (contrast, brightness, saturation, hue) where torchvision draws a random order
   per image; contrast pivots on the image's mean grey level as torchvision does (DALI's default pivot is 128).
 - saturation and hue use DALI's ``hsv`` operator: a linear approximation in RGB (chroma scaled and rotated around
   the grey axis), where torchvision converts to HSV. Saturation agrees up to rounding; hue shifts by the same angle
   but along a different colour wheel, so single images differ while the drawn range is the same.
-- random erasing clamps a box that would not fit to the image, where torchvision redraws up to 10 times: the
-  erased-area distribution differs only for the largest scale/ratio combinations.
+- rounding: DALI rounds colour results to nearest where torchvision truncates (contrast, brightness: 1 level;
+  saturation: 2); nearest-neighbour ties in rotation/affine break differently (0.3% of images differ somewhere).
+- the policies keep torchvision's own draws in the reference (its classes take no given parameters): they agree
+  in distribution only. DALI's policy choices are drawn on the host as well (dali_pipes.policy).
 - folder crops (dali_pipes.config): random-resized-crop draws as torchvision's does (area uniform, ratio
   log-uniform, 10 tries) but, after 10 failed tries, places its fallback box at random where torchvision centres it;
   resizing (bilinear, antialiased on both) rounds differently, so the resize + centre crop of ``augment="none"`` on
