@@ -88,14 +88,28 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int, cuda: bool
         add({"row": "dali-cpu", "backend": "dali", "device": "cpu", "workers_or_threads": dali_threads})
     if device in ("cuda", "all"):
         add({"row": "dali-gpu", "backend": "dali", "device": "cuda", "workers_or_threads": dali_threads})
+    # Peers: the recipe as batched torch ops on each delivering device, with torch's intra-op threads
+    for dev in (["cpu"] if device in ("cpu", "all") else []) + (["cuda"] if device in ("cuda", "all") else []):
+        add({"row": f"torch-batched-{dev}", "backend": PEER, "device": dev, "workers_or_threads": torch.get_num_threads()})
+    try:
+        import kornia  # noqa: F401  (optional, benchmark only)
+        skipped.append({"row": "kornia", "reason": "kornia is installed but its row is not written yet"})
+    except ImportError:
+        skipped.append({"row": "kornia", "reason": "kornia is not installed (optional, benchmark only)"})
     return rows, skipped
 
 
 LOADER_BACKENDS = BACKENDS
+PEER = "torch-batched"  # benchmarks.batched_torch: the recipe as whole-batch torch ops, not a loader backend
 
 
 def _build(row: dict, preset: str, batch_size: int, num_samples: int, options: Mapping[str, Any],
            make_loader: Callable[..., Any]):
+    if row["backend"] == PEER:
+        from benchmarks.batched_torch import BatchedTorchLoader
+
+        return BatchedTorchLoader(augment=preset, batch_size=batch_size, device=row["device"],
+                                  num_samples=num_samples)
     own = ({"num_workers": row["workers_or_threads"]} if row["backend"] == "torchvision"
            else {"num_threads": row["workers_or_threads"]})
     return make_loader(dataset="synthetic", split="train", batch_size=batch_size, backend=row["backend"],
@@ -136,7 +150,7 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
             num_samples: int = 10_000, dali_threads: int | None = None, dali_batch_size: int | None = None,
             loader_options: Mapping[str, Mapping[str, Any]] | None = None,
             make_loader: Callable[..., Any] = create_loader, progress: Callable[[str], None] | None = None,
-            on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            on_update: Callable[[dict[str, Any]], None] | None = None, peers: bool = True) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "batch_ratios",
     "skipped", "complete"}.
 
@@ -177,13 +191,31 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
                               "complete": False}
 
     for preset in presets:
-        report["results"] += _measure_preset(preset, rows, batch_sizes, repeats, epochs_per_repeat, num_samples,
-                                             options, make_loader, say)
+        preset_rows = []
+        for row in rows:
+            why = _peer_gap(row, preset, peers)
+            if why:
+                report["skipped"].append({"row": row["row"], "reason": why, "preset": preset})
+            else:
+                preset_rows.append(row)
+        report["results"] += _measure_preset(preset, preset_rows, batch_sizes, repeats, epochs_per_repeat,
+                                             num_samples, options, make_loader, say)
         report["batch_ratios"] = _batch_ratios(report["results"], batch_sizes)
         if on_update is not None:
             on_update(report)
     report["complete"] = True
     return report
+
+
+def _peer_gap(row: dict, preset: str, peers: bool) -> str | None:
+    """Why a peer row is not measured for `preset` (None: it is, or the row is not a peer)."""
+    if row["backend"] != PEER:
+        return None
+    if not peers:
+        return "the batched-torch peer runs on the synthetic arrays only"
+    from benchmarks.batched_torch import supports
+
+    return supports(resolve_augment(preset))
 
 
 def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int], repeats: int,
@@ -195,7 +227,7 @@ def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int
     def build(arm: Arm) -> Any:
         row, bs = arm.spec
         say(f"[{preset}] {arm.name}: build + warm-up epoch")
-        loader = _build(row, preset, bs, num_samples, options[row["backend"]], make_loader)
+        loader = _build(row, preset, bs, num_samples, options.get(row["backend"], {}), make_loader)
         _run_epochs(loader, [0], row["device"] == "cuda")
         return loader
 
@@ -452,7 +484,8 @@ def measure_folder(presets: Sequence[str], *, num_images: int = 512, image_shape
             if on_update is not None:
                 on_update(report)
 
-        report = measure(presets, make_loader=make_loader, num_samples=num_images, on_update=updated, **kwargs)
+        report = measure(presets, make_loader=make_loader, num_samples=num_images, on_update=updated, peers=False,
+                         **kwargs)
         report["config"].update(extra)
         from dali_pipes.folder import list_image_folder
 

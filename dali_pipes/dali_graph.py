@@ -1,15 +1,19 @@
 """The DALI graph: one definition, the device ("gpu" | "cpu") a parameter.
 
-Graph functions only build graphs; the loader decides what runs when. Kept differences from the torchvision
-reference (tested with tolerances in tests/test_lockstep.py):
+Graph functions only build graphs; the loader decides what runs when. Every per-sample random parameter is drawn on
+the host (dali_pipes.draws, dali_pipes.policy) and arrives through one CPU external source; the graph keeps only
+operators that touch pixels. The torchvision reference applies the same parameters: crop, flip and erasing agree
+image for image; kept differences (tested in tests/test_lockstep.py):
 
 - colour jitter runs in a fixed order (contrast, brightness, saturation, hue) where torchvision draws a random order
   per image; contrast pivots on the image's mean grey level as torchvision does (DALI's default pivot is 128).
 - saturation and hue use DALI's ``hsv`` operator: a linear approximation in RGB (chroma scaled and rotated around
   the grey axis), where torchvision converts to HSV. Saturation agrees up to rounding; hue shifts by the same angle
   but along a different colour wheel, so single images differ while the drawn range is the same.
-- random erasing clamps a box that would not fit to the image, where torchvision redraws up to 10 times: the
-  erased-area distribution differs only for the largest scale/ratio combinations.
+- rounding: DALI rounds colour results to nearest where torchvision truncates (contrast, brightness: 1 level;
+  saturation: 2); nearest-neighbour ties in rotation/affine break differently (0.3% of images differ somewhere).
+- the policies keep torchvision's own draws in the reference (its classes take no given parameters): they agree
+  in distribution only. DALI's policy choices are drawn on the host as well (dali_pipes.policy).
 - folder crops (dali_pipes.config): random-resized-crop draws as torchvision's does (area uniform, ratio
   log-uniform, 10 tries) but, after 10 failed tries, places its fallback box at random where torchvision centres it;
   resizing (bilinear, antialiased on both) rounds differently, so the resize + centre crop of ``augment="none"`` on
@@ -21,87 +25,70 @@ reference (tested with tolerances in tests/test_lockstep.py):
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Callable
+
+import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
-from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
 
+from . import draws, policy
 from .config import AugmentConfig
 
 READER_NAME = "reader"  # the file reader's name, matched by the iterator for exact epoch sizes
-# torchvision's AutoAugment/RandAugment translate up to 150/331 of the image side at their top bin (of 10 or 31);
-# DALI's CIFAR-10 policy spreads its range over 11 bins, hence the 10/9 for that policy.
-_TV_TRANSLATE_REL = 150.0 / 331.0
 _GREY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale
 
 
-def _uniform(lo: float, hi: float):
-    return fn.random.uniform(range=[float(lo), float(hi)])
+# The parameters the graph reads from the draws (dali_pipes.draws), in the external source's output order.
+_RECIPE_INPUTS = ("crop", "flip", "rotate_matrix", "affine_matrix", "contrast", "brightness", "saturation",
+                  "hue_degrees", "blur_apply", "blur_sigma", "erase_anchor", "erase_shape")
 
 
-def _pad_crop(images, cfg: AugmentConfig, size: tuple[int, int]):
-    """Random crop of `size` from the image padded by `crop_padding` on every side.
-
-    An integer start in [-p, p] on each axis with out-of-bounds slicing is exactly torchvision's RandomCrop with
-    padding p: the top-left corner is uniform over the 2p+1 positions of the padded image.
-    """
-    p = cfg.crop_padding
-    start = fn.random.uniform(values=list(range(-p, p + 1)), shape=[2], dtype=types.INT32)
-    policy = "constant" if cfg.pad_mode == "constant" else "reflect_101"  # np.pad/torch "reflect" = no edge repeat
-    return fn.slice(images, start=start, shape=list(size), axes=[0, 1], out_of_bounds_policy=policy,
-                    fill_values=float(cfg.pad_fill))
+def input_names(cfg: AugmentConfig, size: tuple[int, int]) -> list[str]:
+    """The per-sample parameters the graph of `cfg` reads, in the order :func:`draw_inputs` returns them."""
+    probe = draws.draw(cfg, size, 0, 0, np.zeros(1, dtype=np.int64))
+    return [k for k in _RECIPE_INPUTS if k in probe] + policy.input_names(cfg, size)
 
 
-def _affine(images, cfg: AugmentConfig, size: tuple[int, int]):
-    """torchvision's RandomAffine, applied with probability `affine_p`: scale, x-shear and rotation about the
-    centre, then a shift by whole pixels; nearest neighbour, filled with `pad_fill`. Components whose range is
-    empty are left out of the matrix (DALI cannot draw from an empty range)."""
-    h, w = size
-    centre = [w / 2.0, h / 2.0]  # (x, y): DALI's pixel centres sit at +0.5, so this is torchvision's centre
-    steps = []
-    lo, hi = cfg.affine_scale
-    if lo < hi:
-        scale = _uniform(lo, hi)
-        steps.append(lambda m: fn.transforms.scale(*m, scale=fn.stack(scale, scale), center=centre))
-    elif lo != 1.0:
-        steps.append(lambda m: fn.transforms.scale(*m, scale=[lo, lo], center=centre))
-    if cfg.affine_shear > 0:
-        shear = _uniform(-cfg.affine_shear, cfg.affine_shear)
-        steps.append(lambda m: fn.transforms.shear(*m, angles=fn.stack(shear, shear * 0.0), center=centre))
-    if cfg.affine_degrees > 0:
-        angle = _uniform(-cfg.affine_degrees, cfg.affine_degrees)
-        steps.append(lambda m: fn.transforms.rotation(*m, angle=angle, center=centre))
-    if cfg.affine_translate > 0:
-        # torchvision rounds each shift to whole pixels: round(uniform(-t * side, t * side))
-        shift = [dmath.floor(_uniform(-cfg.affine_translate * side, cfg.affine_translate * side) + 0.5)
-                 for side in (w, h)]
-        steps.append(lambda m: fn.transforms.translation(*m, offset=fn.stack(*shift)))
-    matrix: tuple = ()
-    for step in steps:
-        matrix = (step(matrix),)
-    if fn.random.coin_flip(probability=cfg.affine_p):
-        images = fn.warp_affine(images, matrix=matrix[0], inverse_map=False, fill_value=float(cfg.pad_fill),
-                                interp_type=types.INTERP_NN)
-    return images
+def draw_inputs(cfg: AugmentConfig, size: tuple[int, int], seed: int, epoch: int,
+                index: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One DALI batch of parameters for the samples `index`: the external source's outputs, in input_names order."""
+    values = {**draws.draw(cfg, size, seed, epoch, index), **policy.draw(cfg, size, seed, epoch, index)}
+    return tuple(np.ascontiguousarray(values[k]) for k in input_names(cfg, size))
 
 
-def _blur(images, cfg: AugmentConfig):
-    """torchvision's GaussianBlur with probability `blur_p`: sigma drawn per image, borders mirrored (reflect 101)."""
-    lo, hi = cfg.blur_sigma
-    sigma = _uniform(lo, hi) if lo < hi else lo
-    if fn.random.coin_flip(probability=cfg.blur_p):
-        images = fn.gaussian_blur(images, window_size=cfg.blur_kernel, sigma=sigma)
-    return images
+def _definition_draws(cfg: AugmentConfig, size: tuple[int, int]) -> Callable:
+    """Parameters for a graph defined without a loader (tools that only define graphs): samples 0..B-1, epoch 0."""
+    from nvidia.dali.pipeline import Pipeline
+
+    batch = Pipeline.current().max_batch_size
+    return lambda: draw_inputs(cfg, size, 0, 0, np.arange(batch))
 
 
-def _color_jitter(images, cfg: AugmentConfig):
+def _parameters(cfg: AugmentConfig, size: tuple[int, int], source: Callable | None) -> dict:
+    """The drawn parameters as CPU DataNodes: one external source with one output per parameter (batch mode, so a
+    short final batch is taken as is). DALI takes named arguments from the CPU only, which is where these are."""
+    names = input_names(cfg, size)
+    if not names:
+        return {}
+    outputs = fn.external_source(source=source or _definition_draws(cfg, size), num_outputs=len(names),
+                                 batch=True, **({"batch_info": True} if source is not None else {}))
+    return dict(zip(names, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+
+
+def _warp(images, matrix, cfg: AugmentConfig):
+    """Nearest-neighbour warp by a per-sample matrix from output to input pixels (torchvision's F.affine/F.rotate
+    matrix, dali_pipes.draws.inverse_affine), filled with `pad_fill`."""
+    return fn.warp_affine(images, matrix=matrix, inverse_map=True, fill_value=float(cfg.pad_fill),
+                          interp_type=types.INTERP_NN)
+
+
+def _color_jitter(images, cfg: AugmentConfig, p: dict):
     if cfg.contrast > 0 or cfg.brightness > 0:
         # brightness * (pivot + contrast * (image - pivot)), rounded and saturated to uint8 by the cast: what
-        # fn.brightness_contrast computes, bit for bit on the CPU graph (tests/test_gpu_graph.py). Written as
+        # fn.brightness_contrast computes, but for 1 level on rounding ties (tests/test_gpu_graph.py). Written as
         # arithmetic because the pivot (the image's mean grey level) is computed on the images' device, and DALI
         # takes named arguments such as `contrast_center` from the CPU only: on a GPU graph that would be a
         # GPU->CPU copy per batch, so the pivot stays a regular (GPU) input of the arithmetic operator instead.
@@ -109,16 +96,16 @@ def _color_jitter(images, cfg: AugmentConfig):
         if cfg.contrast > 0:
             mean_rgb = fn.reductions.mean(images, axes=[0, 1])
             pivot = mean_rgb[0] * _GREY[0] + mean_rgb[1] * _GREY[1] + mean_rgb[2] * _GREY[2]
-            out = pivot + _uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast) * (images - pivot)
+            out = pivot + p["contrast"] * (images - pivot)
         if cfg.brightness > 0:
-            out = _uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness) * out
+            out = p["brightness"] * out
         images = fn.cast(out, dtype=types.UINT8)
     if cfg.saturation > 0 or cfg.hue > 0:
         extra = {}
         if cfg.saturation > 0:
-            extra["saturation"] = _uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)
+            extra["saturation"] = p["saturation"]
         if cfg.hue > 0:
-            extra["hue"] = _uniform(-360.0 * cfg.hue, 360.0 * cfg.hue)  # DALI takes degrees, the config turns
+            extra["hue"] = p["hue_degrees"]  # DALI takes degrees
         images = fn.hsv(images, **extra)
     return images
 
@@ -144,80 +131,58 @@ def _quiet_dali_deprecations():
         warnings.showwarning = shown
 
 
-def _policy(images, cfg: AugmentConfig, size: tuple[int, int]):
-    if cfg.policy == "none":
-        return images
-    with _quiet_dali_deprecations():
-        return _build_policy(images, cfg, size)
+def augment(images, cfg: AugmentConfig, size: tuple[int, int], p: dict, device: str):
+    """uint8 HWC images of `size` -> normalized float32 CHW, following the recipe's fixed order of operations.
 
-
-def _build_policy(images, cfg: AugmentConfig, size: tuple[int, int]):
-    common = dict(shape=size, fill_value=0, interp_type=types.INTERP_NN)  # torchvision: fill 0, nearest
-    if cfg.policy == "autoaugment":
-        return auto_augment.auto_augment(images, policy_name="reduced_cifar10",
-                                         max_translate_rel=_TV_TRANSLATE_REL * 10 / 9, **common)
-    if cfg.policy == "randaugment":
-        return rand_augment.rand_augment(images, n=cfg.randaugment_n, m=cfg.randaugment_m, num_magnitude_bins=31,
-                                         max_translate_rel=_TV_TRANSLATE_REL, **common)
-    # TrivialAugmentWide translates up to 32 px over 31 bins in torchvision: the whole side of a CIFAR image.
-    return trivial_augment.trivial_augment_wide(images, num_magnitude_bins=31, max_translate_rel=32 / size[1],
-                                                **common)
-
-
-def _erase(images, cfg: AugmentConfig, size: tuple[int, int]):
-    """torchvision's RandomErasing on a CHW float image (box drawn in pixels, value in normalized units)."""
-    h_img, w_img = size
-    area = _uniform(*cfg.erase_scale) * float(h_img * w_img)
-    aspect = dmath.exp(_uniform(math.log(cfg.erase_ratio[0]), math.log(cfg.erase_ratio[1])))
-    h = dmath.clamp(dmath.floor(dmath.sqrt(area * aspect) + 0.5), 1.0, float(h_img))
-    w = dmath.clamp(dmath.floor(dmath.sqrt(area / aspect) + 0.5), 1.0, float(w_img))
-    # top-left uniform over the integer positions where the box fits, as torch.randint(0, H - h + 1)
-    y = dmath.min(dmath.floor(_uniform(0.0, 1.0) * (h_img - h + 1)), h_img - h)
-    x = dmath.min(dmath.floor(_uniform(0.0, 1.0) * (w_img - w + 1)), w_img - w)
-    if fn.random.coin_flip(probability=cfg.erase_p):
-        images = fn.erase(images, anchor=fn.stack(y, x), shape=fn.stack(h, w), axis_names="HW",
-                          fill_value=float(cfg.erase_value))
-    return images
-
-
-def augment(images, cfg: AugmentConfig, size: tuple[int, int]):
-    """uint8 HWC images of `size` -> normalized float32 CHW, following the recipe's fixed order of operations."""
+    `p`: the drawn parameters (:func:`_parameters`). Every operator here touches pixels; the parameters arrive as
+    CPU arguments, and a sample that does not get an operation gets its neutral parameter (flip 0, identity
+    matrix, empty erase box) rather than a conditional, except for the blur (no neutral sigma) and the policy.
+    """
     if cfg.crop_padding > 0:
-        images = _pad_crop(images, cfg, size)
+        # An integer start in [-p, p] on each axis with out-of-bounds slicing is exactly torchvision's RandomCrop
+        # with padding p: the top-left corner is uniform over the 2p+1 positions of the padded image.
+        policy_ = "constant" if cfg.pad_mode == "constant" else "reflect_101"  # np.pad/torch "reflect": no edge
+        images = fn.slice(images, start=p["crop"], shape=list(size), axes=[0, 1], out_of_bounds_policy=policy_,
+                          fill_values=float(cfg.pad_fill))
     if cfg.flip_p > 0:
-        images = fn.flip(images, horizontal=fn.random.coin_flip(probability=cfg.flip_p))
+        images = fn.flip(images, horizontal=p["flip"])
     if cfg.rotation > 0:
-        images = fn.rotate(images, angle=_uniform(-cfg.rotation, cfg.rotation), keep_size=True,
-                           fill_value=float(cfg.pad_fill), interp_type=types.INTERP_NN)
+        images = _warp(images, p["rotate_matrix"], cfg)
     if cfg.has_affine:
-        images = _affine(images, cfg, size)
+        images = _warp(images, p["affine_matrix"], cfg)
     if cfg.has_color_jitter:
-        images = _color_jitter(images, cfg)
+        images = _color_jitter(images, cfg, p)
     if cfg.has_blur:
-        images = _blur(images, cfg)
-    images = _policy(images, cfg, size)
+        if p["blur_apply"]:
+            images = fn.gaussian_blur(images, window_size=cfg.blur_kernel, sigma=p["blur_sigma"])
+    if cfg.policy != "none":
+        with _quiet_dali_deprecations():
+            images = policy.apply(images, cfg, size, p, device)
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
                                       mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std])
     if cfg.erase_p > 0:
-        images = _erase(images, cfg, size)
+        # torchvision's RandomErasing on the normalized CHW image; an empty box leaves the image as it is
+        images = fn.erase(images, anchor=p["erase_anchor"], shape=p["erase_shape"], axis_names="HW",
+                          fill_value=float(cfg.erase_value))
     return images
 
 
 @pipeline_def(enable_conditionals=True)
 def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], device: str,
-                   source_device: str = "cpu", cuda_stream: int | None = None):
+                   source_device: str = "cpu", cuda_stream: int | None = None, params: Callable | None = None):
     """Images from a batch callback: uint8 NHWC on the host (`source_device="cpu"`, moved over by ``.gpu()`` for a
     GPU graph) or already on the GPU (``"gpu"``: the dataset lives in GPU memory and the callback gathers there).
 
     `cuda_stream` is the stream the callback's GPU gather was queued on: DALI copies the batch on it, so the copy
-    is ordered after the gather without a host synchronisation.
+    is ordered after the gather without a host synchronisation. `params(batch_info)` returns the batch's drawn
+    parameters (:func:`draw_inputs`); without it, the draws of samples 0..B-1 (for tools that only define graphs).
     """
     extra = {"device": "gpu", "cuda_stream": cuda_stream} if source_device == "gpu" else {}
     images = fn.external_source(source=source, batch=True, batch_info=True, layout="HWC", dtype=types.UINT8,
                                 **extra)
     if device == "gpu":
         images = images.gpu()
-    return augment(images, cfg, size)
+    return augment(images, cfg, size, _parameters(cfg, size, params), device)
 
 
 def _decode_cropped(encoded, cfg: AugmentConfig, size: tuple[int, int], device: str):
@@ -263,7 +228,8 @@ def _round_half_even(x):
 
 
 @pipeline_def(enable_conditionals=True)
-def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size: tuple[int, int], device: str):
+def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size: tuple[int, int], device: str,
+                  params: Callable | None = None):
     """Files read in the given order (the epoch plan), decoded (nvJPEG on GPU) and cropped to `size` by the recipe.
 
     The reader's labels carry dataset indices, which the loader checks against the plan.
@@ -271,4 +237,4 @@ def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size
     encoded, index = fn.readers.file(files=files, labels=indices, random_shuffle=False, pad_last_batch=True,
                                      name=READER_NAME)
     images = _decode_cropped(encoded, cfg, size, device)
-    return augment(images, cfg, size), fn.cast(index, dtype=types.INT64)
+    return augment(images, cfg, size, _parameters(cfg, size, params), device), fn.cast(index, dtype=types.INT64)

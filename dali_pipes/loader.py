@@ -143,6 +143,7 @@ class _DaliBackend:
         self._device_images = (torch.from_numpy(data.images).to(device)
                                if not self._folder and device.type == "cuda" else None)
         self._chunks: list[np.ndarray] = []
+        self._epoch = 0  # the epoch whose parameters _params draws
         self._pipe = None
         self._checkpoint: str | None = None  # DALI state at the last epoch boundary (None: a fresh pipeline)
 
@@ -154,6 +155,22 @@ class _DaliBackend:
         if self._device_images is None:
             return self.data.images[index]
         return self._device_images[torch.from_numpy(index).to(self.device, non_blocking=True)]
+
+    def _params(self, info):
+        """The drawn parameters of DALI batch `info.iteration`: functions of (seed, epoch, dataset index) only.
+
+        Array graphs end the epoch here as the image source does. A file reader pads its last batch with the last
+        file and runs ahead into the next epoch while prefetching (the pipeline is discarded then), so file graphs
+        get parameters padded to the full batch, and any batch past the end (never delivered) repeats batch 0.
+        """
+        from .dali_graph import draw_inputs
+
+        if not self._folder and info.iteration >= len(self._chunks):
+            raise StopIteration
+        index = self._chunks[info.iteration % max(1, len(self._chunks))] if self._chunks else np.zeros(1, np.int64)
+        if self._folder and len(index) < self.dali_batch_size:
+            index = np.concatenate([index, np.repeat(index[-1:], self.dali_batch_size - len(index))])
+        return draw_inputs(self.cfg, self.size, self.seed, self._epoch, index)
 
     def define(self, dali_device: str, device_id: int | None, chunks: list[np.ndarray]):
         """The graph this backend runs for `dali_device` over DALI batches `chunks`, defined but not built."""
@@ -167,11 +184,11 @@ class _DaliBackend:
             # The file list is the epoch plan, so a folder pipeline lives for one epoch; its RNG state carries over.
             order = np.concatenate(chunks) if chunks else np.zeros(1, dtype=np.int64)
             return dali_graph.file_pipeline(files=[self.data.files[i] for i in order], indices=order.tolist(),
-                                            **common)
+                                            params=self._params, **common)
         on_gpu = dali_device == "gpu"
         stream = torch.cuda.current_stream(self.device).cuda_stream if self._device_images is not None else None
         return dali_graph.array_pipeline(source=self._source, source_device="gpu" if on_gpu else "cpu",
-                                         cuda_stream=stream, **common)
+                                         cuda_stream=stream, params=self._params, **common)
 
     def state_dict(self) -> dict:
         return {"dali_checkpoint": self._checkpoint, "dali_batch_size": self.dali_batch_size}
@@ -192,6 +209,7 @@ class _DaliBackend:
         per_chunk = max(1, self.dali_batch_size // self.batch_size)
         groups = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         self._chunks = [np.concatenate(g) for g in groups]
+        self._epoch = epoch
         if self._pipe is None or self._folder:
             self._pipe = None  # release the previous epoch's pipeline (and its decoder memory) before building
             pipe = self.define(self.dali_device, self.device_id, self._chunks)

@@ -66,8 +66,16 @@ _METADATA_OPERATORS = frozenset({"PeekImageShape", "Shapes"})
 
 
 def _is_data_source(op) -> bool:
+    """Readers, and external sources that declare what they deliver (a layout such as "HWC", or a dtype): the
+    drawn parameters (dali_pipes.dali_graph._parameters) come from an external source that declares neither and
+    reach image operators only as per-sample arguments and scalars."""
     schema = _schema(op)
-    return op.spec.NumRegularInput() == 0 and (schema == "ExternalSource" or schema.startswith("readers__"))
+    if op.spec.NumRegularInput() != 0:
+        return False
+    if schema == "ExternalSource":
+        # DALI 2.x keeps the declared layout and dtype there (tests/test_gpu_graph.py fails if that moves)
+        return bool(getattr(op._op, "_layout", None)) or getattr(op._op, "_dtype", None) is not None
+    return schema.startswith("readers__")
 
 
 def _image_operators(pipe, image_output: int) -> set[str]:
@@ -75,8 +83,8 @@ def _image_operators(pipe, image_output: int) -> set[str]:
 
     Edges are matched by name: ``.gpu()`` makes a new node for the same edge, under the same name. The image
     stream starts at the first output of the data source (external source or reader) the image output comes from;
-    the source's other outputs (indices, labels), the random draws and image metadata (_METADATA_OPERATORS: an
-    image's size read on the CPU) are not image data.
+    the source's other outputs (indices, labels), the random draws, the drawn parameters (an external source
+    without a layout, see _is_data_source) and image metadata (_METADATA_OPERATORS: an image's size read on the CPU) are not image data.
     """
     ops = _operators(pipe)
     producer = {edge.name: op for op in ops for edge in _outputs(op)}

@@ -1,7 +1,8 @@
 """The torchvision reference: the same recipe with ``torchvision.transforms.v2`` and a ``DataLoader``.
 
-It is the CPU fallback backend and the oracle the DALI graph is tested against. Each sample is transformed under its
-own torch seed derived from (seed, epoch, dataset index), so batches do not depend on the number of workers.
+It is the CPU fallback backend and the oracle the DALI graph is tested against. Each sample's parameters are the ones
+the DALI graph gets (dali_pipes.draws: functions of seed, epoch and dataset index), and what torchvision still draws
+itself runs under a torch seed derived from the same, so batches do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -12,54 +13,86 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
 
+from . import draws
 from .config import AugmentConfig
 from .errors import DataError
 from .plan import derive_seed
 from .sources import ArrayDataset, FolderDataset
 
 
-def build_transform(cfg: AugmentConfig, size: tuple[int, int], *, resize: bool = False) -> v2.Compose:
-    """uint8 CHW tensor -> normalized float32 CHW tensor, in the order documented in :mod:`dali_pipes.config`.
+class ReferenceTransform:
+    """uint8 CHW tensor + its drawn parameters -> normalized float32 CHW, in the order documented in
+    :mod:`dali_pipes.config`, with torchvision's functional ops.
+
+    The per-sample parameters come from :func:`dali_pipes.draws.draw`, the draws the DALI graph is fed, so both
+    backends apply the same crop, flip, rotation, affine, colour factors, blur sigma and erase box to each sample.
+    What still draws from torch's generator (seeded per sample by the caller): the folder crops' random-resized-crop
+    and the policies, whose torchvision classes cannot take given parameters.
 
     `resize` (image folders): the recipe's crop brings each image to `size` first ("resized": RandomResizedCrop;
     "centre": Resize of the shorter side + CenterCrop; "pad": a squash Resize), bilinear and antialiased.
     """
-    steps: list[Callable] = []
-    bilinear = dict(interpolation=InterpolationMode.BILINEAR, antialias=True)
-    if resize and cfg.crop == "resized":
-        steps.append(v2.RandomResizedCrop(list(size), scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, **bilinear))
-    elif resize and cfg.crop == "centre":
-        steps += [v2.Resize(int(size[0] / cfg.crop_ratio), **bilinear), v2.CenterCrop(list(size))]
-    elif resize:
-        steps.append(v2.Resize(list(size), **bilinear))
-    if cfg.crop_padding > 0:
-        steps.append(v2.RandomCrop(list(size), padding=cfg.crop_padding, padding_mode=cfg.pad_mode,
-                                   fill=cfg.pad_fill))
-    if cfg.flip_p > 0:
-        steps.append(v2.RandomHorizontalFlip(cfg.flip_p))
-    if cfg.rotation > 0:
-        steps.append(v2.RandomRotation(cfg.rotation, interpolation=InterpolationMode.NEAREST, fill=cfg.pad_fill))
-    if cfg.has_affine:
-        affine = v2.RandomAffine(cfg.affine_degrees, translate=(cfg.affine_translate, cfg.affine_translate),
-                                 scale=cfg.affine_scale, shear=cfg.affine_shear or None,
-                                 interpolation=InterpolationMode.NEAREST, fill=cfg.pad_fill)
-        steps.append(v2.RandomApply([affine], p=cfg.affine_p))
-    if cfg.has_color_jitter:
-        steps.append(v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue))
-    if cfg.has_blur:
-        steps.append(v2.RandomApply([v2.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma)], p=cfg.blur_p))
-    if cfg.policy == "autoaugment":
-        steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-    elif cfg.policy == "randaugment":
-        steps.append(v2.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m, num_magnitude_bins=31))
-    elif cfg.policy == "trivialaugment":
-        steps.append(v2.TrivialAugmentWide(num_magnitude_bins=31))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
-    if cfg.erase_p > 0:
-        steps.append(v2.RandomErasing(cfg.erase_p, scale=cfg.erase_scale, ratio=cfg.erase_ratio,
-                                      value=cfg.erase_value))
-    return v2.Compose(steps)
+
+    def __init__(self, cfg: AugmentConfig, size: tuple[int, int], *, resize: bool = False):
+        self.cfg, self.size = cfg, size
+        bilinear = dict(interpolation=InterpolationMode.BILINEAR, antialias=True)
+        steps: list[Callable] = []
+        if resize and cfg.crop == "resized":
+            steps.append(v2.RandomResizedCrop(list(size), scale=cfg.rrc_scale, ratio=cfg.rrc_ratio, **bilinear))
+        elif resize and cfg.crop == "centre":
+            steps += [v2.Resize(int(size[0] / cfg.crop_ratio), **bilinear), v2.CenterCrop(list(size))]
+        elif resize:
+            steps.append(v2.Resize(list(size), **bilinear))
+        self.resize = v2.Compose(steps) if steps else None
+        if cfg.policy == "autoaugment":
+            self.policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+        elif cfg.policy == "randaugment":
+            self.policy = v2.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m,
+                                         num_magnitude_bins=31)
+        elif cfg.policy == "trivialaugment":
+            self.policy = v2.TrivialAugmentWide(num_magnitude_bins=31)
+        else:
+            self.policy = None
+
+    def __call__(self, image: torch.Tensor, p: dict[str, np.ndarray]) -> torch.Tensor:
+        """`p`: one sample's parameters (dali_pipes.draws.draw for this sample, without the batch axis)."""
+        cfg, (h, w) = self.cfg, self.size
+        nearest = dict(interpolation=InterpolationMode.NEAREST, fill=cfg.pad_fill)
+        if self.resize is not None:
+            image = self.resize(image)
+        if cfg.crop_padding > 0:  # RandomCrop(padding=p) at the drawn corner of the padded image
+            pad = cfg.crop_padding
+            image = F.pad(image, [pad], fill=cfg.pad_fill, padding_mode=cfg.pad_mode)
+            y, x = (int(v) + pad for v in p["crop"])
+            image = F.crop(image, y, x, h, w)
+        if cfg.flip_p > 0 and p["flip"]:
+            image = F.horizontal_flip(image)
+        if cfg.rotation > 0:
+            image = F.rotate(image, float(p["rotate"]), **nearest)
+        if cfg.has_affine and p["affine_apply"]:
+            image = F.affine(image, angle=float(p["affine_angle"]), translate=[float(v) for v in p["affine_translate"]],
+                             scale=float(p["affine_scale"]), shear=[float(p["affine_shear"]), 0.0], **nearest)
+        # ColorJitter's operations in the DALI graph's fixed order (torchvision's own class permutes them per image)
+        if cfg.contrast > 0:
+            image = F.adjust_contrast(image, float(p["contrast"]))
+        if cfg.brightness > 0:
+            image = F.adjust_brightness(image, float(p["brightness"]))
+        if cfg.saturation > 0:
+            image = F.adjust_saturation(image, float(p["saturation"]))
+        if cfg.hue > 0:
+            image = F.adjust_hue(image, float(p["hue"]))
+        if cfg.has_blur and p["blur_apply"]:
+            sigma = float(p["blur_sigma"])
+            image = F.gaussian_blur(image, [cfg.blur_kernel, cfg.blur_kernel], [sigma, sigma])
+        if self.policy is not None:
+            image = self.policy(image)
+        image = F.normalize(F.to_dtype(image, torch.float32, scale=True), list(cfg.mean), list(cfg.std))
+        if cfg.erase_p > 0 and p["erase_shape"][0] > 0:
+            (top, left), (eh, ew) = (int(v) for v in p["erase_anchor"]), (int(v) for v in p["erase_shape"])
+            image = F.erase(image, top, left, eh, ew, torch.tensor(float(cfg.erase_value)))
+        return image
 
 
 def worker_error(exc: DataError) -> DataError:
@@ -82,8 +115,8 @@ class ReferenceDataset(Dataset):
     def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int], seed: int):
         self.data = data
         self.is_folder = isinstance(data, FolderDataset)
-        self.transform = build_transform(cfg, size, resize=self.is_folder)
-        self.seed = seed
+        self.transform = ReferenceTransform(cfg, size, resize=self.is_folder)
+        self.cfg, self.size, self.seed = cfg, size, seed
 
     def __len__(self) -> int:
         return len(self.data)
@@ -98,7 +131,9 @@ class ReferenceDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = item
         image = self._read(index)
-        # fork_rng keeps the caller's global RNG untouched (workers=0 runs this in the training process)
+        params = {k: v[0] for k, v in draws.draw(self.cfg, self.size, self.seed, epoch, np.array([index])).items()}
+        # What torchvision still draws itself (folder crops, policies) is seeded per sample; fork_rng keeps the
+        # caller's global RNG untouched (workers=0 runs this in the training process).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, epoch, index))
-            return self.transform(image), index
+            return self.transform(image, params), index

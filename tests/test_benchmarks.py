@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from benchmarks import augment_throughput as aug
+from dali_pipes import create_loader
 from benchmarks import train_throughput as tt
 from dali_pipes import ConfigError
 
@@ -143,7 +144,8 @@ def test_train_cli_reports_dali_train_errors_with_exit_2(monkeypatch) -> None:
 def test_augment_measure_rows_ratios_and_json() -> None:
     report = aug.measure(["standard"], device="all", workers=[0], batch_sizes=[16], repeats=2, num_samples=32)
     rows = [r["row"] for r in report["results"]]
-    assert rows[:2] == ["torchvision w=0", "dali-cpu"] and len(rows) == (3 if CUDA else 2)
+    assert rows[:2] == ["torchvision w=0", "dali-cpu"] and "torch-batched-cpu" in rows
+    assert len(rows) == (5 if CUDA else 3)
     for r in report["results"]:
         assert r["median_images_per_s"] > 0 and math.isfinite(r["median_images_per_s"])
         assert r["min"] <= r["median_images_per_s"] <= r["max"]
@@ -151,7 +153,8 @@ def test_augment_measure_rows_ratios_and_json() -> None:
     for r in report["results"]:
         assert r["ratio_vs_best_torchvision"] == pytest.approx(r["median_images_per_s"] / tv)
     if not CUDA:
-        assert report["skipped"] == [{"row": "dali-gpu", "reason": aug.NO_CUDA, "preset": "standard"}]
+        skipped = {s["row"]: s["reason"] for s in report["skipped"]}
+        assert skipped["dali-gpu"] == aug.NO_CUDA and skipped["torch-batched-cuda"] == aug.NO_CUDA
     json.dumps(report, allow_nan=False)
 
 
@@ -161,7 +164,7 @@ def test_augment_cli_json_and_bad_preset(tmp_path) -> None:
                                            "16", "--repeats", "1", "--num-samples", "32", "--json", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert [r["row"] for r in report["results"]] == ["torchvision w=0", "dali-cpu"]
+    assert [r["row"] for r in report["results"]] == ["torchvision w=0", "dali-cpu", "torch-batched-cpu"]
     assert report["complete"] and all(r["status"] == "ok" for r in report["results"])
     result = CliRunner().invoke(aug.main, ["--presets", "standard,bogus"])
     assert result.exit_code == 2 and "--presets" in result.output, result.output
@@ -176,6 +179,22 @@ def test_augment_cli_bad_option_exits_2_naming_it(args, option) -> None:
     assert result.exit_code == 2 and option in result.output, result.output
 
 
+def test_augment_batched_torch_peer_applies_the_dali_graphs_parameters() -> None:
+    from benchmarks.batched_torch import BatchedTorchLoader
+
+    report = aug.measure(["weak+autoaugment"], device="cpu", workers=[], batch_sizes=[16], repeats=1, num_samples=32)
+    assert [r["row"] for r in report["results"]] == ["dali-cpu"]  # the peer has no policies: skipped, with why
+    assert any(s["row"] == "torch-batched-cpu" and "implements" in s["reason"] for s in report["skipped"])
+    for preset, levels in (("weak", 1e-3), ("standard", 2.01)):  # standard: rounding of the colour matrices
+        peer = BatchedTorchLoader(augment=preset, batch_size=16, device="cpu", num_samples=40)
+        dali = create_loader("synthetic", split="train", batch_size=16, backend="dali", device="cpu", augment=preset,
+                             num_samples=40, num_threads=1)
+        peer.set_epoch(1), dali.set_epoch(1)
+        a, b = torch.cat([x for x, _ in peer]), torch.cat([x for x, _ in dali])
+        diff = (a - b).abs() * torch.tensor(peer.cfg.std).view(1, 3, 1, 1) * 255
+        assert a.shape == (40, 3, 32, 32) and diff.max() <= levels, (preset, diff.max())
+
+
 # ---------------------------------------------------------------------------- failing rows, partial JSON, batches
 def test_augment_failing_row_is_reported_and_the_others_run(tmp_path) -> None:
     # num_threads=0 is refused by create_loader: the dali-cpu rows fail, torchvision's are measured.
@@ -188,7 +207,7 @@ def test_augment_failing_row_is_reported_and_the_others_run(tmp_path) -> None:
 
     aug_json = aug.json_updater(str(out), aug.to_json)
     report = aug.measure(["none", "weak"], device="cpu", workers=[0], batch_sizes=[16], repeats=1, num_samples=32,
-                         loader_options={"dali": {"num_threads": 0}}, on_update=update)
+                         loader_options={"dali": {"num_threads": 0}}, on_update=update, peers=False)
     by_row = {(r["preset"], r["row"]): r for r in report["results"]}
     for preset in ("none", "weak"):
         failed, ok = by_row[(preset, "dali-cpu")], by_row[(preset, "torchvision w=0")]
@@ -231,7 +250,7 @@ def recording_factory(calls: list, stop_at_preset: str | None = None):
 def test_augment_batch_sizes_give_rows_per_size_and_side_by_side_ratios() -> None:
     calls: list[dict] = []
     report = aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[8, 32], repeats=2, num_samples=64,
-                         make_loader=recording_factory(calls))
+                         make_loader=recording_factory(calls), peers=False)
     assert [(r["batch_size"], r["row"]) for r in report["results"]] == [
         (8, "torchvision w=0"), (8, "dali-cpu"), (32, "torchvision w=0"), (32, "dali-cpu")]
     assert sorted({c["batch_size"] for c in calls}) == [8, 32]
@@ -264,7 +283,7 @@ def test_augment_killed_run_keeps_the_finished_presets_in_the_json(tmp_path) -> 
     out = tmp_path / "aug.json"
     with pytest.raises(KeyboardInterrupt):
         aug.measure(["none", "weak"], device="cpu", workers=[0], batch_sizes=[8], repeats=1, num_samples=16,
-                    make_loader=recording_factory([], stop_at_preset="weak"),
+                    make_loader=recording_factory([], stop_at_preset="weak"), peers=False,
                     on_update=aug.json_updater(str(out), aug.to_json))
     report = json.loads(out.read_text())
     assert not report["complete"] and {r["preset"] for r in report["results"]} == {"none"}
