@@ -51,6 +51,7 @@ def _check_same(run_dir: Path, cfg: TrainConfig, saved: dict[str, Any]) -> None:
     wanted = absolute_paths(cfg).to_dict()  # as fit saved it
     # an option missing from config.yaml came after the run was made; it ran with that option's default
     saved = {**TrainConfig().to_dict(), **saved}
+    saved["data_dir"] = absolute_paths(TrainConfig(data_dir=str(saved["data_dir"]))).data_dir  # relative: to here
     diffs = [k for k in wanted if k not in NOT_COMPARED and saved[k] != wanted[k]]
     if diffs:
         shown = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted[k]!r} now" for k in diffs[:3])
