@@ -286,7 +286,11 @@ def dali_shard_error(exc: BaseException, data: ShardDataset) -> DataError | None
     where = f"shard {tar}" if tar else f"a shard under {data.root}"
     if operator.group(1).startswith("decoders."):
         key = re.search(r":(\d{%d,})\.\w+" % KEY_DIGITS, text)
-        sample = f"sample {key.group(1)} of " if key else "a sample of "
-        return DataError(f"cannot decode {sample}{where}: DALI's image decoder failed ({detail}); the source image "
-                         f"is corrupt: remove or re-encode it in the image folder and {repack_hint(data.root)}")
+        if key is None:  # nvImageCodec's failures do not always name the sample
+            return DataError(f"cannot decode a sample of {where}: DALI's image decoder failed ({detail}) without "
+                             "naming it; run once with backend 'torchvision' to find the sample, then remove or "
+                             f"re-encode its image in the image folder and {repack_hint(data.root)}")
+        return DataError(f"cannot decode sample {key.group(1)} of {where}: DALI's image decoder failed ({detail}); "
+                         f"the source image is corrupt: remove or re-encode it in the image folder and "
+                         f"{repack_hint(data.root)}")
     return DataError(f"cannot read {where}: DALI's webdataset reader failed ({detail}); {repack_hint(data.root)}")
