@@ -238,3 +238,21 @@ def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size
                                      name=READER_NAME)
     images = _decode_cropped(encoded, cfg, size, device)
     return augment(images, cfg, size, _parameters(cfg, size, params), device), fn.cast(index, dtype=types.INT64)
+
+
+@pipeline_def(enable_conditionals=True)
+def shards_pipeline(files: list[str], cfg: AugmentConfig, size: tuple[int, int], device: str,
+                    index_files: list[str] | None = None, params: Callable | None = None):
+    """Samples of tar shards (WebDataset layout) read in the order their index files list them (the epoch plan,
+    dali_pipes.shards), decoded (nvJPEG on GPU) and cropped to `size` by the recipe, as :func:`file_pipeline`.
+
+    The second output is each sample's source ("<tar>:<offset>:<key>.<ext>", padded with zeros to the batch's
+    longest), whose key (the sample's index in its split) the loader checks against the plan. The reader is not
+    sharded (no shard_id/num_shards): the plan already gave this rank its own tar shards, whole.
+    """
+    encoded = fn.readers.webdataset(paths=files, index_paths=index_files or [], ext=["jpg;jpeg;png;bmp"],
+                                    missing_component_behavior="error", random_shuffle=False, pad_last_batch=True,
+                                    name=READER_NAME)
+    source = fn.pad(fn.get_property(encoded, key="source_info"), fill_value=0)
+    images = _decode_cropped(encoded, cfg, size, device)
+    return augment(images, cfg, size, _parameters(cfg, size, params), device), source

@@ -431,6 +431,12 @@ def decode_image_rgb(path: str) -> torch.Tensor:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"cannot decode image {path}: {exc.strerror or exc}") from exc
+    return decode_bytes_rgb(data, path)
+
+
+def decode_bytes_rgb(data: bytes, path: str) -> torch.Tensor:
+    """:func:`decode_image_rgb` of an encoded image already read (`path` names it in errors: a file or a shard's
+    sample)."""
     if not data:
         raise DataError(f"cannot decode image {path}: file is empty")
     if data.startswith(_PNG_MAGIC) and (damage := _png_damage(data)):

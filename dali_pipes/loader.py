@@ -19,10 +19,11 @@ import torch
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
 from .errors import ConfigError
-from .plan import derive_seed, num_batches, shard_indices, split_batches
+from .plan import derive_seed, file_shard_indices, num_batches, shard_indices, split_batches
+from .shards import ShardDataset
 from .sources import ArrayDataset, FolderDataset, fingerprint
 
-DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "folder", "shards", "synthetic")
 BACKENDS = ("dali", "torchvision")
 SPLITS = ("train", "val")
 
@@ -45,7 +46,8 @@ def _quiet_restore() -> Iterator[None]:
     finally:
         root.removeFilter(quiet)
 _STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
-          "synthetic": (CIFAR10_MEAN, CIFAR10_STD), "folder": (IMAGENET_MEAN, IMAGENET_STD)}
+          "synthetic": (CIFAR10_MEAN, CIFAR10_STD), "folder": (IMAGENET_MEAN, IMAGENET_STD),
+          "shards": (IMAGENET_MEAN, IMAGENET_STD)}
 
 
 def dataset_stats(dataset: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -129,7 +131,7 @@ class _DaliBackend:
     sequence.
     """
 
-    def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
+    def __init__(self, data: ArrayDataset | FolderDataset | ShardDataset, cfg: AugmentConfig, size: tuple[int, int],
                  device: torch.device, batch_size: int, dali_batch_size: int, num_threads: int, seed: int,
                  shard_id: int):
         self.data, self.cfg, self.size, self.batch_size = data, cfg, size, batch_size
@@ -138,7 +140,9 @@ class _DaliBackend:
         self.device = device
         self.dali_device = "gpu" if device.type == "cuda" else "cpu"
         self.device_id = device.index if device.type == "cuda" else None  # None: CPU-only DALI, no CUDA needed
-        self._folder = isinstance(data, FolderDataset)
+        self._folder = isinstance(data, (FolderDataset, ShardDataset))  # graphs that read files (a reader)
+        self._shards = isinstance(data, ShardDataset)
+        self._index_dir: str | None = None  # this backend's per-epoch DALI index files (shards)
         # The dataset in GPU memory, for GPU graphs over arrays: gathered there per DALI batch.
         self._device_images = (torch.from_numpy(data.images).to(device)
                                if not self._folder and device.type == "cuda" else None)
@@ -180,6 +184,8 @@ class _DaliBackend:
                       num_threads=self.num_threads, device_id=device_id, prefetch_queue_depth=2,
                       seed=derive_seed(self.seed, self.shard_id), enable_checkpointing=True,
                       checkpoint=self._checkpoint)
+        if self._shards:
+            return dali_graph.shards_pipeline(**self._shard_reads(chunks), params=self._params, **common)
         if self._folder:
             # The file list is the epoch plan, so a folder pipeline lives for one epoch; its RNG state carries over.
             order = np.concatenate(chunks) if chunks else np.zeros(1, dtype=np.int64)
@@ -189,6 +195,32 @@ class _DaliBackend:
         stream = torch.cuda.current_stream(self.device).cuda_stream if self._device_images is not None else None
         return dali_graph.array_pipeline(source=self._source, source_device="gpu" if on_gpu else "cpu",
                                          cuda_stream=stream, params=self._params, **common)
+
+    def _shard_reads(self, chunks: list[np.ndarray]) -> dict:
+        """The reader's tar paths and index files for the epoch plan `chunks`: consecutive samples of one tar shard
+        become one entry, with an index file listing them in the planned order (written to a private temporary
+        folder, removed with the backend). The plan reads each tar shard of a rank in one run, so a tar is opened
+        once per epoch."""
+        import tempfile
+        import weakref
+        from shutil import rmtree
+
+        from .shards import write_index
+
+        data = self.data
+        order = np.concatenate(chunks) if chunks else np.zeros(1, dtype=np.int64)
+        if self._index_dir is None:
+            self._index_dir = tempfile.mkdtemp(prefix="dali-train-shards-")
+            weakref.finalize(self, rmtree, self._index_dir, True)
+        shard_of = data.shard[order]
+        cuts = np.flatnonzero(np.diff(shard_of)) + 1
+        files, index_files = [], []
+        for k, run in enumerate(np.split(order, cuts)):
+            path = os.path.join(self._index_dir, f"{k:06d}.idx")
+            write_index(path, [data.index_line(int(i)) for i in run])
+            files.append(data.tars[int(data.shard[run[0]])])
+            index_files.append(path)
+        return {"files": files, "index_files": index_files}
 
     def state_dict(self) -> dict:
         return {"dali_checkpoint": self._checkpoint, "dali_batch_size": self.dali_batch_size}
@@ -218,7 +250,7 @@ class _DaliBackend:
             pipe = self._pipe
         self._pipe = None  # until the epoch completes, the pipeline holds a half-consumed epoch: not reusable
         # A fresh iterator per epoch over the long-lived pipeline: it schedules nothing until the first batch.
-        outputs = ["images", "index"] if self._folder else ["images"]
+        outputs = ["images", "index"] if self._folder else ["images"]  # shards: "index" is each sample's source
         with _quiet_restore():
             iterator = DALIGenericIterator([pipe], outputs, last_batch_policy=LastBatchPolicy.PARTIAL,
                                            auto_reset=False, prepare_first_batch=False,
@@ -226,7 +258,10 @@ class _DaliBackend:
         try:
             for out, group, chunk in zip(iterator, groups, self._chunks):
                 images = out[0]["images"]
-                index = out[0]["index"].reshape(-1) if self._folder else torch.from_numpy(chunk)
+                if self._shards:
+                    index = _keys_of_sources(out[0]["index"])
+                else:
+                    index = out[0]["index"].reshape(-1) if self._folder else torch.from_numpy(chunk)
                 if images.shape[0] != len(chunk) or (self._folder and not torch.equal(index, torch.from_numpy(chunk))):
                     raise RuntimeError(f"DALI returned {images.shape[0]} images for a planned batch of {len(chunk)}; "
                                        "the loader and the pipeline disagree on the epoch plan")
@@ -236,8 +271,12 @@ class _DaliBackend:
             # A file the listing could not vet (damaged compressed data, changed since) fails the pipeline with
             # DALI's multi-line report: one line naming the file instead. Anything else is a bug and stays as is.
             from .folder import dali_file_error
+            from .shards import dali_shard_error
 
-            error = dali_file_error(exc, self.data.files, self.data.root) if self._folder else None
+            if self._shards:
+                error = dali_shard_error(exc, self.data)
+            else:
+                error = dali_file_error(exc, self.data.files, self.data.root) if self._folder else None
             if error is None:
                 raise
             raise error from None
@@ -245,6 +284,14 @@ class _DaliBackend:
         pipe.reset()
         self._checkpoint = pipe.checkpoint()
         self._pipe = pipe
+
+
+def _keys_of_sources(sources: torch.Tensor) -> torch.Tensor:
+    """Sample keys (indices in the split) from the webdataset reader's source strings "<tar>:<offset>:<key>.<ext>"
+    (uint8 rows padded with zeros): the key is the run of digits after the last ':'."""
+    rows = sources.cpu().numpy()
+    keys = [bytes(row).rstrip(b"\0").rsplit(b":", 1)[-1].split(b".", 1)[0] for row in rows]
+    return torch.tensor([int(k) for k in keys], dtype=torch.int64)
 
 
 class _EpochBatches:
@@ -303,7 +350,7 @@ class _TorchvisionBackend:
     not once per epoch.
     """
 
-    def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int],
+    def __init__(self, data: ArrayDataset | FolderDataset | ShardDataset, cfg: AugmentConfig, size: tuple[int, int],
                  device: torch.device, num_workers: int, seed: int):
         from .reference import ReferenceDataset
 
@@ -341,11 +388,11 @@ class _TorchvisionBackend:
 class Loader:
     """Iterable over (images, labels[, indices]) batches of one shard; see :func:`create_loader`."""
 
-    def __init__(self, data: ArrayDataset | FolderDataset, *, train: bool, cfg: AugmentConfig, backend: str,
+    def __init__(self, data: ArrayDataset | FolderDataset | ShardDataset, *, train: bool, cfg: AugmentConfig, backend: str,
                  device: torch.device, batch_size: int, seed: int, shard_id: int, num_shards: int,
                  drop_last: bool, return_index: bool, num_threads: int, num_workers: int, size: tuple[int, int],
                  even_shards: bool = False, dali_batch_size: int | None = None):
-        cfg = resolve_crop(cfg, folder=isinstance(data, FolderDataset))
+        cfg = resolve_crop(cfg, folder=isinstance(data, (FolderDataset, ShardDataset)))
         self.data, self.train, self.cfg, self.backend_name = data, train, cfg, backend
         self.device, self.batch_size, self.seed = device, batch_size, seed
         self.shard_id, self.num_shards = shard_id, num_shards
@@ -384,6 +431,8 @@ class Loader:
     def shard_size(self) -> int:
         """Samples this shard holds per epoch (before drop_last)."""
         n = len(self.data)
+        if isinstance(self.data, ShardDataset):  # whole tar shards per rank, the same every epoch
+            return len(self.epoch_indices())
         if self.even_shards:
             return n // self.num_shards
         return n // self.num_shards + (1 if self.shard_id < n % self.num_shards else 0)
@@ -426,6 +475,9 @@ class Loader:
 
     def epoch_indices(self) -> np.ndarray:
         """This shard's dataset indices for the current epoch, in order (before drop_last)."""
+        if isinstance(self.data, ShardDataset):
+            return file_shard_indices(self.data.counts, shuffle=self.train, seed=self.seed, epoch=self.epoch,
+                                      shard_id=self.shard_id, num_shards=self.num_shards, even=self.even_shards)
         return shard_indices(len(self.data), shuffle=self.train, seed=self.seed, epoch=self.epoch,
                              shard_id=self.shard_id, num_shards=self.num_shards, even=self.even_shards)
 
@@ -453,7 +505,7 @@ def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
 
 
 def load_source(dataset: str, data_dir: str | Path, split: str, *, num_samples: int | None = None,
-                download: bool = True) -> ArrayDataset | FolderDataset:
+                download: bool = True) -> ArrayDataset | FolderDataset | ShardDataset:
     """The dataset split as host arrays (CIFAR, synthetic) or a validated file list (folder)."""
     if dataset in ("cifar10", "cifar100"):
         from .cifar import load_cifar
@@ -463,6 +515,10 @@ def load_source(dataset: str, data_dir: str | Path, split: str, *, num_samples: 
         from .folder import list_image_folder
 
         return list_image_folder(data_dir, split)
+    if dataset == "shards":
+        from .shards import load_shards
+
+        return load_shards(data_dir, split)
     from .synthetic import make_synthetic
 
     # The data seed is fixed: runs with different training seeds must see the same synthetic dataset.
@@ -511,14 +567,17 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     dev = resolve_device(device)
     mean, std = _STATS[dataset]
     # The crop is checked against the dataset before any data is read or downloaded.
-    cfg = resolve_crop(resolve_augment(augment, mean=mean, std=std), folder=dataset == "folder")
+    cfg = resolve_crop(resolve_augment(augment, mean=mean, std=std), folder=dataset in ("folder", "shards"))
     train = split == "train"
     if not train:
         cfg = eval_config(cfg)
     data = load_source(dataset, data_dir, split, num_samples=num_samples, download=download)
     if threads is None:
         threads = default_num_threads(dev, cores)
-    if isinstance(data, FolderDataset):
+    if isinstance(data, ShardDataset) and train and len(data.counts) < num_shards:
+        raise ConfigError(f"num_shards={num_shards} ranks but {data.root} holds {len(data.counts)} train tar shards; "
+                          "a rank reads whole tar shards: repack with a smaller --shard-size (at least one per rank)")
+    if isinstance(data, (FolderDataset, ShardDataset)):
         side = image_size or FOLDER_IMAGE_SIZE
     else:
         side = int(data.images.shape[1])

@@ -62,7 +62,8 @@ def operator_counts(pipe) -> Counter:
 
 # Operators that read an image only to describe it (its size, from the encoded header or the tensor's shape): what
 # they output is metadata, used as CPU arguments (a resize's size, a slice's start), so it is not image work.
-_METADATA_OPERATORS = frozenset({"PeekImageShape", "Shapes"})
+# GetProperty reads a sample's metadata (the shards graph: its source, "<tar>:<offset>:<key>.<ext>"), not its bytes.
+_METADATA_OPERATORS = frozenset({"PeekImageShape", "Shapes", "GetProperty"})
 
 
 def _is_data_source(op) -> bool:

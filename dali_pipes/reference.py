@@ -19,6 +19,7 @@ from . import draws
 from .config import AugmentConfig
 from .errors import DataError
 from .plan import derive_seed
+from .shards import ShardDataset, TarSamples
 from .sources import ArrayDataset, FolderDataset
 
 
@@ -114,7 +115,8 @@ class ReferenceDataset(Dataset):
 
     def __init__(self, data: ArrayDataset | FolderDataset, cfg: AugmentConfig, size: tuple[int, int], seed: int):
         self.data = data
-        self.is_folder = isinstance(data, FolderDataset)
+        self.is_folder = isinstance(data, (FolderDataset, ShardDataset))  # encoded files: decode and resize
+        self.tar = TarSamples(data) if isinstance(data, ShardDataset) else None
         self.transform = ReferenceTransform(cfg, size, resize=self.is_folder)
         self.cfg, self.size, self.seed = cfg, size, seed
 
@@ -122,6 +124,15 @@ class ReferenceDataset(Dataset):
         return len(self.data)
 
     def _read(self, index: int) -> torch.Tensor:
+        if self.tar is not None:
+            from .folder import decode_bytes_rgb
+
+            encoded, label = self.tar.read(index)
+            if label != self.data.labels[index]:
+                raise DataError(f"sample {index} of shard {self.data.tars[int(self.data.shard[index])]} has label "
+                                f"{label} where the manifest says {self.data.labels[index]}: a manifest from another "
+                                "packing; repack")
+            return decode_bytes_rgb(encoded, f"{self.data.image_name(index)} in {self.data.tars[self.data.shard[index]]}")
         if self.is_folder:
             from .folder import decode_image_rgb  # the folder module pulls in file I/O helpers only when needed
 

@@ -48,6 +48,8 @@ def fingerprint(data: ArrayDataset | FolderDataset) -> dict[str, object]:
     """What identifies a dataset split cheaply: its sample count, its classes, and a digest of its labels and of
     evenly spaced images (arrays) or of its file names relative to the split's folder (image folders: no file is
     read beyond what the listing already read). A resume compares it with the one its checkpoint saved."""
+    if hasattr(data, "digest"):  # a shard split: its packing's identity (listing, seed, size) and the split
+        return {"samples": len(data), "classes": list(data.classes), "digest": data.digest}
     digest = hashlib.blake2b(np.ascontiguousarray(data.labels, dtype=np.int64).tobytes(), digest_size=16)
     if isinstance(data, ArrayDataset):
         step = max(1, len(data) // _FINGERPRINT_IMAGES)

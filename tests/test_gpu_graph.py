@@ -24,6 +24,7 @@ from dali_pipes import AugmentConfig, create_loader, resolve_augment
 from dali_pipes import dali_graph
 from dali_pipes.config import PAD_MODES, POLICIES, PRESETS
 from dali_pipes.placement import graph_nodes, operator_counts, placement_errors
+from dali_pipes.shard_cli import pack
 
 
 def recipes() -> list[tuple[str, AugmentConfig]]:
@@ -48,11 +49,13 @@ def recipes() -> list[tuple[str, AugmentConfig]]:
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")
     write_image_folder(root, classes=("a", "b"), per_class=3, shape=(40, 48), ext="jpg")
+    # the same images packed into tar shards (dataset="shards"), beside the folder
+    pack(root, root / "shards", shard_size=8 << 10, seed=0, progress=False)
     return root
 
 
 def loader_for(dataset: str, split: str, augment, folder, batch_size: int = 16):
-    data_dir = folder if dataset == "folder" else "unused"
+    data_dir = {"folder": folder, "shards": folder / "shards"}.get(dataset, "unused")
     return create_loader(dataset, data_dir, split, batch_size=batch_size, backend="dali", device="cpu",
                          augment=augment, num_samples=40, num_threads=1)
 
@@ -71,13 +74,13 @@ def assert_gpu_graph_is_sound(loader) -> None:
     assert "gpu" in devices
 
 
-@pytest.mark.parametrize("dataset", ["synthetic", "folder"])
+@pytest.mark.parametrize("dataset", ["synthetic", "folder", "shards"])
 @pytest.mark.parametrize("name, cfg", recipes(), ids=[r[0] for r in recipes()])
 def test_every_training_graph_defines_on_the_gpu(dataset: str, name: str, cfg: AugmentConfig, folder) -> None:
     assert_gpu_graph_is_sound(loader_for(dataset, "train", cfg, folder))
 
 
-@pytest.mark.parametrize("dataset", ["synthetic", "folder"])
+@pytest.mark.parametrize("dataset", ["synthetic", "folder", "shards"])
 def test_the_evaluation_graph_defines_on_the_gpu(dataset: str, folder) -> None:
     assert_gpu_graph_is_sound(loader_for(dataset, "val", "standard+autoaugment", folder))
 
@@ -100,9 +103,10 @@ def test_every_folder_crop_defines_on_the_gpu(name: str, split: str, folder) -> 
 @pytest.mark.parametrize("augment, split, decoder", [("standard", "train", "decoders__ImageRandomCrop"),
                                                      ("none", "train", "decoders__Image"),
                                                      ("standard", "val", "decoders__Image")])
+@pytest.mark.parametrize("dataset", ["folder", "shards"])
 def test_folder_crops_decode_on_the_device_and_size_on_the_cpu(augment: str, split: str, decoder: str,
-                                                               folder) -> None:
-    nodes = graph_nodes(defined(loader_for("folder", split, augment, folder), "gpu"))
+                                                               dataset: str, folder) -> None:
+    nodes = graph_nodes(defined(loader_for(dataset, split, augment, folder), "gpu"))
     assert [n.device for n in nodes if n.schema.startswith("decoders__")] == ["mixed"]
     assert [n.schema for n in nodes if n.schema.startswith("decoders__")] == [decoder]
     # the centre crop reads each image's size from its header on the CPU: resize and slice take CPU arguments
@@ -126,6 +130,9 @@ def test_the_gpu_graph_reads_arrays_from_gpu_memory_and_decodes_files_on_the_dev
     files = graph_nodes(defined(loader_for("folder", "train", "standard", folder), "gpu"))
     assert [n.device for n in files if n.schema == "decoders__ImageRandomCrop"] == ["mixed"]
     assert [n.device for n in files if n.schema == "readers__File"] == ["cpu"]
+    tars = graph_nodes(defined(loader_for("shards", "train", "standard", folder), "gpu"))
+    assert [n.device for n in tars if n.schema == "decoders__ImageRandomCrop"] == ["mixed"]
+    assert [n.device for n in tars if n.schema == "readers__Webdataset"] == ["cpu"]
 
 
 # ---------------------------------------------------------------------------------- the checker can fail
