@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -558,6 +559,13 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     cores = cores_per_process()
     threads = None if num_threads is None else _check_int("num_threads", num_threads, 1)
     workers = cores if num_workers is None else _check_int("num_workers", num_workers, 0)
+    if workers > cores and backend == "torchvision":
+        # each worker is a process that imports torch and decodes on a core of its own: more workers than cores
+        # only queue for them (32 on 2 cores took minutes to start and never finished an epoch)
+        if split == "train":
+            print(f"note: num_workers={workers} exceeds the {cores} core(s) this process may use: {cores} DataLoader "
+                  "workers are used", file=sys.stderr, flush=True)
+        workers = cores
     if dali_batch_size is not None:
         _check_int("dali_batch_size", dali_batch_size, 1)
     if num_samples is not None:

@@ -714,3 +714,14 @@ def test_the_step_memory_check_measures_the_same_activations_on_cuda() -> None:
     assert cuda.per_image == pytest.approx(cpu.per_image, rel=0.05)  # the same tensors saved, on either device
     total = torch.cuda.get_device_properties(0).total_memory
     assert 0 < cuda.available <= total and 0 < available_memory(torch.device("cuda")) <= total
+
+
+def test_more_dataloader_workers_than_cores_are_capped_with_a_printed_note(capsys) -> None:
+    from dali_pipes import create_loader
+    from dali_pipes.loader import cores_per_process
+
+    cores = cores_per_process()
+    loader = create_loader(dataset="synthetic", split="train", num_samples=32, batch_size=8, backend="torchvision",
+                           device="cpu", augment="none", num_workers=cores + 30)
+    assert loader._backend.loader.num_workers == cores  # noqa: SLF001 — the DataLoader the backend runs
+    assert f"num_workers={cores + 30} exceeds the {cores} core(s)" in capsys.readouterr().err
