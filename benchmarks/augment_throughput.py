@@ -17,6 +17,10 @@ training.harness):
   ``vs batch L`` = row median / the same row's median at the largest size L (batch 128 / batch 1024 shows what
   small training batches cost each backend). ``--dali-batch-size`` sets the batch the DALI graph runs on
   (split into training batches by the loader); unset, the loader chooses;
+- threads: DALI rows by training's rule (``dali_pipes.loader.default_num_threads``: every core of this process's
+  share for the CPU graph, one fewer for the GPU graph) unless ``--dali-threads`` says otherwise; each batched-torch
+  peer gets the same number of torch intra-op threads as its device's DALI row; the header's ``threads`` line and
+  the JSON's ``config.threads`` state what every row used;
 - a row that fails (build, warm-up or a timed epoch) is reported as failed with its one-line error, and the
   other rows go on; ``--json`` is rewritten after each preset, so a run stopped midway keeps the finished
   presets (``"complete": false``).
