@@ -24,7 +24,7 @@ from benchmarks.augment_throughput import DEFAULT_PRESETS
 from dali_pipes import AugmentConfig, create_loader, resolve_augment
 from dali_pipes import dali_graph
 from dali_pipes.config import PAD_MODES, POLICIES, PRESETS
-from dali_pipes.placement import _operators, _schema, graph_nodes, operator_counts, placement_errors
+from dali_pipes.placement import graph_nodes, operator_counts, placement_errors
 
 
 def recipes() -> list[tuple[str, AugmentConfig]]:
@@ -252,6 +252,8 @@ def test_the_parameter_source_is_not_taken_for_image_data() -> None:
 
 
 # ------------------------------------------------------------------------------- streams and the JPEG decoder
+from dali_pipes.placement import _operators, _schema  # noqa: E402  (the defined graph's operators and arguments)
+
 def test_the_gpu_image_source_copies_on_torchs_current_stream_at_each_feed(folder) -> None:
     loader = loader_for("synthetic", "train", "standard", folder)
     backend = loader._backend
