@@ -17,6 +17,10 @@ training.harness):
   ``vs batch L`` = row median / the same row's median at the largest size L (batch 128 / batch 1024 shows what
   small training batches cost each backend). ``--dali-batch-size`` sets the batch the DALI graph runs on
   (split into training batches by the loader); unset, the loader chooses;
+- threads: DALI rows by training's rule (``dali_pipes.loader.default_num_threads``: every core of this process's
+  share for the CPU graph, one fewer for the GPU graph) unless ``--dali-threads`` says otherwise; each batched-torch
+  peer gets the same number of torch intra-op threads as its device's DALI row; the header's ``threads`` line and
+  the JSON's ``config.threads`` state what every row used;
 - a row that fails (build, warm-up or a timed epoch) is reported as failed with its one-line error, and the
   other rows go on; ``--json`` is rewritten after each preset, so a run stopped midway keeps the finished
   presets (``"complete": false``).
@@ -50,7 +54,7 @@ import torch  # noqa: E402
 
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
 from dali_pipes import BACKENDS, ConfigError, DaliTrainError, resolve_augment  # noqa: E402
-from dali_pipes.loader import cpu_count, create_loader  # noqa: E402
+from dali_pipes.loader import cpu_count, create_loader, default_num_threads  # noqa: E402
 from training.checks import check_choice  # noqa: E402
 from training.harness import Arm, Stats, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
 from training.machine import machine_info  # noqa: E402
@@ -66,15 +70,23 @@ BENCH_DATASETS = ("synthetic", "folder")
 
 
 # ------------------------------------------------------------------------------------------------------ rows
-def plan_rows(device: str, workers: Sequence[int], dali_threads: int, cuda: bool) -> tuple[list[dict], list[dict]]:
+def plan_rows(device: str, workers: Sequence[int], dali_threads: int | None, cuda: bool,
+              cores: int | None = None) -> tuple[list[dict], list[dict]]:
     """The rows of every preset, and the skipped rows with their reason.
 
     ``cpu``: torchvision rows and dali-cpu, all delivering CPU tensors. ``cuda``: torchvision rows delivering to the
     GPU (pinned memory) and dali-gpu. ``all``: the cpu rows plus dali-gpu (when CUDA is visible).
+
+    Threads: `dali_threads` for every DALI row when given, else training's rule per device
+    (``dali_pipes.loader.default_num_threads``: a GPU graph leaves one core to the step). Each batched-torch peer
+    runs with as many torch intra-op threads as the DALI row of its device, so the two use the same cores.
     """
     rows: list[dict] = []
     skipped: list[dict] = []
     tv_device = "cuda" if device == "cuda" else "cpu"
+
+    def threads(dev: str) -> int:
+        return int(dali_threads) if dali_threads is not None else default_num_threads(torch.device(dev), cores)
 
     def add(row: dict) -> None:
         if row["device"] == "cuda" and not cuda:
@@ -85,12 +97,12 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int, cuda: bool
     for k in workers:
         add({"row": f"torchvision w={k}", "backend": "torchvision", "device": tv_device, "workers_or_threads": k})
     if device in ("cpu", "all"):
-        add({"row": "dali-cpu", "backend": "dali", "device": "cpu", "workers_or_threads": dali_threads})
+        add({"row": "dali-cpu", "backend": "dali", "device": "cpu", "workers_or_threads": threads("cpu")})
     if device in ("cuda", "all"):
-        add({"row": "dali-gpu", "backend": "dali", "device": "cuda", "workers_or_threads": dali_threads})
-    # Peers: the recipe as batched torch ops on each delivering device, with torch's intra-op threads
+        add({"row": "dali-gpu", "backend": "dali", "device": "cuda", "workers_or_threads": threads("cuda")})
+    # Peers: the recipe as batched torch ops on each delivering device, on as many threads as DALI gets there
     for dev in (["cpu"] if device in ("cpu", "all") else []) + (["cuda"] if device in ("cuda", "all") else []):
-        add({"row": f"torch-batched-{dev}", "backend": PEER, "device": dev, "workers_or_threads": torch.get_num_threads()})
+        add({"row": f"torch-batched-{dev}", "backend": PEER, "device": dev, "workers_or_threads": threads(dev)})
     try:
         import kornia  # noqa: F401  (optional, benchmark only)
         skipped.append({"row": "kornia", "reason": "kornia is installed but its row is not written yet"})
@@ -109,7 +121,7 @@ def _build(row: dict, preset: str, batch_size: int, num_samples: int, options: M
         from benchmarks.batched_torch import BatchedTorchLoader
 
         return BatchedTorchLoader(augment=preset, batch_size=batch_size, device=row["device"],
-                                  num_samples=num_samples)
+                                  num_samples=num_samples, num_threads=row["workers_or_threads"])
     own = ({"num_workers": row["workers_or_threads"]} if row["backend"] == "torchvision"
            else {"num_threads": row["workers_or_threads"]})
     return make_loader(dataset="synthetic", split="train", batch_size=batch_size, backend=row["backend"],
@@ -164,7 +176,7 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     """
     ncores = cpu_count()
     workers = list(range(ncores + 1)) if workers is None else [int(w) for w in workers]
-    dali_threads = ncores if dali_threads is None else int(dali_threads)
+    dali_threads = None if dali_threads is None else int(dali_threads)
     check_choice("--device", device, DEVICES)
     batch_sizes = _check_sizes("batch_sizes", batch_sizes)
     _check_sizes("repeats", [repeats])
@@ -181,7 +193,9 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     say = progress or (lambda _msg: None)
     cuda = bool(torch.cuda.is_available())
     rows, skipped_rows = plan_rows(device, workers, dali_threads, cuda)
-    config = {"presets": list(presets), "device": device, "workers": workers, "dali_threads": dali_threads,
+    used = {r["row"]: r["workers_or_threads"] for r in rows if r["backend"] != "torchvision"}
+    config = {"presets": list(presets), "device": device, "workers": workers,
+              "dali_threads": dali_threads if dali_threads is not None else "default_num_threads", "threads": used,
               "batch_sizes": batch_sizes, "dali_batch_size": dali_batch_size, "repeats": repeats,
               "epochs_per_repeat": epochs_per_repeat, "num_samples": num_samples, "dataset": "synthetic",
               "split": "train", "warmup_epochs": 1,
@@ -295,8 +309,17 @@ def format_header(report: dict) -> str:
     lines = ["augment throughput benchmark", *machine_lines(report["machine"]),
              f"  config      {_dataset_line(c)} train split, {c['num_samples']} samples, training batch "
              f"{batches}{dali_batch}, {c['repeats']} repeat(s) x {c['epochs_per_repeat']} epoch(s) after 1 warm-up "
-             f"epoch, dali threads {c['dali_threads']}, device {c['device']}"]
+             f"epoch, device {c['device']}",
+             f"  threads     {_threads_line(c)}"]
     return "\n".join(lines)
+
+
+def _threads_line(c: dict) -> str:
+    """The threads each DALI row and peer ran on, and by which rule."""
+    rule = ("dali_pipes.loader.default_num_threads" if c["dali_threads"] == "default_num_threads"
+            else f"--dali-threads {c['dali_threads']}")
+    used = ", ".join(f"{row} {n}" for row, n in (c.get("threads") or {}).items())
+    return f"{used or 'no DALI rows'} ({rule}; torch-batched peers: torch.set_num_threads as their device's DALI row)"
 
 
 def _dataset_line(c: dict) -> str:
@@ -490,7 +513,8 @@ def measure_folder(presets: Sequence[str], *, num_images: int = 512, image_shape
         from dali_pipes.folder import list_image_folder
 
         files = list(list_image_folder(folder, "train").files)
-        report["decode_only"] = measure_decode(files, dali_threads=report["config"]["dali_threads"],
+        threads = report["config"]["threads"].get("dali-cpu") or default_num_threads(torch.device("cpu"))
+        report["decode_only"] = measure_decode(files, dali_threads=threads,
                                                repeats=kwargs.get("repeats", 3))
     return report
 
@@ -559,6 +583,9 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--dali-batch-size", type=click.IntRange(min=1), default=None,
               help="Batch the DALI graph runs on, split into training batches by the loader [default: the "
                    "loader's choice].")
+@click.option("--dali-threads", type=click.IntRange(min=1), default=None,
+              help="DALI threads of every DALI row (and torch threads of the batched-torch peers) [default: "
+                   "training's rule, dali_pipes.loader.default_num_threads].")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed repeats per row (median and min..max over these).")
 @click.option("--epochs-per-repeat", type=click.IntRange(min=1), default=1, show_default=True)
@@ -576,7 +603,8 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--folder-images", type=click.IntRange(min=1), default=512, show_default=True,
               help="--dataset folder: generated training images (one epoch).")
 @output_options
-def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_size: int | None, repeats: int,
+def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_size: int | None,
+         dali_threads: int | None, repeats: int,
          epochs_per_repeat: int, workers: list[int] | None, num_samples: int, dataset: str, image_size: int,
          image_shape: tuple[int, int], folder_images: int, json_path: str | None, plot_path: str | None,
          quiet: bool) -> None:
@@ -584,6 +612,7 @@ def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_siz
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
     common = dict(device=device, workers=workers, batch_sizes=batch_sizes, repeats=repeats,
                   epochs_per_repeat=epochs_per_repeat, progress=progress, dali_batch_size=dali_batch_size,
+                  dali_threads=dali_threads,
                   on_update=json_updater(json_path, to_json))
     try:
         if dataset == "folder":

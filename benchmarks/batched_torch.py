@@ -1,9 +1,10 @@
 """The peer a knowledgeable user would write instead of a loader: the recipe as batched torch ops (airbench style).
 
 The whole split sits in one uint8 tensor on the device; each batch is gathered, then cropped, flipped, jittered,
-normalized and erased as whole-batch tensor ops with per-sample parameters. The parameters are the DALI graph's
-(dali_pipes.draws, one vectorised call per batch), so the peer pays the same host drawing cost and applies the
-same crops, flips, factors and boxes. Saturation and hue use the same linear RGB approximation as DALI's ``hsv``
+normalized and erased as whole-batch tensor ops with per-sample parameters, each one or two passes over the batch
+(:func:`augment_batch`), on as many torch threads as the DALI row it is compared with. The parameters are the DALI
+graph's (dali_pipes.draws, one vectorised call per batch), so the peer pays the same host drawing cost and applies
+the same crops, flips, factors and boxes. Saturation and hue use the same linear RGB approximation as DALI's ``hsv``
 (a 3x3 matrix per sample in YIQ space). Benchmark only: it serves the throughput comparison, not training.
 
 Implements the recipe's crop, flip, colour jitter and erasing (the presets ``none``, ``weak``, ``standard``);
@@ -12,6 +13,7 @@ Implements the recipe's crop, flip, colour jitter and erasing (the presets ``non
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 
@@ -49,53 +51,65 @@ def colour_matrices(saturation: torch.Tensor, hue_degrees: torch.Tensor) -> torc
 
 
 def augment_batch(images: torch.Tensor, cfg: AugmentConfig, p: dict[str, np.ndarray]) -> torch.Tensor:
-    """uint8 NHWC -> normalized float32 NCHW with the drawn parameters `p` (dali_pipes.draws.draw)."""
+    """uint8 NHWC -> normalized float32 NCHW with the drawn parameters `p` (dali_pipes.draws.draw).
+
+    Each step is one or two whole-batch passes: the crop and the flip are one uint8 gather through a per-sample index, contrast and brightness one multiply-add per sample,
+    saturation and hue one 3x3 matrix per sample (bmm), normalization one multiply-add, erasing one masked fill.
+    """
     dev = images.device
     n, h, w, _ = images.shape
-    x = images.permute(0, 3, 1, 2).float()
-    if cfg.crop_padding > 0:
+    x = images.permute(0, 3, 1, 2)  # a view: the gather below reads NHWC memory as NCHW
+    if cfg.crop_padding > 0 or cfg.flip_p > 0:
+        # Crop and flip as one gather on uint8 (4x less memory traffic than on float): output pixel (r, c) of
+        # sample i reads padded pixel (y_i + r, x_i + c), or (y_i + r, x_i + w - 1 - c) when i is flipped.
         pad = cfg.crop_padding
-        mode = "constant" if cfg.pad_mode == "constant" else "reflect"
-        padded = F.pad(x, (pad, pad, pad, pad), mode=mode, **({"value": float(cfg.pad_fill)} if mode == "constant"
-                                                             else {}))
-        start = torch.from_numpy(p["crop"]).to(dev, torch.long) + pad  # (N, 2): y, x in the padded image
-        rows = start[:, 0, None] + torch.arange(h, device=dev)
-        cols = start[:, 1, None] + torch.arange(w, device=dev)
-        x = padded[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-        x = x.permute(0, 3, 1, 2)
-    if cfg.flip_p > 0:
-        flip = torch.from_numpy(p["flip"]).to(dev, torch.bool)[:, None, None, None]
-        x = torch.where(flip, x.flip(3), x)
+        if pad > 0:
+            mode = "constant" if cfg.pad_mode == "constant" else "reflect"
+            x = F.pad(x, (pad, pad, pad, pad), mode=mode, **({"value": cfg.pad_fill} if mode == "constant" else {}))
+        start = (torch.from_numpy(p["crop"]).to(dev, torch.long) + pad if pad > 0
+                 else torch.zeros(n, 2, dtype=torch.long, device=dev))
+        rows = start[:, :1] + torch.arange(h, device=dev)  # (N, H) rows of the padded image
+        cols = start[:, 1:] + torch.arange(w, device=dev)  # (N, W)
+        if cfg.flip_p > 0:
+            flip = torch.from_numpy(p["flip"]).to(dev, torch.bool)[:, None]
+            cols = torch.where(flip, cols.flip(1), cols)
+        pixel = (rows[:, :, None] * x.shape[3] + cols[:, None, :]).view(n, 1, h * w).expand(n, 3, h * w)
+        x = x.reshape(n, 3, -1).gather(2, pixel).view(n, 3, h, w)
+    x = x.float()  # uint8 -> float once
     if cfg.contrast > 0 or cfg.brightness > 0:
+        # brightness * (pivot + contrast * (x - pivot)) = scale * x + offset, per sample: one pass
+        scale = torch.ones(n, device=dev)
+        offset = torch.zeros(n, device=dev)
         if cfg.contrast > 0:
-            pivot = (x.mean((2, 3)) @ _GREY.to(dev))[:, None, None, None]
-            c = torch.from_numpy(p["contrast"]).to(dev)[:, None, None, None]
-            x = pivot + c * (x - pivot)
+            c = torch.from_numpy(p["contrast"]).to(dev)
+            scale, offset = c, (1 - c) * (x.mean((2, 3)) @ _GREY.to(dev))  # pivot: the image's mean grey level
         if cfg.brightness > 0:
-            x = torch.from_numpy(p["brightness"]).to(dev)[:, None, None, None] * x
-        x = x.round().clamp_(0, 255)  # uint8 between operations, as the DALI graph's cast
+            b = torch.from_numpy(p["brightness"]).to(dev)
+            scale, offset = b * scale, b * offset
+        x = torch.addcmul(offset.view(n, 1, 1, 1), x, scale.view(n, 1, 1, 1)).clamp_(0, 255).round_()  # uint8
     if cfg.saturation > 0 or cfg.hue > 0:
         sat = torch.from_numpy(p["saturation"]).to(dev) if cfg.saturation > 0 else torch.ones(n, device=dev)
         hue = torch.from_numpy(p["hue_degrees"]).to(dev) if cfg.hue > 0 else torch.zeros(n, device=dev)
-        x = torch.einsum("nij,njhw->nihw", colour_matrices(sat, hue), x).round().clamp_(0, 255)
-    mean = torch.tensor(cfg.mean, device=dev).view(1, 3, 1, 1) * 255
-    std = torch.tensor(cfg.std, device=dev).view(1, 3, 1, 1) * 255
-    x = (x - mean) / std
+        x = torch.bmm(colour_matrices(sat, hue), x.view(n, 3, h * w)).view(n, 3, h, w).clamp_(0, 255).round_()
+    inv_std = 1.0 / (torch.tensor(cfg.std, device=dev) * 255)
+    shift = -torch.tensor(cfg.mean, device=dev) * 255 * inv_std
+    x = torch.addcmul(shift.view(1, 3, 1, 1), x, inv_std.view(1, 3, 1, 1))  # (x - mean) / std
     if cfg.erase_p > 0:
+        # the box as the outer product of a row range and a column range, per sample (empty when not erased)
         anchor = torch.from_numpy(p["erase_anchor"]).to(dev)
-        size = torch.from_numpy(p["erase_shape"]).to(dev)
+        end = anchor + torch.from_numpy(p["erase_shape"]).to(dev)
         ys, xs = torch.arange(h, device=dev), torch.arange(w, device=dev)
-        inside_y = (ys >= anchor[:, :1]) & (ys < anchor[:, :1] + size[:, :1])  # (N, H)
-        inside_x = (xs >= anchor[:, 1:]) & (xs < anchor[:, 1:] + size[:, 1:])  # (N, W)
-        mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
-        x = torch.where(mask, torch.tensor(float(cfg.erase_value), device=dev), x)
+        inside_y = (ys >= anchor[:, :1]) & (ys < end[:, :1])  # (N, H)
+        inside_x = (xs >= anchor[:, 1:]) & (xs < end[:, 1:])  # (N, W)
+        x.masked_fill_((inside_y[:, :, None] & inside_x[:, None, :])[:, None], float(cfg.erase_value))
     return x
 
 
 class BatchedTorchLoader:
     """A loader-shaped peer over the synthetic training split: ``set_epoch``, ``shard_size``, iteration."""
 
-    def __init__(self, *, augment: str, batch_size: int, device: str, num_samples: int, seed: int = 0):
+    def __init__(self, *, augment: str, batch_size: int, device: str, num_samples: int, seed: int = 0,
+                 num_threads: int | None = None):
         data = load_source("synthetic", "unused", "train", num_samples=num_samples)
         mean, std = dataset_stats("synthetic")
         self.cfg = resolve_augment(augment, mean=mean, std=std)
@@ -107,6 +121,9 @@ class BatchedTorchLoader:
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(self.device)
         self.size = tuple(data.images.shape[1:3])
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        # torch's intra-op threads while a batch is augmented (None: as set): the benchmark gives the peer the
+        # cores the DALI row gets. Set per batch and restored, since the setting is process-wide.
+        self.num_threads = num_threads
 
     @property
     def shard_size(self) -> int:
@@ -124,4 +141,18 @@ class BatchedTorchLoader:
         for index in split_batches(order, self.batch_size, False):
             params = draw(self.cfg, self.size, self.seed, self.epoch, index)
             gather = torch.from_numpy(index).to(self.device)
-            yield augment_batch(self.images[gather], self.cfg, params), self.labels[gather]
+            with _intra_op_threads(self.num_threads):
+                images = augment_batch(self.images[gather], self.cfg, params)
+            yield images, self.labels[gather]
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

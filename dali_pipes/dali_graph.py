@@ -39,6 +39,15 @@ from .config import AugmentConfig
 
 READER_NAME = "reader"  # the file reader's name, matched by the iterator for exact epoch sizes
 _GREY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale
+# Share of the JPEG bytes the GPU's hardware JPEG engines decode (A100/H100/H200; elsewhere ignored), the rest going
+# to nvJPEG's CUDA path (Huffman decoding on DALI's host threads below 1 MP, hybrid_huffman_threshold). Passed on
+# purpose rather than left to DALI's default (0.65 in DALI 2.4; its nvImageCodec decoder once shipped 0.90, DALI PR
+# #6366): the engines take most of the work off the SMs and the host threads without every image queueing behind
+# them. GPU and CPU pixels agree only if the engines upsample chroma as libjpeg-turbo does: DALI's legacy decoder
+# passed nvJPEG's interpolation flag to them with jpeg_fancy_upsampling (PR #4662, nvJPEG >= 12.1); whether DALI
+# 2.4's nvImageCodec path does is not verified here, so tests/test_gpu.py checks the parity at 0 (no engine), at
+# this value and at 1 (every image on the engines). If it fails at this value, 0 is the choice that keeps parity.
+HW_DECODER_LOAD = 0.65
 
 
 # The parameters the graph reads from the draws (dali_pipes.draws), in the external source's output order.
@@ -169,15 +178,18 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int], p: dict, device: 
 
 @pipeline_def(enable_conditionals=True)
 def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], device: str,
-                   source_device: str = "cpu", cuda_stream: int | None = None, params: Callable | None = None):
+                   source_device: str = "cpu", params: Callable | None = None):
     """Images from a batch callback: uint8 NHWC on the host (`source_device="cpu"`, moved over by ``.gpu()`` for a
     GPU graph) or already on the GPU (``"gpu"``: the dataset lives in GPU memory and the callback gathers there).
 
-    `cuda_stream` is the stream the callback's GPU gather was queued on: DALI copies the batch on it, so the copy
-    is ordered after the gather without a host synchronisation. `params(batch_info)` returns the batch's drawn
-    parameters (:func:`draw_inputs`); without it, the draws of samples 0..B-1 (for tools that only define graphs).
+    `params(batch_info)` returns the batch's drawn parameters (:func:`draw_inputs`); without it, the draws of
+    samples 0..B-1 (for tools that only define graphs).
     """
-    extra = {"device": "gpu", "cuda_stream": cuda_stream} if source_device == "gpu" else {}
+    # cuda_stream=None: for a torch tensor DALI 2.4 reads torch.cuda.current_stream() at each feed
+    # (types._get_default_stream_for_array), in the thread that ran the callback, so its copy is queued after the
+    # callback's gather on whatever stream the training loop is on, without a host synchronisation. A stream
+    # fixed when the graph is defined would race with a loop that runs under torch.cuda.stream(s).
+    extra = {"device": "gpu", "cuda_stream": None} if source_device == "gpu" else {}
     images = fn.external_source(source=source, batch=True, batch_info=True, layout="HWC", dtype=types.UINT8,
                                 **extra)
     if device == "gpu":
@@ -185,15 +197,19 @@ def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], 
     return augment(images, cfg, size, _parameters(cfg, size, params), device)
 
 
-def _decode_cropped(encoded, cfg: AugmentConfig, size: tuple[int, int], device: str):
+def _decode_cropped(encoded, cfg: AugmentConfig, size: tuple[int, int], device: str,
+                    hw_decoder_load: float = HW_DECODER_LOAD):
     """Encoded files -> uint8 HWC images of `size`, by the recipe's crop ("pad" | "resized" | "centre").
 
     Both decoders upsample JPEG chroma the way libjpeg-turbo (and so torchvision's reference decoder) does by
     default ("fancy" upsampling); nvJPEG's own default differs, which would make GPU and CPU pixels disagree. EXIF
     orientation is applied (DALI's default, and the reference's decode_image_rgb), so a photo is upright. Resizing
-    is bilinear and antialiased on both backends (torchvision v2 with antialias=True).
+    is bilinear and antialiased on both backends (torchvision v2 with antialias=True). `hw_decoder_load`: see
+    :data:`HW_DECODER_LOAD` (the mixed decoder only).
     """
     decoder = dict(device="mixed" if device == "gpu" else "cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
+    if device == "gpu":
+        decoder["hw_decoder_load"] = float(hw_decoder_load)
     if cfg.crop == "resized":
         # torchvision's RandomResizedCrop, fused with decoding (a JPEG decodes only the box's region): log-uniform
         # w/h ratio, area fraction uniform, 10 tries. When every try fails DALI takes the whole image clamped to the
@@ -229,14 +245,14 @@ def _round_half_even(x):
 
 @pipeline_def(enable_conditionals=True)
 def file_pipeline(files: list[str], indices: list[int], cfg: AugmentConfig, size: tuple[int, int], device: str,
-                  params: Callable | None = None):
+                  params: Callable | None = None, hw_decoder_load: float = HW_DECODER_LOAD):
     """Files read in the given order (the epoch plan), decoded (nvJPEG on GPU) and cropped to `size` by the recipe.
 
     The reader's labels carry dataset indices, which the loader checks against the plan.
     """
     encoded, index = fn.readers.file(files=files, labels=indices, random_shuffle=False, pad_last_batch=True,
                                      name=READER_NAME)
-    images = _decode_cropped(encoded, cfg, size, device)
+    images = _decode_cropped(encoded, cfg, size, device, hw_decoder_load)
     return augment(images, cfg, size, _parameters(cfg, size, params), device), fn.cast(index, dtype=types.INT64)
 
 

@@ -148,6 +148,9 @@ class _DaliBackend:
         self._device_images = (torch.from_numpy(data.images).to(device)
                                if not self._folder and device.type == "cuda" else None)
         self._chunks: list[np.ndarray] = []
+        self._device_chunks: list[torch.Tensor] = []  # _chunks as slices of one device tensor (arrays on the GPU)
+        self._plan_ready = None  # CUDA event: the epoch's index plan has reached the device
+        self.hw_decoder_load: float | None = None  # folder graphs on the GPU; None: dali_graph.HW_DECODER_LOAD
         self._epoch = 0  # the epoch whose parameters _params draws
         self._pipe = None
         self._checkpoint: str | None = None  # DALI state at the last epoch boundary (None: a fresh pipeline)
@@ -156,10 +159,23 @@ class _DaliBackend:
         # Batch mode: DALI takes a short final batch as is (per-sample mode would drop it silently).
         if info.iteration >= len(self._chunks):
             raise StopIteration
-        index = self._chunks[info.iteration]
         if self._device_images is None:
-            return self.data.images[index]
-        return self._device_images[torch.from_numpy(index).to(self.device, non_blocking=True)]
+            return self.data.images[self._chunks[info.iteration]]
+        if self._plan_ready is not None:  # the gather may run on another stream than the plan's copy did
+            torch.cuda.current_stream(self.device).wait_event(self._plan_ready)
+        return self._device_images[self._device_chunks[info.iteration]]
+
+    def _plan_on_device(self, chunks: list[np.ndarray]) -> list[torch.Tensor]:
+        """The epoch's DALI batches of indices as slices of one device tensor: one host-to-device copy per epoch
+        (from pinned memory on CUDA, so it is asynchronous) instead of one pageable copy per batch."""
+        plan = torch.from_numpy(np.concatenate(chunks))
+        if self.device.type == "cuda":
+            plan = plan.pin_memory()  # torch's pinned allocator keeps it alive until the copy has run
+        on_device = plan.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self._plan_ready = torch.cuda.Event()
+            self._plan_ready.record(torch.cuda.current_stream(self.device))
+        return list(on_device.split([len(c) for c in chunks]))
 
     def _params(self, info):
         """The drawn parameters of DALI batch `info.iteration`: functions of (seed, epoch, dataset index) only.
@@ -191,11 +207,12 @@ class _DaliBackend:
             # The file list is the epoch plan, so a folder pipeline lives for one epoch; its RNG state carries over.
             order = np.concatenate(chunks) if chunks else np.zeros(1, dtype=np.int64)
             return dali_graph.file_pipeline(files=[self.data.files[i] for i in order], indices=order.tolist(),
-                                            params=self._params, **common)
+                                            params=self._params, **common,
+                                            hw_decoder_load=(dali_graph.HW_DECODER_LOAD if self.hw_decoder_load
+                                                             is None else self.hw_decoder_load))
         on_gpu = dali_device == "gpu"
-        stream = torch.cuda.current_stream(self.device).cuda_stream if self._device_images is not None else None
         return dali_graph.array_pipeline(source=self._source, source_device="gpu" if on_gpu else "cpu",
-                                         cuda_stream=stream, params=self._params, **common)
+                                         params=self._params, **common)
 
     def _shard_reads(self, chunks: list[np.ndarray]) -> dict:
         """The reader's tar paths and index files for the epoch plan `chunks`: consecutive samples of one tar shard
@@ -242,6 +259,8 @@ class _DaliBackend:
         per_chunk = max(1, self.dali_batch_size // self.batch_size)
         groups = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         self._chunks = [np.concatenate(g) for g in groups]
+        if self._device_images is not None:
+            self._device_chunks = self._plan_on_device(self._chunks)
         self._epoch = epoch
         if self._pipe is None or self._folder:
             self._pipe = None  # release the previous epoch's pipeline (and its decoder memory) before building

@@ -479,3 +479,29 @@ def test_harness_stats_and_table() -> None:
     assert table(["x", "value"], [["a", "1"], ["bb", "22"], ["bb", "3"]], align="<>", group=1) == [
         "x   value", "--  -----", "a       1", "", "bb     22", "bb      3"]
     assert table(["x"], [])[-1] == "(no rows measured)"
+
+
+def test_augment_rows_use_trainings_thread_rule_and_peers_get_the_same_threads() -> None:
+    from dali_pipes.loader import default_num_threads
+
+    rows, _ = aug.plan_rows("all", [], None, cuda=True, cores=4)
+    threads = {r["row"]: r["workers_or_threads"] for r in rows}
+    assert threads == {"dali-cpu": default_num_threads(torch.device("cpu"), 4),
+                       "dali-gpu": default_num_threads(torch.device("cuda"), 4),
+                       "torch-batched-cpu": 4, "torch-batched-cuda": 3}
+    rows, _ = aug.plan_rows("all", [], 2, cuda=True, cores=4)  # --dali-threads 2
+    assert {r["workers_or_threads"] for r in rows} == {2}
+
+
+def test_the_batched_peer_runs_on_its_threads_and_restores_torchs() -> None:
+    from benchmarks.batched_torch import BatchedTorchLoader
+
+    before, seen = torch.get_num_threads(), []
+    peer = BatchedTorchLoader(augment="weak", batch_size=8, device="cpu", num_samples=16, num_threads=1)
+    for _ in peer:
+        seen.append(torch.get_num_threads())  # between batches: the caller's setting
+    assert seen == [before, before] and torch.get_num_threads() == before
+    report = aug.measure(["weak"], device="cpu", workers=[], batch_sizes=[8], repeats=1, num_samples=16,
+                         dali_threads=1)
+    assert report["config"]["threads"] == {"dali-cpu": 1, "torch-batched-cpu": 1}
+    assert "dali-cpu 1, torch-batched-cpu 1" in aug.format_header(report)

@@ -89,16 +89,35 @@ def test_gpu_resume_is_exact() -> None:
     assert torch.equal(torch.cat([b[0] for b in resumed]), epochs[1])
 
 
-def test_gpu_folder_decodes_with_nvjpeg(tmp_path) -> None:
+@pytest.mark.parametrize("hw_decoder_load", [0.0, "chosen", 1.0])
+def test_gpu_folder_decodes_with_nvjpeg_like_libjpeg_turbo(tmp_path, hw_decoder_load) -> None:
+    # 0: nvJPEG's CUDA path only; 1: every image on the hardware JPEG engines (where the GPU has them); "chosen":
+    # dali_graph.HW_DECODER_LOAD, what training runs. PIL writes 4:2:0 JPEGs, where chroma upsampling matters.
+    from dali_pipes.dali_graph import HW_DECODER_LOAD
+
     write_image_folder(tmp_path, classes=("a", "b"), per_class=5, shape=(40, 48), ext="jpg", seed=2)
     out = {}
     for device in ("cuda", "cpu"):
         loader = create_loader("folder", tmp_path, "val", batch_size=4, device=device, augment="none",
                                image_size=32)
+        loader._backend.hw_decoder_load = HW_DECODER_LOAD if hw_decoder_load == "chosen" else hw_decoder_load
         out[device] = torch.cat([x.cpu() for x, _ in loader])
     assert out["cuda"].shape == (10, 3, 32, 32)
-    # nvJPEG and libjpeg-turbo may differ by a level or two per pixel (IDCT rounding)
+    # nvJPEG and libjpeg-turbo may differ by a level or two per pixel (IDCT rounding); chroma upsampled another
+    # way would move every edge
     assert (out["cuda"] - out["cpu"]).abs().mean() < 0.05
+
+
+def test_gpu_arrays_follow_torchs_current_stream(tmp_path) -> None:
+    # The image source's copy reads torch's current stream at each feed (cuda_stream=None), so a loop running
+    # under a side stream gets the same batches as on the default stream.
+    data, cfg = random_data(96), resolve_augment("standard")
+    default = torch.cat([b[0] for b in loader_on("cuda", data, cfg)])
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        batches = [b[0].clone() for b in loader_on("cuda", data, cfg)]
+    side.synchronize()
+    assert torch.equal(torch.cat(batches), default)
 
 
 def test_gpu_random_resized_crop_is_fused_with_nvjpeg_and_draws_like_the_cpu(tmp_path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 import pytest
+import torch
 from nvidia.dali import pipeline_def
 
 from conftest import write_image_folder
@@ -255,3 +256,32 @@ def test_the_parameter_source_is_not_taken_for_image_data() -> None:
     nodes = graph_nodes(split_parameter(batch_size=2, num_threads=1, device_id=0))
     assert any(n.schema == "_conditional__Split" and n.device == "cpu" for n in nodes)
     assert placement_errors(split_parameter(batch_size=2, num_threads=1, device_id=0)) == []
+
+
+# ------------------------------------------------------------------------------- streams and the JPEG decoder
+from dali_pipes.placement import _operators, _schema  # noqa: E402  (the defined graph's operators and arguments)
+
+def test_the_gpu_image_source_copies_on_torchs_current_stream_at_each_feed(folder) -> None:
+    loader = loader_for("synthetic", "train", "standard", folder)
+    backend = loader._backend
+    # a stand-in for the dataset in GPU memory: a stream fixed at definition would be read from CUDA right here
+    backend._device_images = torch.zeros(1, dtype=torch.uint8)
+    pipe = defined(loader, "gpu")
+    graph_nodes(pipe)  # defines the graph's operators and its input callbacks
+    (images,) = [g for g in pipe._input_callbacks if g.callback == backend._source]
+    # None: DALI 2.4 reads torch.cuda.current_stream() when it feeds a torch tensor (types._get_default_stream_...)
+    assert images._cuda_stream is None and images.instances[0]._op._device == "gpu"
+
+
+@pytest.mark.parametrize("augment, split", [("standard", "train"), ("none", "val")])
+def test_the_gpu_jpeg_decoder_gets_hw_decoder_load_on_purpose(augment: str, split: str, folder) -> None:
+    def decoder_args(device: str, load: float | None = None) -> dict:
+        loader = loader_for("folder", split, augment, folder)
+        loader._backend.hw_decoder_load = load
+        ops = [op for op in _operators(defined(loader, device)) if "decoders__" in _schema(op)]
+        assert len(ops) == 1
+        return ops[0]._op._init_args
+
+    assert decoder_args("gpu")["hw_decoder_load"] == dali_graph.HW_DECODER_LOAD
+    assert decoder_args("gpu", 0.0)["hw_decoder_load"] == 0.0  # the GPU parity test's other setting
+    assert "hw_decoder_load" not in decoder_args("cpu")  # libjpeg-turbo: no hardware engine to share with

@@ -264,3 +264,29 @@ def test_one_thread_rule_leaves_a_gpu_graph_all_cores_but_the_training_loops(cor
     # training asks the same rule, and --num-threads wins over it
     assert loader_threads(TrainConfig(), cpu) == default_num_threads(cpu)
     assert loader_threads(TrainConfig(num_threads=3), cuda) == 3
+
+
+def test_the_epoch_plan_reaches_the_device_once_per_epoch_and_each_batch_gathers_a_slice_of_it() -> None:
+    data = tiny(50)
+    plain, on_device = (make(data, "dali", batch_size=10, dali_batch_size=20) for _ in range(2))
+    backend = on_device._backend
+    # a CPU stand-in for the dataset in GPU memory: the same gather path, with the plan copied to `device` (the CPU)
+    backend._device_images = torch.from_numpy(data.images.copy())
+    copies, gathered = [], []
+    plan_on_device, source = backend._plan_on_device, backend._source
+    backend._plan_on_device = lambda chunks: copies.append(plan_on_device(chunks)) or copies[-1]
+
+    def recording_source(info):
+        out = source(info)  # StopIteration past the epoch's end, as before
+        gathered.append(backend._device_chunks[info.iteration])
+        return out.numpy()  # DALI asks CUDA for torch's current stream when fed any torch tensor, even a CPU one
+
+    backend._source = recording_source
+    for epoch in (0, 1):
+        assert torch.equal(run_epoch(on_device, epoch)[0], run_epoch(plain, epoch)[0])
+        assert len(copies) == epoch + 1  # one copy per epoch, not one per DALI batch
+        plan = copies[-1]
+        assert [len(s) for s in plan] == [20, 20, 10]
+        assert len({s.untyped_storage().data_ptr() for s in plan}) == 1  # slices of one tensor
+        assert torch.equal(torch.cat(plan), torch.from_numpy(on_device.epoch_indices()))
+    assert len(gathered) == 6 and all(any(g is s for s in copies[0] + copies[1]) for g in gathered)
