@@ -76,7 +76,7 @@ def test_dali_prune_fine_tunes_and_evaluates_at_the_training_side(folder_run, tm
     code, text = invoke(prune_main, ["--checkpoint", str(ckpt), "--output", str(out), "--device", "cpu",
                                      "--amount", "0.3", "--finetune-epochs", "1", *DATA])
     assert code == 0, text
-    rows = read_metrics(out / "prune.csv")
+    rows = read_metrics(out / "prune.csv", key="stage")
     assert [r["stage"] for r in rows] == [0, 1] and abs(rows[1]["sparsity"] - 0.3) <= 0.01
     stage_cfg = load_checkpoint(out / "stage1-0.3" / "stage.pth")["config"]
     assert (stage_cfg["dataset"], stage_cfg["image_size"]) == ("folder", SIDE)
