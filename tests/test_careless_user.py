@@ -197,10 +197,10 @@ def snapshot(folder) -> dict[str, bytes]:
 def finished_results(out) -> None:
     """A run folder as a finished 2-epoch run leaves it once its checkpoints are removed to save space."""
     from training.config import TrainConfig
-    from training.outputs import write_config
+    from training.rundir import RunDir
 
     out.mkdir()
-    write_config(out, TrainConfig(dataset="synthetic", model="resnet20", epochs=2, output=str(out)))
+    RunDir(out).write_config(TrainConfig(dataset="synthetic", model="resnet20", epochs=2, output=str(out)))
     write_rows(out / "metrics.csv", [{"epoch": e, "lr": 0.1, "train_loss": 2.0, "val_acc": 0.5} for e in (1, 2)])
     (out / "summary.json").write_text('{"epochs_run": 2}\n')
     (out / "curves.png").write_bytes(b"\x89PNG\r\n")

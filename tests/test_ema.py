@@ -218,16 +218,6 @@ def test_weights_ema_is_refused_for_a_checkpoint_without_an_ema(tmp_path) -> Non
     assert len(text.strip().splitlines()) == 1
 
 
-def test_an_old_checkpoint_without_ema_or_opt_still_resumes_as_sgd_without_ema() -> None:
-    from training.state import TrainState
-
-    old = {"epoch": 3, "batch": 0, "step": 30, "best_acc": 0.5, "best_epoch": 2, "bad_epochs": 1,
-           "stopped_early": False}
-    assert TrainState.from_dict(old).best_weights == "model"
-    cfg = TrainConfig.from_dict({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True})
-    assert (cfg.opt, cfg.ema_decay) == ("sgd", 0.0)
-
-
 @pytest.mark.gpu
 def test_an_ema_update_on_the_gpu_waits_for_nothing() -> None:
     from training.models import create_model

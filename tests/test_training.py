@@ -247,19 +247,6 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # and the temp file is gone
 
 
-def test_the_cuda_rng_state_of_a_checkpoint_is_one_device_and_old_lists_still_load() -> None:
-    one = torch.arange(16, dtype=torch.uint8)
-    listed = [torch.full((16,), k, dtype=torch.uint8) for k in range(2)]  # older checkpoints: every visible GPU's
-    assert run_mod.cuda_rng_entry(one, 3) is one
-    assert run_mod.cuda_rng_entry(listed, 1) is listed[1]
-    assert run_mod.cuda_rng_entry(listed, 5) is listed[0]  # resumed on a device index the old run did not see
-    assert run_mod.cuda_rng_entry([], 0) is None and run_mod.cuda_rng_entry(None, 0) is None
-
-
-@pytest.mark.parametrize("raised, line", [
-    (run_mod.SecondSignal, "aborted by a second interrupt"),  # a second signal while a safe stop was pending
-    (KeyboardInterrupt, "interrupted; what was saved before is kept"),  # a first Ctrl-C where no handler waits
-])
 def test_only_a_second_signal_is_reported_as_one(capsys, raised, line) -> None:
     def interrupted():
         raise raised

@@ -21,6 +21,7 @@ from dali_pipes import ConfigError, DaliTrainError, DataError
 
 from .config import TrainConfig
 from .models import create_model
+from .progress import TrainState
 
 FORMAT = "dali-train/1"
 REQUIRED = ("format", "config", "model", "epoch")
@@ -135,8 +136,9 @@ def chosen_weights(state: dict[str, Any], path: Path, weights: str | None = None
     the run's best accuracy if the checkpoint was written at the end of that epoch (best.pth), else "model".
     "ema" asked of a checkpoint without an EMA is a ConfigError."""
     if weights is None:
-        at_best = state.get("epoch") == state.get("best_epoch") and not state.get("batch")
-        return "ema" if at_best and state.get("best_weights") == "ema" and "ema" in state else "model"
+        progress = TrainState.from_dict(state)
+        at_best = progress.epoch == progress.best_epoch and not progress.batch
+        return "ema" if at_best and progress.best_weights == "ema" and "ema" in state else "model"
     if weights == "ema" and "ema" not in state:
         raise ConfigError(f"--weights ema: {path} holds no EMA weights (its run trained without --ema-decay); "
                           "use --weights model")

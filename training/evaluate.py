@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .checkpoint import chosen_weights
 from .checkpoint_tools import ValModel, read_checkpoint
+from .progress import TrainState
 
 
 def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str | None = None,
@@ -18,5 +19,5 @@ def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str
                                  num_threads=num_threads if num_threads is not None else 0)
     weights = chosen_weights(state, path, weights)
     result = ValModel.from_checkpoint(state, path, cfg, weights=weights).evaluate(tta=tta)
-    return {"checkpoint": str(path), "epoch": int(state["epoch"]), "dataset": cfg.dataset, "tta": tta,
+    return {"checkpoint": str(path), "epoch": TrainState.from_dict(state).epoch, "dataset": cfg.dataset, "tta": tta,
             "weights": weights, **result}

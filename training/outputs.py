@@ -1,4 +1,4 @@
-"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line and progress bar, summary.json, config.yaml.
+"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line and progress bar, summary.json.
 
 Every write here that can fail for want of disk (a full disk, a quota) is a one-line DaliTrainError naming the file,
 like a failed checkpoint write, not an OSError traceback.
@@ -14,11 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dali_pipes import DaliTrainError, DataError
 
-from .config import TrainConfig
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images", "images_per_s",
                  "data_time_s",
@@ -68,10 +65,6 @@ def write_text(path: Path, text: str) -> None:
     except OSError as e:
         _remove(tmp)
         raise write_error(path, e) from None
-
-
-def write_config(run_dir: Path, cfg: TrainConfig) -> None:
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ key of it back.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,8 @@ from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .distributed import World
 from .engine import StepContext
-from .rundir import RunDirLock
-
-
-def cuda_rng_entry(saved: Any, index: int) -> torch.Tensor | None:
-    """The CUDA RNG state to restore on device `index` from a checkpoint's: one state (that of the rank's device),
-    or, in older checkpoints, a list of every visible device's (entry `index`, else the first); None: nothing."""
-    if isinstance(saved, torch.Tensor):
-        return saved
-    if isinstance(saved, (list, tuple)) and saved:
-        return saved[index] if index < len(saved) else saved[0]
-    return None
+from .lock import RunDirLock
+from .progress import TrainState
 
 
 @dataclass
@@ -85,8 +76,7 @@ class Run:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """The inverse of :meth:`checkpoint` (and of :meth:`rank_state` for this rank): every key is read back
-        here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule;
-        checkpoints that also hold a "scheduler" entry (a LambdaLR's state) are read the same way, it ignored."""
+        here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule."""
         if len(state["ranks"]) != self.world.size:
             raise ConfigError(f"the checkpoint was written by {len(state['ranks'])} process(es) and this run has "
                               f"{self.world.size}; resume with the same number (torchrun --nproc_per_node / "
@@ -112,10 +102,8 @@ class Run:
         self.history = history
         torch.set_rng_state(mine["torch_rng"])
         if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            cuda_rng = cuda_rng_entry(mine["cuda_rng"], index)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, self.device)
+            if mine["cuda_rng"] is not None:  # None: the run was saved on the CPU
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
 
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""
