@@ -247,6 +247,10 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # and the temp file is gone
 
 
+@pytest.mark.parametrize("raised, line", [
+    (run_mod.SecondSignal, "aborted by a second interrupt"),  # a second signal while a safe stop was pending
+    (KeyboardInterrupt, "interrupted; what was saved before is kept"),  # a first Ctrl-C where no handler waits
+])
 def test_only_a_second_signal_is_reported_as_one(capsys, raised, line) -> None:
     def interrupted():
         raise raised
