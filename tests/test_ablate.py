@@ -17,7 +17,8 @@ from helpers import StopAfter
 
 from dali_pipes import ConfigError
 from training import ablate
-from training import run as run_mod
+from training import loop as run_mod
+from training.outputs import read_metrics
 from training.ablate import STUDIES, RunRecord, arm_configs, load_study, skip_reason, welch_t
 from training.config import TrainConfig
 
@@ -85,7 +86,7 @@ def test_the_reports_are_read_from_the_runs_own_files(stopped_then_rerun) -> Non
     for r in rows:
         run_dir = dirs[r["arm"], int(r["seed"])]
         summary = json.loads((run_dir / "summary.json").read_text())
-        metrics = run_mod.read_metrics(run_dir / "metrics.csv")
+        metrics = read_metrics(run_dir / "metrics.csv")
         assert r["status"] == "done" and Path(r["run_dir"]) == run_dir
         assert float(r["final_val_acc"]) == summary["final_epoch_val_acc"]
         assert float(r["best_val_acc"]) == summary["best_val_acc"]

@@ -11,13 +11,13 @@ import yaml
 from click.testing import CliRunner
 from helpers import StopAfter
 
-from training import run as run_mod
-from training.checkpoint import load_checkpoint
+from training import loop as run_mod
+from training.loop.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import TrainConfig
-from training.engine import StepContext, set_lr
-from training.factory import create_optimizer, decay_groups
-from training.models import create_model
+from training.recipe.engine import StepContext, set_lr
+from training.recipe.factory import create_optimizer, decay_groups
+from training.recipe.models import create_model
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "64", "--num-threads", "2"]
 

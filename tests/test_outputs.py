@@ -9,11 +9,11 @@ import os
 import pytest
 
 from dali_pipes import DaliTrainError
-from training import outputs
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.outputs import files as outputs
+from training.loop.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.rundir import RunDir
-from training.signals import Interrupted
+from training.loop.rundir import RunDir
+from training.loop.signals import Interrupted
 
 ROWS = [{"epoch": 1, "lr": 0.1, "train_loss": 2.0, "val_acc": 0.5, "not_a_column": 7}]
 

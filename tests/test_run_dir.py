@@ -14,10 +14,11 @@ import yaml
 from click.testing import CliRunner
 
 from dali_pipes import DaliTrainError
-from training import run as run_mod
+from training import loop as run_mod
+from training.outputs import read_metrics
 from training.cli import main
 from training.config import TrainConfig
-from training.rundir import EVENTS, LOCK_NAME, RunDirLock
+from training.loop.rundir import EVENTS, LOCK_NAME, RunDirLock
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-samples", "64", "--epochs", "1",
         "--num-threads", "1", "--device", "cpu"]
@@ -62,7 +63,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_refused_by_output_and_start
     assert code == 0, text
     assert "starting it over from its config.yaml" in text
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
-    assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1]
     # the temp files of the dead run are gone, and so is the lock file (released at the end of the run)
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if not EVENTS.match(n)] == ["best.pth", "config.yaml", "curves.png", "first_batch.png",
@@ -97,7 +98,7 @@ def test_an_output_that_is_a_file_or_under_one_is_refused_naming_the_path(tmp_pa
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A second process that holds the run directory's lock until it is killed."""
-    code = ("import sys, time\nfrom training.rundir import RunDirLock\nRunDirLock(sys.argv[1]).acquire()\n"
+    code = ("import sys, time\nfrom training.loop.rundir import RunDirLock\nRunDirLock(sys.argv[1]).acquire()\n"
             "print('held', flush=True)\ntime.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

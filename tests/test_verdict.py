@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from dali_pipes import ConfigError, DataError
-from training.checkpoint import save_checkpoint
+from training.loop.checkpoint import save_checkpoint
 from training.config import TrainConfig, absolute_paths
-from training.outputs import write_rows
-from training.rundir import DONE, FINISH, NEW, REFUSED, RESTART, RESUME, RunDir
+from training.outputs.files import write_rows
+from training.loop.rundir import DONE, FINISH, NEW, REFUSED, RESTART, RESUME, RunDir
 
 
 def config(out, **changes) -> TrainConfig:

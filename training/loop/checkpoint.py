@@ -19,8 +19,8 @@ import torch
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .config import TrainConfig
-from .models import create_model
+from ..config import TrainConfig
+from ..recipe import create_model
 from .progress import TrainState
 
 FORMAT = "dali-train/1"

@@ -16,11 +16,11 @@ import torch
 
 from dali_pipes import ConfigError, DataError
 
-from . import distributed
+from .. import distributed
+from ..config import TrainConfig
+from ..distributed import World
+from ..recipe import StepContext
 from .checkpoint import save_checkpoint
-from .config import TrainConfig
-from .distributed import World
-from .engine import StepContext
 from .lock import RunDirLock
 from .progress import TrainState
 

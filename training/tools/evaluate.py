@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import chosen_weights
+from ..loop import TrainState, chosen_weights
 from .checkpoint_tools import ValModel, read_checkpoint
-from .progress import TrainState
 
 
 def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str | None = None,

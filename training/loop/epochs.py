@@ -14,18 +14,14 @@ import torch
 
 from dali_pipes import DataError
 
-from . import distributed
-from .checkpoint import chosen_weights, load_checkpoint
-from .ema import evaluate_ema
-from .engine import evaluate, train_one_epoch
-from .figures import divergence, epoch_totals, reduced
-from .first_batch import MAX_TILES, FirstBatch
-from .monitor import ResourceMonitor
-from .outputs import EMA_FIELDS, METRIC_FIELDS, epoch_line, plot_curves, progress, read_metrics, write_rows, \
+from .. import distributed
+from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ResourceMonitor, \
+    divergence, epoch_line, epoch_totals, open_event_log, plot_curves, progress, read_metrics, reduced, write_rows, \
     write_summary
+from ..recipe import evaluate, evaluate_ema, train_one_epoch
+from .checkpoint import chosen_weights, load_checkpoint
 from .signals import Diverged, Interrupted, StopSignal
 from .state import Run
-from .tensorboard_log import FIRST_BATCH, EventLog, open_event_log
 
 
 def _stop_poll(stop: StopSignal, run: Run, every: int = 10):

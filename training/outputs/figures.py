@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from . import distributed
-from .distributed import World
+from .. import distributed
+from ..distributed import World
 
 
 def epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict:

@@ -29,12 +29,13 @@ from torch import nn
 
 from dali_pipes import ConfigError, DataError
 
-from .checks import check_choice, check_int, check_number
-from .checkpoint import chosen_weights, load_checkpoint, load_weights, save_checkpoint
+from ..checks import check_choice, check_int, check_number
+from ..loop import Interrupted, StopSignal, build_run, chosen_weights, load_checkpoint, load_weights, save_checkpoint, \
+    train_epochs
+from ..outputs import read_metrics, write_rows
+from ..recipe import evaluate
 from .checkpoint_tools import ValModel, finite_weights, is_occupied, read_checkpoint, refuse_distributed
-from .engine import evaluate
 from .prune_masks import METHODS, add_masks, make_permanent, nonzero_params, prunable, prune_to, sparsity
-from .run import Interrupted, StopSignal, build_run, read_metrics, train_epochs, write_rows
 
 CSV_FIELDS = ("stage", "amount", "sparsity", "nonzero_params", "total_params", "val_acc", "val_loss",
               "val_acc_before_finetune", "val_loss_before_finetune", "finetune_epochs", "finetune_time_s")

@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from .checkpoint import chosen_weights, save_checkpoint
+from ..checks import check_choice, check_int
+from ..harness import table
+from ..loop import chosen_weights, save_checkpoint
+from ..machine import cpu_model, machine_info, package_version
+from ..recipe import data_loader
 from .checkpoint_tools import ValModel, read_checkpoint, refuse_distributed, refuse_occupied
-from .checks import check_choice, check_int
-from .factory import data_loader
-from .harness import table
 from .latency import LATENCY_BATCHES, WARMUP_CALLS, compiled_latencies
-from .machine import cpu_model, machine_info, package_version
 from .quantize_int8 import MODES, Inference, check_backend, load_quantized, quantize_model, quiet, save_quantized
 
 

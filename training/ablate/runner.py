@@ -15,10 +15,9 @@ import click
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from . import rundir
-from .ablate_studies import Study, arm_configs, skip_reason
-from .config import TrainConfig, absolute_paths
-from .rundir import RunDir
+from ..config import TrainConfig, absolute_paths
+from ..loop import DONE, FINISH, NEW, REFUSED, RESTART, RESUME, RunDir
+from .studies import Study, arm_configs, skip_reason
 
 @dataclass
 class RunRecord:
@@ -34,7 +33,7 @@ class RunRecord:
 def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None], *, stop: Any = None) -> str:
     """Finish one run directory (cfg.output) as its verdict says: skip, resume, complete or start it. Returns a note
     for results. `stop` is the run's stop source (None: a StopSignal on SIGINT/SIGTERM), as for `fit`."""
-    from .run import Interrupted, carry_out
+    from ..loop import Interrupted, carry_out
 
     folder = RunDir(cfg.output)
     tag = f"[{arm} seed {cfg.seed}]"
@@ -43,18 +42,18 @@ def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None], *, stop: Any
         log(f"{tag} {line}")
 
     try:
-        rundir.make(folder.path)
+        folder.make()
         with folder.lock():
             verdict = folder.verdict(absolute_paths(cfg), epochs=cfg.epochs)
-            if verdict.kind == rundir.DONE:
+            if verdict.kind == DONE:
                 log(f"{tag} skipped: {verdict.reason}")
                 return "finished earlier"
-            note = {rundir.FINISH: "completed from last.pth", rundir.RESUME: "resumed"}.get(verdict.kind, "")
-            if verdict.kind == rundir.FINISH:
+            note = {FINISH: "completed from last.pth", RESUME: "resumed"}.get(verdict.kind, "")
+            if verdict.kind == FINISH:
                 log(f"{tag} {verdict.reason}: evaluating best.pth")
-            elif verdict.kind == rundir.RESUME:
+            elif verdict.kind == RESUME:
                 log(f"{tag} resuming {folder.path}: {verdict.reason}")
-            elif verdict.kind in (rundir.NEW, rundir.RESTART):
+            elif verdict.kind in (NEW, RESTART):
                 log(f"{tag} starting in {folder.path}")
             carry_out(folder, verdict, log=run_log, stop=stop)
             return note
@@ -67,7 +66,7 @@ def run_one(cfg: TrainConfig, arm: str, log: Callable[[str], None], *, stop: Any
 
 
 def read_record(arm: str, seed: int, run_dir: Path, note: str = "") -> RunRecord:
-    from .run import read_metrics
+    from ..outputs import read_metrics
 
     summary = json.loads((run_dir / "summary.json").read_text())
     return RunRecord(arm, seed, run_dir, "done", note, summary, read_metrics(run_dir / "metrics.csv"))
@@ -82,7 +81,7 @@ def check_existing(study: Study, base: TrainConfig, *, seeds: int, output: Path)
                                                         or (run_dir / "last.pth").is_file()):
                 want = absolute_paths(cfg.replace(seed=base.seed + k, output=str(run_dir)))
                 verdict = RunDir(run_dir).verdict(want, epochs=want.epochs)
-                if verdict.kind == rundir.REFUSED:
+                if verdict.kind == REFUSED:
                     raise verdict.error
 
 
@@ -90,7 +89,8 @@ def run_study(study: Study, base: TrainConfig, *, seeds: int, output: Path,
               log: Callable[[str], None] = click.echo, stop: Any = None) -> list[RunRecord]:
     """Every arm x seed, seed-major (all arms of seed k before seed k+1), so a cut-short study is balanced.
     `stop`: the runs' stop source (None: each run's own StopSignal)."""
-    from .run import Interrupted, resolve_device
+    from ..loop import Interrupted
+    from ..recipe import resolve_device
 
     configs = arm_configs(study, base)
     device_type = resolve_device(base.device).type

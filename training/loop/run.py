@@ -16,21 +16,15 @@ import torch
 
 from dali_pipes.config import describe_augment
 
-from . import distributed, rundir
-from .config import TrainConfig, absolute_paths
+from .. import distributed
+from ..config import TrainConfig, absolute_paths
+from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
+from . import rundir
 from .epochs import finish, train_epochs
-from .factory import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
 from .rundir import RunDir, Verdict
 from .signals import FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
 from .state import Run
 from .step_memory import available_memory, check_training_step
-
-# Re-exports, until the loop room's __init__ takes them over
-from .epochs import _reconcile_metrics  # noqa: F401
-from .factory import lr_factor  # noqa: F401
-from .outputs import METRIC_FIELDS, read_metrics, write_rows  # noqa: F401
-from .progress import TrainState  # noqa: F401
-from .signals import Diverged  # noqa: F401
 
 
 def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,

@@ -23,15 +23,15 @@ import yaml
 from dali_pipes import ConfigError, DaliTrainError, DataError
 from dali_pipes.strict_yaml import load_yaml
 
-from . import distributed
+from .. import distributed
+from ..config import TrainConfig
+from ..outputs import read_metrics, write_text
 from .checkpoint import checkpoint_config, load_checkpoint
-from .config import TrainConfig
 from .lock import LOCK_NAME, RunDirLock
-from .outputs import read_metrics, write_text
 from .progress import TrainState
 
 if TYPE_CHECKING:
-    from .distributed import World
+    from ..distributed import World
 
 # Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
 OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png")
@@ -158,6 +158,9 @@ class RunDir:
 
     def kind(self, option: str = "--output") -> str:
         return classify(self.path, option)
+
+    def make(self) -> None:
+        make(self.path)
 
     def lock(self) -> RunDirLock:
         """The folder's lock, not yet acquired (`with rd.lock():`)."""

@@ -23,16 +23,11 @@ import click
 
 from dali_pipes import ConfigError
 
-from .ablate_report import RESULT_FIELDS, result_row, welch_t, write_plots, write_results, write_summary
-from .ablate_runner import RunRecord, check_existing, read_record, run_one, run_study
-from .ablate_studies import ARM_NAME, MANAGED, STUDIES, Study, arm_configs, load_study, skip_reason
-from .cli import _options, _run_guarded, with_overrides
-from .config import TrainConfig
-
-__all__ = ["ARM_NAME", "MANAGED", "RESULT_FIELDS", "STUDIES", "RunRecord", "Study", "arm_configs",
-           "check_existing", "load_study", "main", "read_record", "result_row", "run_one", "run_study",
-           "skip_reason", "welch_t", "write_plots", "write_results", "write_summary"]
-
+from ..cli import _options, _run_guarded, with_overrides
+from ..config import TrainConfig
+from .report import RESULT_FIELDS, result_row, welch_t, write_plots, write_results, write_summary
+from .runner import RunRecord, check_existing, read_record, run_one, run_study
+from .studies import ARM_NAME, MANAGED, STUDIES, Study, arm_configs, load_study, skip_reason
 
 _STUDY_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in STUDIES.items())
 
