@@ -18,7 +18,8 @@ from training import loop as run_mod
 from training.outputs import read_metrics
 from training.cli import main
 from training.config import TrainConfig
-from training.loop.rundir import EVENTS, LOCK_NAME, RunDirLock
+from training.loop.folder import EVENTS
+from training.loop.lock import LOCK_NAME, RunDirLock
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-samples", "64", "--epochs", "1",
         "--num-threads", "1", "--device", "cpu"]
@@ -98,7 +99,7 @@ def test_an_output_that_is_a_file_or_under_one_is_refused_naming_the_path(tmp_pa
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A second process that holds the run directory's lock until it is killed."""
-    code = ("import sys, time\nfrom training.loop.rundir import RunDirLock\nRunDirLock(sys.argv[1]).acquire()\n"
+    code = ("import sys, time\nfrom training.loop.lock import RunDirLock\nRunDirLock(sys.argv[1]).acquire()\n"
             "print('held', flush=True)\ntime.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

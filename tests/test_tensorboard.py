@@ -16,7 +16,7 @@ from helpers import StopAfter
 from dali_pipes import ConfigError
 from training import loop as run_mod
 from training.outputs import METRIC_FIELDS, read_metrics
-from training.loop import rundir
+from training.loop import folder
 from training.loop.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import TrainConfig
@@ -52,7 +52,7 @@ def points(acc, name: str) -> list[tuple[int, float]]:
 
 
 def event_files(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.iterdir() if rundir.EVENTS.match(p.name))
+    return sorted(p.name for p in run_dir.iterdir() if folder.EVENTS.match(p.name))
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,8 @@ def test_the_option_is_saved_and_a_config_without_it_loads() -> None:
 def test_event_files_and_the_grid_are_a_runs_outputs(tmp_path) -> None:
     (tmp_path / "events.out.tfevents.1795966386.host.1.0").write_bytes(b"")
     (tmp_path / "first_batch.png").write_bytes(b"")
-    assert rundir.classify(tmp_path) == rundir.LEFTOVERS  # not somebody else's folder
+    assert folder.classify(tmp_path) == folder.LEFTOVERS  # not somebody else's folder
     (tmp_path / "config.yaml").write_text("model: resnet20\n")
-    assert rundir.classify(tmp_path) == rundir.UNSTARTED
-    rundir.clear_outputs(tmp_path, keep=("config.yaml",))  # a restart from config.yaml starts the events over
+    assert folder.classify(tmp_path) == folder.UNSTARTED
+    folder.clear_outputs(tmp_path, keep=("config.yaml",))  # a restart from config.yaml starts the events over
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -21,6 +21,7 @@ from ..config import TrainConfig, absolute_paths
 from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
 from . import rundir
 from .epochs import finish, train_epochs
+from .folder import clear_outputs
 from .rundir import RunDir, Verdict
 from .signals import FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
 from .state import Run
@@ -130,13 +131,13 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
     if verdict.error is not None:
         raise verdict.error
     if verdict.kind == rundir.NEW:
-        rundir.make(folder.path)
+        folder.make()
         return _train(absolute_paths(verdict.cfg), resume_state=None, run_dir=folder.path, log=log, stop=stop,
                       build=build)
     if verdict.kind == rundir.RESTART:
         log(f"{folder.path}: {verdict.reason}; starting it over")
         if distributed.launched_rank() == 0:
-            rundir.clear_outputs(folder.path, keep=("config.yaml",))
+            clear_outputs(folder.path, keep=("config.yaml",))
         return _train(verdict.cfg, resume_state=None, run_dir=folder.path, log=log, stop=stop, build=build)
     ckpt = verdict.checkpoint
     if ckpt.name != "last.pth":
