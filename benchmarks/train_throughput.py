@@ -58,7 +58,8 @@ from training.distributed import World  # noqa: E402
 from training.recipe.engine import StepContext, train_one_epoch  # noqa: E402
 from training.recipe.factory import (build_model, data_loader, kernel_settings, loader_threads,  # noqa: E402
                               step_context)
-from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
+from training.atomic import to_json  # noqa: E402
+from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table  # noqa: E402
 from training.machine import machine_info  # noqa: E402
 from training.recipe.models import MODELS  # noqa: E402
 from training.outputs.monitor import MIB, ResourceMonitor  # noqa: E402

@@ -42,7 +42,7 @@ def killed_before_first_checkpoint(out: Path) -> None:
     cfg = TrainConfig(dataset="synthetic", model="resnet20", batch_size=32, num_samples=64, epochs=1, num_threads=1,
                       device="cpu", output=str(out))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (out / "metrics.csv.tmp").write_text("epoch,lr\n")
+    (out / ".metrics.csv.x1y2.tmp").write_text("epoch,lr\n")
     (out / ".last.pth.k2j4.tmp").write_bytes(b"PK\x03\x04 cut short")
     (out / LOCK_NAME).write_text("999999\n")
     (out / DEAD_EVENTS).write_bytes(b"\x18\x00")  # its TensorBoard events, cut short

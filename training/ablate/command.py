@@ -8,9 +8,10 @@ Output directory (`--output DIR`):
     DIR/curves.png          val accuracy per epoch per arm, mean over seeds (band: min..max)
     DIR/final_acc.png       final-epoch val accuracy per arm: every seed, and mean ± std
 
-Rerunning the same command continues the study: a run whose summary.json exists is skipped, a run with a last.pth
-and no summary.json is resumed from it (`training.run.resume`), the others start. A run directory that holds a run
-with another config is refused rather than reused.
+Rerunning the same command continues the study: each run directory is carried out as its RunDir's verdict says
+(training.loop.rundir) — a finished run is skipped, one with a last.pth is resumed from it (a larger --epochs extends
+it), one whose final evaluation is missing is completed, the others start. A run directory that holds a run with
+another config (the same rule as dali-train --resume) is refused rather than reused.
 """
 
 from __future__ import annotations

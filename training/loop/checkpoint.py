@@ -8,10 +8,8 @@ one never runs code, and anything that is not one of ours is refused with a one-
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
+from ..atomic import atomic_write
 from ..config import TrainConfig
 from ..recipe import create_model
 from .progress import TrainState
@@ -74,21 +73,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     state = {"format": FORMAT, **state}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _write_error(e, state, path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as e:
-        Path(tmp).unlink(missing_ok=True)
         raise _write_error(e, state, path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, *, fmt: str = FORMAT, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import nn
 
 from dali_pipes import ConfigError, DataError
 
+from ..atomic import write_json
 from ..checks import check_choice, check_int, check_number
 from ..loop import Interrupted, StopSignal, build_run, chosen_weights, load_checkpoint, load_weights, save_checkpoint, \
     train_epochs
@@ -117,9 +117,7 @@ def _open_output(output: Path, settings: dict[str, Any]) -> None:
     if is_occupied(output):
         raise ConfigError(f"--output {output} already exists and is not a dali-prune run; choose another --output")
     output.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, record)
+    write_json(record, settings)
 
 
 def _measure(run: Any, method: str) -> dict[str, Any]:
@@ -195,7 +193,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
 
             run = build_run(stage_cfg, run_dir=stage_dir, prepare_model=prepare)
             before = _measure(run, method)
-            before_path.write_text(json.dumps(before) + "\n")
+            write_json(before_path, before)
         t0 = time.time()
         if pcfg.finetune_epochs > 0:
             tag = f"stage {stage} ({amount:g})"

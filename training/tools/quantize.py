@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_json
 from ..checks import check_choice, check_int
 from ..harness import table
 from ..loop import chosen_weights, save_checkpoint
@@ -103,7 +104,7 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
         result["cpu_threads"] = torch.get_num_threads()
     result.update({"torch": torch.__version__, "torchao": package_version("torchao"), "cpu": cpu_model(),
                    "machine": machine_info(), "wall_time_s": time.time() - started, "settings": asdict(qcfg)})
-    (output / "quantize.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(output / "quantize.json", result)
     log(format_table(result))
     return result
 
