@@ -26,9 +26,9 @@ from dali_pipes import ConfigError
 
 from ..cli import _options, _run_guarded, with_overrides
 from ..config import TrainConfig
-from .report import RESULT_FIELDS, result_row, welch_t, write_plots, write_results, write_summary
-from .runner import RunRecord, check_existing, read_record, run_one, run_study
-from .studies import ARM_NAME, MANAGED, STUDIES, Study, arm_configs, load_study, skip_reason
+from .report import write_plots, write_results, write_summary
+from .runner import check_existing, run_study
+from .studies import STUDIES, arm_configs, load_study
 
 _STUDY_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in STUDIES.items())
 
