@@ -1,6 +1,6 @@
 """What the benchmark scripts share around measuring: the output options, the JSON report (rewritten as rows
-finish) and plot written where they ask; how a failed row's error is told and the atomic write come from
-training.harness and training.atomic. Importing this module needs only the standard library (click is imported where an option or a
+finish) and plot written where they ask; how a failed row's error is told (training.harness) and the atomic write
+(training.atomic). Importing this module needs only the standard library (click is imported where an option or a
 message needs it), so benchmarks/gpu_check.py can use it on a machine that has the bare minimum."""
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ much the real DALI loader costs next to a batch that is already on the device.
 
     python benchmarks/train_throughput.py --device cpu --json train-bench.json
 
-Rows per (device, model), all built with ``training.recipe.factory`` (the loader, model and step of ``dali-train``, every
-other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine schedule):
+Rows per (device, model), all built with ``training.recipe.factory`` (the loader, model and step of ``dali-train``,
+every other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine
+schedule):
 
 - ``fp32`` / ``fp16`` / ``bf16`` (autocast; fp16 with GradScaler, CUDA only) x ``+cl`` (channels_last) off/on,
   mixing off, fed a synthetic batch (``torch.randn`` images + random labels made once on the device, reused);

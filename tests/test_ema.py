@@ -1,5 +1,5 @@
-"""The EMA of the weights (training/recipe/ema.py): against a by-hand reference, its warm-up, its interval; in a run: the
-metrics.csv columns, best.pth scored by the better weights, dali-eval --weights, and the refusals."""
+"""The EMA of the weights (training/recipe/ema.py): against a by-hand reference, its warm-up, its interval; in a run:
+the metrics.csv columns, best.pth scored by the better weights, dali-eval --weights, and the refusals."""
 
 from __future__ import annotations
 

@@ -135,7 +135,7 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
         return _train(absolute_paths(verdict.cfg), resume_state=None, run_dir=folder.path, log=log, stop=stop,
                       build=build)
     if verdict.kind == rundir.RESTART:
-        log(f"{folder.path}: {verdict.reason}; starting it over")
+        log(f"{folder.path}: {verdict.reason}")
         if distributed.launched_rank() == 0:
             clear_outputs(folder.path, keep=("config.yaml",))
         return _train(verdict.cfg, resume_state=None, run_dir=folder.path, log=log, stop=stop, build=build)

@@ -149,7 +149,10 @@ class RunDir:
             if kind in (UNSTARTED, LEFTOVERS) and (kind == UNSTARTED or cfg is not None):
                 run_cfg = cfg if cfg is not None else self.read_config()
                 run_cfg = run_cfg if epochs is None else run_cfg.replace(epochs=epochs)
-                return Verdict(RESTART, "stopped before its first checkpoint (config.yaml, no last.pth)", run_cfg)
+                why = "stopped before its first checkpoint (config.yaml, no last.pth)" if kind == UNSTARTED else \
+                    f"holds leftovers of a run stopped before its first checkpoint ({listing(self.path)})"
+                source = "its config.yaml" if cfg is None else "this study's config"
+                return Verdict(RESTART, f"{why}; starting it over from {source}", run_cfg)
             if kind in (EMPTY, LEFTOVERS, FOREIGN):
                 held = ", it is empty" if kind == EMPTY else f"; it holds {listing(self.path)}"
                 what = ("a run directory or a .pth file written by dali-train" if cfg is None else

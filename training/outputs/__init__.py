@@ -10,6 +10,6 @@ from .grid import Row, to_uint8, write_grid
 from .monitor import ResourceMonitor
 from .tensorboard_log import FIRST_BATCH, EventLog, open_event_log
 
-__all__ = ["EMA_FIELDS", "FIRST_BATCH", "MAX_TILES", "METRIC_FIELDS", "EventLog", "FirstBatch", "ResourceMonitor", "Row",
-           "divergence", "epoch_line", "epoch_totals", "open_event_log", "plot_curves", "progress", "read_metrics",
-           "reduced", "to_uint8", "write_grid", "write_rows", "write_summary", "write_text"]
+__all__ = ["EMA_FIELDS", "FIRST_BATCH", "MAX_TILES", "METRIC_FIELDS", "EventLog", "FirstBatch", "ResourceMonitor",
+           "Row", "divergence", "epoch_line", "epoch_totals", "open_event_log", "plot_curves", "progress",
+           "read_metrics", "reduced", "to_uint8", "write_grid", "write_rows", "write_summary", "write_text"]

@@ -30,8 +30,8 @@ from dali_pipes import ConfigError, DataError
 
 from ..atomic import write_json
 from ..checks import check_choice, check_int, check_number
-from ..loop import Interrupted, StopSignal, build_run, chosen_weights, load_checkpoint, load_weights, save_checkpoint, \
-    train_epochs
+from ..loop import Interrupted, StopSignal, TrainState, build_run, chosen_weights, load_checkpoint, load_weights, \
+    save_checkpoint, train_epochs
 from ..outputs import read_metrics, write_rows
 from ..recipe import evaluate
 from .checkpoint_tools import ValModel, finite_weights, is_occupied, read_checkpoint, refuse_distributed
@@ -227,7 +227,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         raise DataError(f"{output}: sparsity changed from {rows[-1]['sparsity']:.6f} to {reached:.6f} when the "
                         "masks were made permanent; the stage checkpoints are inconsistent — use a new --output")
     save_checkpoint({"config": base_cfg.to_dict(), "model": _cpu_state(run.model),
-                     "epoch": int(state["epoch"]) + pcfg.finetune_epochs * len(pcfg.amounts),
+                     "epoch": TrainState.from_dict(state).epoch + pcfg.finetune_epochs * len(pcfg.amounts),
                      "pruning": {"method": method, "amount": pcfg.amounts[-1], "sparsity": reached,
                                  "source": str(checkpoint)}}, output / "pruned.pth")
     log(f"done in {time.time() - started:.0f} s: {output / 'pruned.pth'} ({100 * reached:.2f}% of the prunable "
