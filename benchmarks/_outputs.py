@@ -1,6 +1,6 @@
 """What the benchmark scripts share around measuring: the output options, the JSON report (rewritten as rows
-finish) and plot written where they ask; how a failed row's error is told and the atomic write come from
-training.harness. Importing this module needs only the standard library (click is imported where an option or a
+finish) and plot written where they ask; how a failed row's error is told (training.harness) and the atomic write
+(training.atomic). Importing this module needs only the standard library (click is imported where an option or a
 message needs it), so benchmarks/gpu_check.py can use it on a machine that has the bare minimum."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.harness import one_line, write_text_atomic
+from training.atomic import write_text_atomic
+from training.harness import one_line
 
 __all__ = ["json_updater", "one_line", "output_options", "write_outputs", "write_text_atomic"]
 

@@ -50,9 +50,9 @@ def write_noisy_cifar(root: Path, *, train: int = 2000, val: int = 1000, contras
 @click.option("--num-threads", type=int, default=0, help="0: all available cores.")
 def main(output: Path, epochs: int, amount: str, method: str, finetune_epochs: int, num_threads: int) -> None:
     from training.config import TrainConfig
-    from training.prune import PruneConfig, parse_amounts, run_prune
-    from training.quantize import QuantizeConfig, run_quantize
-    from training.run import fit
+    from training.tools.prune import PruneConfig, parse_amounts, run_prune
+    from training.tools.quantize import QuantizeConfig, run_quantize
+    from training.loop import fit
 
     if output.exists() and any(output.iterdir()):
         sys.exit(f"error: --output {output} is not empty; choose a new directory")

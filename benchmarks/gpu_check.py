@@ -149,7 +149,7 @@ STEP_ROWS = ("fp16", "fp16 foreach", "bf16", "fp32")  # "foreach": SGD without f
 
 
 def _step_setup(precision: str, sizes: dict, device: Any) -> tuple[Any, tuple[Any, Any]]:
-    """The training step dali-train builds for `precision` (training.factory), without mixing, and one synthetic
+    """The training step dali-train builds for `precision` (training.recipe.factory), without mixing, and one synthetic
     batch on the device."""
     import dataclasses
 
@@ -157,7 +157,7 @@ def _step_setup(precision: str, sizes: dict, device: Any) -> tuple[Any, tuple[An
 
     from training.config import TrainConfig
     from training.distributed import World
-    from training.factory import build_model, step_context
+    from training.recipe.factory import build_model, step_context
 
     amp = precision != "fp32"
     cfg = TrainConfig(dataset="synthetic", model=sizes["model"], batch_size=sizes["batch_size"], amp=amp,
@@ -184,8 +184,8 @@ def _sync_debug_epoch(sizes: dict, device: Any) -> dict:
 
     import torch
 
-    from training.engine import train_one_epoch
-    from training.mixing import MixConfig, Mixer
+    from training.recipe.engine import train_one_epoch
+    from training.recipe.mixing import MixConfig, Mixer
 
     ctx, batch = _step_setup("fp16", {**sizes, "clip_grad": 1.0}, device)
     ctx.mixer = Mixer(MixConfig(mixup_alpha=0.2, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1,
@@ -245,7 +245,7 @@ def _step_times(sizes: dict, device: Any) -> dict:
     import itertools
     import statistics
 
-    from training.engine import train_one_epoch
+    from training.recipe.engine import train_one_epoch
 
     rows = {name: _step_setup(name, sizes, device) for name in STEP_ROWS}
     for ctx, batch in rows.values():
@@ -272,8 +272,8 @@ def _fused_sgd_skip(device: Any) -> dict:
     import torch
 
     from training.config import TrainConfig
-    from training.engine import scaler_step
-    from training.factory import create_optimizer
+    from training.recipe.engine import scaler_step
+    from training.recipe.factory import create_optimizer
 
     ends = []
     for fused in (True, False):

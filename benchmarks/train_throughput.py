@@ -3,8 +3,9 @@ much the real DALI loader costs next to a batch that is already on the device.
 
     python benchmarks/train_throughput.py --device cpu --json train-bench.json
 
-Rows per (device, model), all built with ``training.factory`` (the loader, model and step of ``dali-train``, every
-other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine schedule):
+Rows per (device, model), all built with ``training.recipe.factory`` (the loader, model and step of ``dali-train``,
+every other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine
+schedule):
 
 - ``fp32`` / ``fp16`` / ``bf16`` (autocast; fp16 with GradScaler, CUDA only) x ``+cl`` (channels_last) off/on,
   mixing off, fed a synthetic batch (``torch.randn`` images + random labels made once on the device, reused);
@@ -12,13 +13,13 @@ other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, lab
 - ``<recipe> +cl +mix +compile`` with ``--compile`` only (compiling takes minutes, on the CPU even more);
 - ``<recipe> +cl +mix, DALI loader``: the same step fed by the real loader (synthetic dataset, ``--augment``).
   Loader overhead = 1 - (DALI-fed img/s) / (synthetic-fed img/s), both measured side by side. The row states the
-  DALI threads it ran with (``dali_threads``): training's rule, ``training.factory.loader_threads``.
+  DALI threads it ran with (``dali_threads``): training's rule, ``training.recipe.factory.loader_threads``.
 
 How it measures (same rules as ``augment_throughput.py``):
 
 - every row is built once and runs ``--warmup-steps`` untimed steps first (cudnn/oneDNN kernel choice, compile,
   the DALI pipeline build);
-- a repeat times ``--steps`` steps through ``training.engine.train_one_epoch`` (CUDA is synchronized before the
+- a repeat times ``--steps`` steps through ``training.recipe.engine.train_one_epoch`` (CUDA is synchronized before the
   clock is read); rows of a (device, model) are interleaved, each repeat starting at a rotating row; median and
   min..max are over repeats; every ratio is between two rows of the same run (ratio of their medians);
 - memory, per row: on CUDA the row's own peak allocated (window peak minus what the other, idle rows hold), the
@@ -55,13 +56,14 @@ from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E40
 from training.checks import check_choice, check_int  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.distributed import World  # noqa: E402
-from training.engine import StepContext, train_one_epoch  # noqa: E402
-from training.factory import (build_model, data_loader, kernel_settings, loader_threads,  # noqa: E402
+from training.recipe.engine import StepContext, train_one_epoch  # noqa: E402
+from training.recipe.factory import (build_model, data_loader, kernel_settings, loader_threads,  # noqa: E402
                               step_context)
-from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
+from training.atomic import to_json  # noqa: E402
+from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table  # noqa: E402
 from training.machine import machine_info  # noqa: E402
-from training.models import MODELS  # noqa: E402
-from training.monitor import MIB, ResourceMonitor  # noqa: E402
+from training.recipe.models import MODELS  # noqa: E402
+from training.outputs.monitor import MIB, ResourceMonitor  # noqa: E402
 
 __all__ = ["format_table", "main", "measure", "plan_rows", "plot", "to_json"]
 
@@ -171,7 +173,7 @@ def _saved_for_backward_mib(run, batch: tuple[torch.Tensor, torch.Tensor]) -> fl
 
 @dataclasses.dataclass
 class _BenchRun:
-    """What a row trains with: dali-train's loader, model and step for its config (training.factory), without a
+    """What a row trains with: dali-train's loader, model and step for its config (training.recipe.factory), without a
     run directory, a validation loader or checkpoints."""
 
     cfg: TrainConfig
@@ -226,7 +228,7 @@ class _Row:
                       torch.randint(0, len(self.run.train_loader.classes), (batch_size,), device=self.device,
                                     generator=gen))
         self.stream = _endless(self.run.train_loader) if spec["feed"] == "dali" else None
-        # the threads training's rule gives this loader (training.factory.loader_threads): stated with the row
+        # the threads training's rule gives this loader (training.recipe.factory.loader_threads): stated with the row
         self.dali_threads = loader_threads(cfg, self.device) if spec["feed"] == "dali" else None
         self.train(warmup_steps)  # untimed
         self.saved_mib = None if spec["compile"] else _saved_for_backward_mib(self.run, self.batch)

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from training import run as run_mod
+from training import loop as run_mod
 from training.config import TrainConfig
 
 

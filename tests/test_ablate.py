@@ -17,7 +17,8 @@ from helpers import StopAfter
 
 from dali_pipes import ConfigError
 from training import ablate
-from training import run as run_mod
+from training import loop as run_mod
+from training.outputs import read_metrics
 from training.ablate import STUDIES, RunRecord, arm_configs, load_study, skip_reason, welch_t
 from training.config import TrainConfig
 
@@ -85,7 +86,7 @@ def test_the_reports_are_read_from_the_runs_own_files(stopped_then_rerun) -> Non
     for r in rows:
         run_dir = dirs[r["arm"], int(r["seed"])]
         summary = json.loads((run_dir / "summary.json").read_text())
-        metrics = run_mod.read_metrics(run_dir / "metrics.csv")
+        metrics = read_metrics(run_dir / "metrics.csv")
         assert r["status"] == "done" and Path(r["run_dir"]) == run_dir
         assert float(r["final_val_acc"]) == summary["final_epoch_val_acc"]
         assert float(r["best_val_acc"]) == summary["best_val_acc"]
@@ -245,19 +246,3 @@ def test_an_arm_may_give_an_augment_mapping_like_config_does(tmp_path) -> None:
     recipe = configs["softer"].augment
     assert isinstance(recipe, dict) and recipe["erase_p"] == 0.25 and recipe["brightness"] == 0.2  # resolved
     assert configs["plain"].augment == TrainConfig().augment
-
-
-def test_a_run_killed_before_its_first_checkpoint_is_cleared_even_with_its_lock_file(tmp_path) -> None:
-    from training.rundir import LOCK_NAME
-
-    run_dir = tmp_path / "arm" / "seed0"
-    run_dir.mkdir(parents=True)
-    for name in ("config.yaml", "metrics.csv.tmp", ".last.pth.x1.tmp", LOCK_NAME):
-        (run_dir / name).write_text("x")
-    assert ablate._clear_partial(run_dir)
-    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # the lock is the next run's to take
-    assert not ablate._clear_partial(run_dir)  # nothing of a run left: nothing to clear
-    (run_dir / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="notes.txt"):
-        ablate._clear_partial(run_dir)
-    assert (run_dir / "notes.txt").is_file()

@@ -18,12 +18,12 @@ import yaml
 from click.testing import CliRunner
 
 from dali_pipes import ConfigError, DataError
-from training.checkpoint import load_checkpoint
+from training.loop.checkpoint import load_checkpoint
 from training.cli import eval_main, main
-from training.figures import DIVERGED_LOSS_FACTOR, divergence
-from training.models import create_model
-from training.outputs import read_metrics, write_rows
-from training.signals import Diverged
+from training.outputs.figures import DIVERGED_LOSS_FACTOR, divergence
+from training.recipe.models import create_model
+from training.outputs.files import read_metrics, write_rows
+from training.loop.signals import Diverged
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-threads", "2",
         "--augment", "none", "--no-channels-last"]
@@ -197,17 +197,17 @@ def snapshot(folder) -> dict[str, bytes]:
 def finished_results(out) -> None:
     """A run folder as a finished 2-epoch run leaves it once its checkpoints are removed to save space."""
     from training.config import TrainConfig
-    from training.outputs import write_config
+    from training.loop.rundir import RunDir
 
     out.mkdir()
-    write_config(out, TrainConfig(dataset="synthetic", model="resnet20", epochs=2, output=str(out)))
+    RunDir(out).write_config(TrainConfig(dataset="synthetic", model="resnet20", epochs=2, output=str(out)))
     write_rows(out / "metrics.csv", [{"epoch": e, "lr": 0.1, "train_loss": 2.0, "val_acc": 0.5} for e in (1, 2)])
     (out / "summary.json").write_text('{"epochs_run": 2}\n')
     (out / "curves.png").write_bytes(b"\x89PNG\r\n")
 
 
 def test_a_folder_with_results_but_no_checkpoint_is_never_started_over(tmp_path) -> None:
-    from training import ablate_runner
+    from training.ablate import runner as ablate_runner
     from training.config import TrainConfig
 
     out = tmp_path / "run"
@@ -337,7 +337,7 @@ def read_only(folder):
 
 @pytest.mark.slow
 def test_a_run_directory_gone_read_only_is_one_line_and_keeps_the_saved_epoch(tmp_path, capsys) -> None:
-    from training import run as run_mod
+    from training import loop as run_mod
     from training.cli import _run_guarded
     from training.config import TrainConfig
 
@@ -415,7 +415,7 @@ def test_a_second_signal_says_what_last_pth_holds_and_how_to_continue(tmp_path, 
     import signal as signals
 
     from training.cli import _run_guarded
-    from training.signals import SecondSignal
+    from training.loop.signals import SecondSignal
 
     def aborted():
         second = SecondSignal()
@@ -570,7 +570,7 @@ def test_an_option_given_twice_in_a_yaml_file_is_refused_naming_it(tmp_path) -> 
 
 
 def test_preview_output_is_checked_before_drawing_and_the_file_written_is_the_one_reported(tmp_path) -> None:
-    from training.preview import command
+    from training.tools.preview import command
 
     def preview(output: str) -> tuple[int, str]:
         result = CliRunner().invoke(command(), ["--dataset", "synthetic", "--backend", "torchvision", "--draws", "1",
@@ -594,9 +594,9 @@ def test_preview_output_is_checked_before_drawing_and_the_file_written_is_the_on
 
 def _checkpoint_with_a_nan_weight(path) -> None:
     """What a diverged run leaves: a valid checkpoint of resnet20 on synthetic data whose weights hold nan."""
-    from training.checkpoint import save_checkpoint
+    from training.loop.checkpoint import save_checkpoint
     from training.config import TrainConfig
-    from training.models import create_model
+    from training.recipe.models import create_model
 
     cfg = TrainConfig(dataset="synthetic", model="resnet20", batch_size=32, num_samples=64, num_threads=1,
                       augment="none", channels_last=False, device="cpu")
@@ -623,9 +623,9 @@ def test_a_checkpoint_with_nan_weights_is_refused_by_the_tools_in_one_line(tmp_p
 def test_a_batch_whose_step_does_not_fit_in_memory_is_refused_with_the_largest_that_fits(tmp_path) -> None:
     from functools import partial
 
-    from training import run
+    from training import loop as run
     from training.config import TrainConfig
-    from training.step_memory import check_training_step
+    from training.loop.step_memory import check_training_step
 
     free = 64 * 2**20  # a host with 64 MiB free: resnet20 at 32x32 holds a few MiB per image in a step
     cfg = TrainConfig(dataset="synthetic", model="resnet20", num_samples=512, batch_size=100_000, num_threads=1,
@@ -649,7 +649,7 @@ def test_a_batch_whose_step_does_not_fit_in_memory_is_refused_with_the_largest_t
 
 
 def test_the_memory_probe_leaves_the_model_and_the_random_streams_as_they_were() -> None:
-    from training.step_memory import saved_bytes_per_image
+    from training.loop.step_memory import saved_bytes_per_image
 
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=10, drop_path=0.2).eval()
@@ -705,7 +705,7 @@ def test_a_failed_download_into_a_missing_data_dir_leaves_no_folder(tmp_path, mo
 
 @pytest.mark.gpu
 def test_the_step_memory_check_measures_the_same_activations_on_cuda() -> None:
-    from training.step_memory import available_memory, step_memory
+    from training.loop.step_memory import available_memory, step_memory
 
     model = create_model("resnet20", num_classes=10)
     options = dict(image_size=(32, 32), amp_dtype=None, channels_last=False)

@@ -13,12 +13,13 @@ from click.testing import CliRunner
 from conftest import write_image_folder
 
 from dali_pipes import ConfigError
-from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from training.checkpoint_tools import ValModel, read_checkpoint
+from training.loop.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from training.tools.checkpoint_tools import ValModel, read_checkpoint
 from training.cli import eval_main, prune_main, quantize_main
 from training.config import TrainConfig
-from training.quantize_int8 import load_quantized
-from training.run import fit, read_metrics
+from training.tools.quantize_int8 import load_quantized
+from training.loop import fit
+from training.outputs import read_metrics
 
 SIDE = 64  # the largest side a CIFAR-stem model accepts (models.CIFAR_STEM_MAX_SIZE)
 DATA = ["--batch-size", "8", "--num-threads", "2"]

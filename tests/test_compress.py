@@ -15,16 +15,17 @@ from helpers import StopAfter
 
 from benchmarks.compress_example import write_noisy_cifar
 from dali_pipes import ConfigError, DataError
-from training import prune as prune_mod
-from training import prune_masks as masks
-from training.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from training.tools import prune as prune_mod
+from training.tools import prune_masks as masks
+from training.loop.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
 from training.cli import eval_main, prune_main, quantize_main
 from training.config import TrainConfig
-from training.factory import data_loader
-from training.models import create_model
-from training.quantize_int8 import MODES, load_quantized
-from training.run import fit, read_metrics
-from training.signals import Interrupted
+from training.recipe.factory import data_loader
+from training.recipe.models import create_model
+from training.tools.quantize_int8 import MODES, load_quantized
+from training.loop import fit
+from training.outputs import read_metrics
+from training.loop.signals import Interrupted
 
 DATA = ["--num-threads", "2", "--batch-size", "128"]
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from training.checkpoint import load_checkpoint
+from training.loop.checkpoint import load_checkpoint
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-threads", "1", "--no-amp",
         "--device", "cpu", "--augment", "weak", "--num-samples", "256"]
@@ -88,8 +88,8 @@ def test_ddp_leaves_the_buffers_to_sync_buffers(tmp_path) -> None:
 
     from training.config import TrainConfig
     from training.distributed import World
-    from training.factory import step_context
-    from training.models import create_model
+    from training.recipe.factory import step_context
+    from training.recipe.models import create_model
 
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:

@@ -1,5 +1,5 @@
-"""The EMA of the weights (training/ema.py): against a by-hand reference, its warm-up, its interval; in a run: the
-metrics.csv columns, best.pth scored by the better weights, dali-eval --weights, and the refusals."""
+"""The EMA of the weights (training/recipe/ema.py): against a by-hand reference, its warm-up, its interval; in a run:
+the metrics.csv columns, best.pth scored by the better weights, dali-eval --weights, and the refusals."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import torch
 from click.testing import CliRunner
 from helpers import StopAfter
 
-from training import run as run_mod
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training import loop as run_mod
+from training.outputs import read_metrics
+from training.loop.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import eval_main
 from training.config import TrainConfig
-from training.ema import ModelEma, warmup_decay
+from training.recipe.ema import ModelEma, warmup_decay
 
 
 def _tiny_model() -> torch.nn.Module:
@@ -140,7 +141,7 @@ def ema_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_a_run_with_ema_writes_its_columns_and_checkpoints_and_dali_eval_reads_either(ema_run: Path) -> None:
-    rows = run_mod.read_metrics(ema_run / "metrics.csv")
+    rows = read_metrics(ema_run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0.0 <= r["ema_val_acc"] <= 1.0 and math.isfinite(r["ema_val_loss"]) for r in rows)
     last = load_checkpoint(ema_run / "last.pth")
@@ -177,7 +178,7 @@ def test_best_pth_holds_the_ema_when_it_scores_better(tmp_path, ema_run: Path) -
     out = tmp_path / "run"
     summary = run_mod.fit(_cfg(out, epochs=1, lr=1e-9, ema_decay=0.99999, ema_warmup=False), log=lambda *_: None,
                           build=build)
-    row = run_mod.read_metrics(out / "metrics.csv")[0]
+    row = read_metrics(out / "metrics.csv")[0]
     assert row["ema_val_acc"] >= row["val_acc"] + 0.2, row  # trained weights against the initial ones
     assert summary["best_weights"] == "ema" and summary["best_val_acc"] == row["ema_val_acc"]
     assert summary["best_reloaded_val_acc"] == pytest.approx(row["ema_val_acc"])
@@ -203,12 +204,12 @@ def test_a_mid_epoch_resume_continues_the_ema_bit_identically(tmp_path) -> None:
     run_mod.train_epochs(resumed, StopAfter(10**9), log=lambda *_: None)
     a, b = straight.ctx.ema.state_dict(), resumed.ctx.ema.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ema_a = [r["ema_val_acc"] for r in run_mod.read_metrics(tmp_path / "a" / "metrics.csv")]
-    assert ema_a == [r["ema_val_acc"] for r in run_mod.read_metrics(tmp_path / "b" / "metrics.csv")]
+    ema_a = [r["ema_val_acc"] for r in read_metrics(tmp_path / "a" / "metrics.csv")]
+    assert ema_a == [r["ema_val_acc"] for r in read_metrics(tmp_path / "b" / "metrics.csv")]
 
 
 def test_weights_ema_is_refused_for_a_checkpoint_without_an_ema(tmp_path) -> None:
-    from training.models import create_model
+    from training.recipe.models import create_model
 
     path = tmp_path / "best.pth"
     save_checkpoint({"config": TrainConfig(dataset="synthetic", model="resnet20").to_dict(),
@@ -218,19 +219,9 @@ def test_weights_ema_is_refused_for_a_checkpoint_without_an_ema(tmp_path) -> Non
     assert len(text.strip().splitlines()) == 1
 
 
-def test_an_old_checkpoint_without_ema_or_opt_still_resumes_as_sgd_without_ema() -> None:
-    from training.state import TrainState
-
-    old = {"epoch": 3, "batch": 0, "step": 30, "best_acc": 0.5, "best_epoch": 2, "bad_epochs": 1,
-           "stopped_early": False}
-    assert TrainState.from_dict(old).best_weights == "model"
-    cfg = TrainConfig.from_dict({"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True})
-    assert (cfg.opt, cfg.ema_decay) == ("sgd", 0.0)
-
-
 @pytest.mark.gpu
 def test_an_ema_update_on_the_gpu_waits_for_nothing() -> None:
-    from training.models import create_model
+    from training.recipe.models import create_model
 
     model = create_model("resnet20", num_classes=10).cuda().to(memory_format=torch.channels_last)
     ema = ModelEma(model, decay=0.999, every=1, warmup=True)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from training import run as run_mod
+from training import loop as run_mod
 from training.config import TrainConfig
-from training.engine import _prepare, train_one_epoch
-from training.first_batch import FirstBatch, caption, label_weights, tile_rows
-from training.grid import to_uint8
-from training.mixing import Mixer, dominant_labels
+from training.recipe.engine import _prepare, train_one_epoch
+from training.outputs.first_batch import FirstBatch, caption, label_weights, tile_rows
+from training.outputs.grid import to_uint8
+from training.recipe.mixing import Mixer, dominant_labels
 
 
 @pytest.mark.slow

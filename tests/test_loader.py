@@ -256,7 +256,7 @@ def test_a_restored_dali_pipeline_logs_nothing_and_leaves_the_root_logger_as_it_
 def test_one_thread_rule_leaves_a_gpu_graph_all_cores_but_the_training_loops(cores) -> None:
     from dali_pipes.loader import default_num_threads
     from training.config import TrainConfig
-    from training.factory import loader_threads
+    from training.recipe.factory import loader_threads
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert default_num_threads(cuda, cores) == max(1, cores - 1)  # no fixed cap: 15 on a 16-core machine

@@ -1,4 +1,4 @@
-"""Mixup / CutMix (training.mixing) and the soft-target loss (training.losses): CPU, fast."""
+"""Mixup / CutMix (training.recipe.mixing) and the soft-target loss (training.recipe.losses): CPU, fast."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dali_pipes.errors import ConfigError
-from training.losses import soft_target_cross_entropy
-from training.mixing import MixConfig, Mixer, MixParams, cutmix_boxes, dominant_labels
+from training.recipe.losses import soft_target_cross_entropy
+from training.recipe.mixing import MixConfig, Mixer, MixParams, cutmix_boxes, dominant_labels
 
 K = 10
 RECIPES = {

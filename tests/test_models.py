@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 from dali_pipes.errors import ConfigError
-from training.models import CIFAR_STEM_MAX_SIZE, CIFAR_STEM_MODELS, MODELS, DropPath, create_model
+from training.recipe.models import CIFAR_STEM_MAX_SIZE, CIFAR_STEM_MODELS, MODELS, DropPath, create_model
 
 # Measured once and pinned, so an accidental architecture change (a max-pool, a width, a shortcut) shows up here.
 PARAMS = {

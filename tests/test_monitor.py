@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training.monitor import MEM, MIB, PROC, UTIL, ResourceMonitor, normalize_uuid, nvml_handle
+from training.outputs.monitor import MEM, MIB, PROC, UTIL, ResourceMonitor, normalize_uuid, nvml_handle
 
 UUIDS = ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-1111-1111-1111-111111111111"]
 MIG_UUID = "MIG-cccccccc-2222-2222-2222-222222222222"

@@ -11,13 +11,13 @@ import yaml
 from click.testing import CliRunner
 from helpers import StopAfter
 
-from training import run as run_mod
-from training.checkpoint import load_checkpoint
+from training import loop as run_mod
+from training.loop.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import TrainConfig
-from training.engine import StepContext, set_lr
-from training.factory import create_optimizer, decay_groups
-from training.models import create_model
+from training.recipe.engine import StepContext, set_lr
+from training.recipe.factory import create_optimizer, decay_groups
+from training.recipe.models import create_model
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "64", "--num-threads", "2"]
 
@@ -132,14 +132,3 @@ def test_an_adamw_run_resumes_mid_epoch_onto_the_straight_run(tmp_path) -> None:
     run_mod.train_epochs(resumed, StopAfter(10**9), log=lambda *_: None)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
-
-
-def test_an_ablation_run_made_before_these_options_still_matches_its_config(tmp_path) -> None:
-    from dali_pipes import ConfigError
-    from training.ablate_runner import _check_same
-
-    cfg = TrainConfig(dataset="synthetic", lr=0.05)
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ("opt", "ema_decay", "ema_every", "ema_warmup")}
-    _check_same(tmp_path, cfg, old)  # missing keys are the defaults the older run had
-    with pytest.raises(ConfigError, match="opt: 'sgd' there, 'adamw' now"):
-        _check_same(tmp_path, cfg.replace(opt="adamw"), old)

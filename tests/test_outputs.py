@@ -9,10 +9,11 @@ import os
 import pytest
 
 from dali_pipes import DaliTrainError
-from training import outputs
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.outputs import files as outputs
+from training.loop.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.signals import Interrupted
+from training.loop.rundir import RunDir
+from training.loop.signals import Interrupted
 
 ROWS = [{"epoch": 1, "lr": 0.1, "train_loss": 2.0, "val_acc": 0.5, "not_a_column": 7}]
 
@@ -42,7 +43,7 @@ def test_a_crash_before_the_rename_leaves_the_previous_csv_and_no_temp_file(tmp_
 
 @pytest.mark.parametrize("write, name", [
     (lambda d: outputs.write_summary(d, {"epochs_run": 1}), "summary.json"),
-    (lambda d: outputs.write_config(d, TrainConfig()), "config.yaml"),
+    (lambda d: RunDir(d).write_config(TrainConfig()), "config.yaml"),
 ])
 def test_summary_and_config_writes_fail_in_one_line_and_keep_the_old_file(tmp_path, monkeypatch, write,
                                                                          name) -> None:

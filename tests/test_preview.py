@@ -10,7 +10,7 @@ from PIL import Image
 
 from dali_pipes import load_source
 from dali_pipes.config import resolve_augment
-from training.preview import preview, single_operations, subset
+from training.tools.preview import preview, single_operations, subset
 
 
 def test_rows_are_the_originals_and_the_draws_of_each_backend(tmp_path) -> None:
@@ -41,7 +41,7 @@ def test_one_row_per_operation_in_the_recipes_order(tmp_path) -> None:
 
 
 def test_the_command_refuses_an_unknown_field_in_one_line(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-c", "from training.preview import main; main()", "--dataset",
+    proc = subprocess.run([sys.executable, "-c", "from training.tools.preview import main; main()", "--dataset",
                            "synthetic", "--aug", "blurr_p=0.5", "--output", str(tmp_path / "x.png")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown field 'blurr_p'" in proc.stderr, proc.stderr

@@ -16,8 +16,9 @@ import pytest
 import torch
 from helpers import StopAfter
 
-from training import run as run_mod
-from training.checkpoint import load_checkpoint
+from training import loop as run_mod
+from training.outputs import read_metrics
+from training.loop.checkpoint import load_checkpoint
 from training.config import TrainConfig
 
 pytestmark = pytest.mark.slow  # every case trains a run several times
@@ -212,7 +213,7 @@ def test_an_extension_aborted_in_its_final_evaluation_leaves_no_stale_summary(tm
     (out / "summary.json").write_text(old_summary)
     run_mod.resume(out, log=lines.append)
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == EPOCHS + 1
-    assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
@@ -236,8 +237,8 @@ def test_a_chain_with_an_ema_ends_on_the_straight_runs_ema_bit_for_bit(tmp_path,
         positions.append((state["epoch"], state["batch"]))
     assert positions[:3] == [(0, 3), (1, 0), (2, 4)]
     columns = (*DETERMINISTIC, "ema_val_loss", "ema_val_acc")
-    rows_a = run_mod.read_metrics(straight_ema / "metrics.csv")
-    rows_b = run_mod.read_metrics(out / "metrics.csv")
+    rows_a = read_metrics(straight_ema / "metrics.csv")
+    rows_b = read_metrics(out / "metrics.csv")
     assert [[r[k] for k in columns] for r in rows_b] == [[r[k] for k in columns] for r in rows_a]
     for name in ("last.pth", "best.pth"):
         a, b = load_checkpoint(straight_ema / name), load_checkpoint(out / name)

@@ -14,10 +14,12 @@ import yaml
 from click.testing import CliRunner
 
 from dali_pipes import DaliTrainError
-from training import run as run_mod
+from training import loop as run_mod
+from training.outputs import read_metrics
 from training.cli import main
 from training.config import TrainConfig
-from training.rundir import EVENTS, LOCK_NAME, RunDirLock
+from training.loop.folder import EVENTS
+from training.loop.lock import LOCK_NAME, RunDirLock
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-samples", "64", "--epochs", "1",
         "--num-threads", "1", "--device", "cpu"]
@@ -40,7 +42,7 @@ def killed_before_first_checkpoint(out: Path) -> None:
     cfg = TrainConfig(dataset="synthetic", model="resnet20", batch_size=32, num_samples=64, epochs=1, num_threads=1,
                       device="cpu", output=str(out))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    (out / "metrics.csv.tmp").write_text("epoch,lr\n")
+    (out / ".metrics.csv.x1y2.tmp").write_text("epoch,lr\n")
     (out / ".last.pth.k2j4.tmp").write_bytes(b"PK\x03\x04 cut short")
     (out / LOCK_NAME).write_text("999999\n")
     (out / DEAD_EVENTS).write_bytes(b"\x18\x00")  # its TensorBoard events, cut short
@@ -62,7 +64,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_refused_by_output_and_start
     assert code == 0, text
     assert "starting it over from its config.yaml" in text
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 1
-    assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1]
     # the temp files of the dead run are gone, and so is the lock file (released at the end of the run)
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if not EVENTS.match(n)] == ["best.pth", "config.yaml", "curves.png", "first_batch.png",
@@ -97,7 +99,7 @@ def test_an_output_that_is_a_file_or_under_one_is_refused_naming_the_path(tmp_pa
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A second process that holds the run directory's lock until it is killed."""
-    code = ("import sys, time\nfrom training.rundir import RunDirLock\nRunDirLock(sys.argv[1]).acquire()\n"
+    code = ("import sys, time\nfrom training.loop.lock import RunDirLock\nRunDirLock(sys.argv[1]).acquire()\n"
             "print('held', flush=True)\ntime.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.state import TrainState
+from training.loop import TrainState
 
 
 def test_to_dict_and_from_dict_are_inverse_and_ignore_other_keys() -> None:

@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import HostReads, StopAfter
 
-from training import run as run_mod
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training import loop as run_mod
+from training.loop.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.engine import StepContext, scaler_step, train_one_epoch
-from training.factory import create_optimizer
-from training.mixing import MixConfig, Mixer
+from training.recipe.engine import StepContext, scaler_step, train_one_epoch
+from training.recipe.factory import create_optimizer
+from training.recipe.mixing import MixConfig, Mixer
 
 
 def _tiny(out, **changes) -> TrainConfig:
@@ -200,7 +200,7 @@ def test_an_fp16_cuda_epoch_makes_no_host_sync(mix) -> None:
 # -- kernel choice -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_kernel_settings_apply_for_the_run_and_are_restored(monkeypatch, deterministic) -> None:
-    from training.factory import CUBLAS_DETERMINISTIC, kernel_settings
+    from training.recipe.factory import CUBLAS_DETERMINISTIC, kernel_settings
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     cudnn = torch.backends.cudnn
@@ -258,7 +258,7 @@ class CountingBackend:
 
 
 def test_compile_keeps_static_shapes_and_compiles_each_batch_shape_once() -> None:
-    from training.factory import compile_model
+    from training.recipe.factory import compile_model
 
     torch._dynamo.reset()  # other tests' compiled frames must not count here
     torch.manual_seed(0)

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from helpers import StopAfter
 
 from dali_pipes import ConfigError
-from training import run as run_mod
-from training import rundir
-from training.checkpoint import load_checkpoint
+from training import loop as run_mod
+from training.outputs import METRIC_FIELDS, read_metrics
+from training.loop import folder
+from training.loop.checkpoint import load_checkpoint
 from training.cli import main
 from training.config import TrainConfig
-from training.tensorboard_log import FIRST_BATCH, STEP_LOSS, EventLog, TensorBoardLog, open_event_log, tag
+from training.outputs.tensorboard_log import FIRST_BATCH, STEP_LOSS, EventLog, TensorBoardLog, open_event_log, tag
 
 EVERY = 2  # steps between two per-step points; 4 steps per epoch below
 # figures that depend on the machine's speed, not on the training
@@ -51,7 +52,7 @@ def points(acc, name: str) -> list[tuple[int, float]]:
 
 
 def event_files(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in run_dir.iterdir() if rundir.EVENTS.match(p.name))
+    return sorted(p.name for p in run_dir.iterdir() if folder.EVENTS.match(p.name))
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +69,10 @@ def on_and_off(tmp_path_factory):
 @pytest.mark.slow
 def test_events_hold_metrics_csv_per_epoch_and_the_loss_every_few_steps(on_and_off) -> None:
     on, _ = on_and_off
-    rows = run_mod.read_metrics(on.run_dir / "metrics.csv")
+    rows = read_metrics(on.run_dir / "metrics.csv")
     assert len(event_files(on.run_dir)) == 1
     acc = events(on.run_dir)
-    columns = [c for c in run_mod.METRIC_FIELDS if not np.isnan(rows[0][c])]  # the CPU has no CUDA figures
+    columns = [c for c in METRIC_FIELDS if not np.isnan(rows[0][c])]  # the CPU has no CUDA figures
     assert set(acc.Tags()["scalars"]) == {tag(c) for c in columns} | {STEP_LOSS}
     assert tag("val_acc") == "accuracy/val_acc" and tag("host_rss_peak_mib") == "resources/host_rss_peak_mib"
     for column in columns:  # one point per epoch, at the step it ended on, holding metrics.csv's number
@@ -99,10 +100,10 @@ def test_no_tensorboard_and_no_grid_write_nothing_and_train_the_same(on_and_off)
     assert (on.run_dir / "first_batch.png").is_file()
     for (name, a), b in zip(on.model.state_dict().items(), off.model.state_dict().values()):
         assert torch.equal(a, b), name
-    rows_on = run_mod.read_metrics(on.run_dir / "metrics.csv")
-    rows_off = run_mod.read_metrics(off.run_dir / "metrics.csv")
+    rows_on = read_metrics(on.run_dir / "metrics.csv")
+    rows_off = read_metrics(off.run_dir / "metrics.csv")
     for a, b in zip(rows_on, rows_off, strict=True):
-        same = [c for c in run_mod.METRIC_FIELDS if c not in TIMING and not np.isnan(a[c])]
+        same = [c for c in METRIC_FIELDS if c not in TIMING and not np.isnan(a[c])]
         assert {c: a[c] for c in same} == {c: b[c] for c in same}
     assert torch.equal(on.ctx.mixer.generator.get_state(), off.ctx.mixer.generator.get_state())
 
@@ -134,7 +135,7 @@ def test_a_run_resumed_mid_epoch_reads_as_one_run(on_and_off, tmp_path) -> None:
         steps = [s for s, _ in points(acc, name)]
         assert steps == sorted(set(steps)), name
         assert 99.0 not in [v for _, v in points(acc, name)], name
-    rows = run_mod.read_metrics(tmp_path / "metrics.csv")
+    rows = read_metrics(tmp_path / "metrics.csv")
     assert points(acc, tag("val_acc")) == [(s, pytest.approx(r["val_acc"], rel=1e-6)) for s, r in zip((4, 8), rows)]
     # the interrupt fell on a point, so every window is the straight run's
     assert points(acc, STEP_LOSS) == [(s, pytest.approx(v, rel=1e-4)) for s, v in points(events(on.run_dir),
@@ -185,8 +186,8 @@ def test_the_option_is_saved_and_a_config_without_it_loads() -> None:
 def test_event_files_and_the_grid_are_a_runs_outputs(tmp_path) -> None:
     (tmp_path / "events.out.tfevents.1795966386.host.1.0").write_bytes(b"")
     (tmp_path / "first_batch.png").write_bytes(b"")
-    assert rundir.classify(tmp_path) == rundir.LEFTOVERS  # not somebody else's folder
+    assert folder.classify(tmp_path) == folder.LEFTOVERS  # not somebody else's folder
     (tmp_path / "config.yaml").write_text("model: resnet20\n")
-    assert rundir.classify(tmp_path) == rundir.UNSTARTED
-    rundir.clear_outputs(tmp_path, keep=("config.yaml",))  # a restart from config.yaml starts the events over
+    assert folder.classify(tmp_path) == folder.UNSTARTED
+    folder.clear_outputs(tmp_path, keep=("config.yaml",))  # a restart from config.yaml starts the events over
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -18,11 +18,12 @@ from click.testing import CliRunner
 from helpers import StopAfter
 
 from dali_pipes import DataError
-from training import run as run_mod
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training import loop as run_mod
+from training.outputs import read_metrics
+from training.loop.checkpoint import load_checkpoint, save_checkpoint
 from training.cli import _run_guarded, eval_main, main
 from training.config import TrainConfig
-from training.run import lr_factor
+from training.recipe import lr_factor
 
 TINY = ["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "64", "--num-threads", "2"]
 
@@ -50,7 +51,7 @@ def test_learns_the_synthetic_task_and_writes_the_run_directory(tmp_path) -> Non
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_reloaded_val_acc"] >= 0.9, summary
     assert "training on the CPU" in text and "AMP bfloat16" in text
-    rows = run_mod.read_metrics(out / "metrics.csv")
+    rows = read_metrics(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["host_rss_peak_mib"] > 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["num_samples"] == 2000 and saved["model"] == "resnet20"
@@ -80,8 +81,8 @@ def test_a_run_interrupted_mid_epoch_and_resumed_lands_where_the_straight_run_la
     run_mod.train_epochs(resumed, StopAfter(10**9), log=lambda *_: None)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
-    rows_a = run_mod.read_metrics(tmp_path / "a" / "metrics.csv")
-    rows_b = run_mod.read_metrics(tmp_path / "b" / "metrics.csv")
+    rows_a = read_metrics(tmp_path / "a" / "metrics.csv")
+    rows_b = read_metrics(tmp_path / "b" / "metrics.csv")
     assert [r["val_acc"] for r in rows_a] == [r["val_acc"] for r in rows_b]
 
 
@@ -95,7 +96,7 @@ def test_resume_through_the_cli_extends_a_finished_run_and_refuses_a_second_fini
     assert code == 2 and "--lr" in text
     code, text = invoke(["--resume", str(out), "--epochs", "2"])
     assert code == 0, text
-    assert [r["epoch"] for r in run_mod.read_metrics(out / "metrics.csv")] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2]
     (out / "summary.json").unlink()  # as if killed during the final evaluation: resume only finishes it
     code, text = invoke(["--resume", str(out)])
     assert code == 0 and json.loads((out / "summary.json").read_text())["epochs_run"] == 2, text
@@ -233,7 +234,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_p
     (tmp_path / "reference.pth").unlink()
     # A real failing write: the process may not write files over 200 kB (RLIMIT_FSIZE), as on a disk near full.
     script = ("import resource, sys, torch\nfrom dali_pipes import DaliTrainError\n"
-              "from training.checkpoint import save_checkpoint\n"
+              "from training.loop.checkpoint import save_checkpoint\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))\n"
               "state = {'config': {}, 'model': {'w': torch.zeros(250_000)}, 'epoch': 2}\n"
               "try:\n    save_checkpoint(state, sys.argv[1])\n"
@@ -245,15 +246,6 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(tmp_p
     assert "the write failed (File too large)" in message and f"needs {needed:,} bytes" in message, message
     assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint survives
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # and the temp file is gone
-
-
-def test_the_cuda_rng_state_of_a_checkpoint_is_one_device_and_old_lists_still_load() -> None:
-    one = torch.arange(16, dtype=torch.uint8)
-    listed = [torch.full((16,), k, dtype=torch.uint8) for k in range(2)]  # older checkpoints: every visible GPU's
-    assert run_mod.cuda_rng_entry(one, 3) is one
-    assert run_mod.cuda_rng_entry(listed, 1) is listed[1]
-    assert run_mod.cuda_rng_entry(listed, 5) is listed[0]  # resumed on a device index the old run did not see
-    assert run_mod.cuda_rng_entry([], 0) is None and run_mod.cuda_rng_entry(None, 0) is None
 
 
 @pytest.mark.parametrize("raised, line", [
@@ -284,7 +276,7 @@ def test_no_amp_runs_the_same_step(tmp_path) -> None:
                          "--mix-mode", "elem", "--output", str(out)])
     assert code == 0 and "FP32" in text, text
     # the run trained in float32 with per-sample mixing: finite figures, no scaler at work, the choices saved
-    (row,) = run_mod.read_metrics(out / "metrics.csv")
+    (row,) = read_metrics(out / "metrics.csv")
     assert row["train_images"] == 128 and np.isfinite(row["train_loss"]) and row["nonfinite_losses"] == 0
     assert row["skipped_steps"] == 0 and 0.0 <= row["val_acc"] <= 1.0
     saved = yaml.safe_load((out / "config.yaml").read_text())

@@ -15,11 +15,9 @@ from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError, DataWarn
 from dali_pipes.config import parse_override
 
 from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, TrainConfig
-from .mixing import MIX_MODES
-from .models import MODELS
 from .options import read_options
-from .prune_masks import METHODS as PRUNE_METHODS
-from .quantize_int8 import MODES as QUANT_MODES
+from .recipe import MIX_MODES, MODELS
+from .tools import PRUNE_METHODS, QUANT_MODES
 
 _D = TrainConfig()  # defaults shown in --help come from the config itself
 
@@ -135,7 +133,7 @@ def _run_guarded(fn: Callable[[], Any], *,
 
     `second_interrupt` is the line for a second signal while a StopSignal waits for a safe stop; `interrupt` the
     line for Ctrl-C where none is installed (start-up, or a tool that has no safe stop)."""
-    from .run import Interrupted, SecondSignal
+    from .loop import Interrupted, SecondSignal
 
     try:
         with warnings.catch_warnings():  # restores the default display when the command returns
@@ -171,7 +169,7 @@ def main(click_ctx: click.Context, config_file: str | None, resume: str | None, 
         given.add("aug")
 
     def work() -> Any:
-        from . import run
+        from . import loop
 
         if resume is not None:
             extra = sorted(given - {"epochs"}) + (["config"] if config_file else [])
@@ -179,11 +177,11 @@ def main(click_ctx: click.Context, config_file: str | None, resume: str | None, 
                 dropped = ", ".join("--" + e.replace("_", "-") for e in extra)
                 raise ConfigError(f"--resume continues the run with its saved config; drop {dropped} "
                                   "(only --epochs may extend it)")
-            return run.resume(resume, epochs=options["epochs"] if "epochs" in given else None)
+            return loop.resume(resume, epochs=options["epochs"] if "epochs" in given else None)
         values = _config_file(config_file) if config_file else {}
         values.update({k: v for k, v in options.items() if k in given or k not in values})
         values["augment"] = with_overrides(values["augment"], overrides)
-        return run.fit(TrainConfig.from_dict(values, source=config_file or "options"))
+        return loop.fit(TrainConfig.from_dict(values, source=config_file or "options"))
 
     _run_guarded(work)
 
@@ -227,7 +225,7 @@ def eval_main(checkpoint: str, device: str, tta: bool, weights: str | None, **da
     """Report validation accuracy and loss of a dali-train checkpoint."""
 
     def work() -> dict:
-        from .evaluate import evaluate_checkpoint
+        from .tools import evaluate_checkpoint
 
         return evaluate_checkpoint(_checkpoint_path(checkpoint), device=device, tta=tta, weights=weights,
                                    **{**data, "batch_size": 256 if data["batch_size"] is None else data["batch_size"]})
@@ -252,7 +250,7 @@ def quantize_main(checkpoint: str, mode: str, calibration_batches: int, quant_ba
     """Post-training int8 quantization of a dali-train checkpoint: size, accuracy and CPU latency, measured."""
 
     def work() -> dict:
-        from .quantize import QuantizeConfig, run_quantize
+        from .tools import QuantizeConfig, run_quantize
 
         qcfg = QuantizeConfig(mode=mode, calibration_batches=calibration_batches, quant_backend=quant_backend,
                               latency=latency, latency_repeats=latency_repeats)
@@ -278,7 +276,7 @@ def prune_main(checkpoint: str, device: str, amount: str, method: str, finetune_
     """Gradual magnitude pruning with fine-tuning after each step; measures sparsity against accuracy."""
 
     def work() -> list:
-        from .prune import PruneConfig, parse_amounts, run_prune
+        from .tools import PruneConfig, parse_amounts, run_prune
 
         pcfg = PruneConfig(amounts=parse_amounts(amount), method=method, finetune_epochs=finetune_epochs,
                            finetune_lr=finetune_lr)

@@ -138,8 +138,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    from .mixing import MIX_MODES
-    from .models import MODELS
+    from .recipe import MIX_MODES, MODELS
 
     def label(option: str) -> str:
         return "--" + option.replace("_", "-")

@@ -8,7 +8,8 @@ benchmarks/train_throughput.py and dali-quantize's latency), so that their figur
 - An arm that fails (set-up or a timed repeat) keeps its one-line error and the others go on.
 - Each arm's figures are summarized as median, min and max over its repeats (`Stats`); what is not finite becomes
   None, since JSON has no inf or nan.
-- Reports are JSON (`to_json` refuses nan rather than writing invalid JSON), rewritten atomically, with the machine
+- Reports are JSON (training.atomic's `to_json` refuses nan rather than writing invalid JSON), rewritten atomically
+  (training.atomic), with the machine
   they ran on (`training.machine.machine_info`), and printed as aligned tables (`table`).
 
 Importing this module needs only the standard library (benchmarks/gpu_check.py runs on a bare interpreter).
@@ -16,15 +17,13 @@ Importing this module needs only the standard library (benchmarks/gpu_check.py r
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from .atomic import to_json  # noqa: F401 - benchmarks/augment_throughput.py imports it from here (edited in parallel)
 
 T = TypeVar("T")
 
@@ -160,25 +159,3 @@ def machine_lines(m: dict[str, Any]) -> list[str]:
             f"  gpu         {gpu}",
             f"  versions    python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
             f"DALI {m['dali']}"]
-
-
-def to_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, allow_nan=False)  # ValueError rather than invalid JSON
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` in one step: a reader, or a run killed mid-write, sees the old file or the new."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, report: dict[str, Any]) -> None:
-    write_text_atomic(path, to_json(report) + "\n")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,12 +28,14 @@ from torch import nn
 
 from dali_pipes import ConfigError, DataError
 
-from .checks import check_choice, check_int, check_number
-from .checkpoint import chosen_weights, load_checkpoint, load_weights, save_checkpoint
+from ..atomic import write_json
+from ..checks import check_choice, check_int, check_number
+from ..loop import Interrupted, StopSignal, TrainState, build_run, chosen_weights, load_checkpoint, load_weights, \
+    save_checkpoint, train_epochs
+from ..outputs import read_metrics, write_rows
+from ..recipe import evaluate
 from .checkpoint_tools import ValModel, finite_weights, is_occupied, read_checkpoint, refuse_distributed
-from .engine import evaluate
 from .prune_masks import METHODS, add_masks, make_permanent, nonzero_params, prunable, prune_to, sparsity
-from .run import Interrupted, StopSignal, build_run, read_metrics, train_epochs, write_rows
 
 CSV_FIELDS = ("stage", "amount", "sparsity", "nonzero_params", "total_params", "val_acc", "val_loss",
               "val_acc_before_finetune", "val_loss_before_finetune", "finetune_epochs", "finetune_time_s")
@@ -116,9 +117,7 @@ def _open_output(output: Path, settings: dict[str, Any]) -> None:
     if is_occupied(output):
         raise ConfigError(f"--output {output} already exists and is not a dali-prune run; choose another --output")
     output.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, record)
+    write_json(record, settings)
 
 
 def _measure(run: Any, method: str) -> dict[str, Any]:
@@ -194,7 +193,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
 
             run = build_run(stage_cfg, run_dir=stage_dir, prepare_model=prepare)
             before = _measure(run, method)
-            before_path.write_text(json.dumps(before) + "\n")
+            write_json(before_path, before)
         t0 = time.time()
         if pcfg.finetune_epochs > 0:
             tag = f"stage {stage} ({amount:g})"
@@ -228,7 +227,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
         raise DataError(f"{output}: sparsity changed from {rows[-1]['sparsity']:.6f} to {reached:.6f} when the "
                         "masks were made permanent; the stage checkpoints are inconsistent — use a new --output")
     save_checkpoint({"config": base_cfg.to_dict(), "model": _cpu_state(run.model),
-                     "epoch": int(state["epoch"]) + pcfg.finetune_epochs * len(pcfg.amounts),
+                     "epoch": TrainState.from_dict(state).epoch + pcfg.finetune_epochs * len(pcfg.amounts),
                      "pruning": {"method": method, "amount": pcfg.amounts[-1], "sparsity": reached,
                                  "source": str(checkpoint)}}, output / "pruned.pth")
     log(f"done in {time.time() - started:.0f} s: {output / 'pruned.pth'} ({100 * reached:.2f}% of the prunable "

@@ -11,8 +11,8 @@ from typing import Any
 
 from dali_pipes import ConfigError
 
-from .config import TrainConfig
-from .options import option_values, read_yaml
+from ..config import TrainConfig
+from ..options import option_values, read_yaml
 
 _D = TrainConfig()
 ARM_NAME = re.compile(r"^[A-Za-z0-9+][A-Za-z0-9._+=-]*$")

@@ -8,7 +8,7 @@ key of it back.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +16,13 @@ import torch
 
 from dali_pipes import ConfigError, DataError
 
-from . import distributed
+from .. import distributed
+from ..config import TrainConfig
+from ..distributed import World
+from ..recipe import StepContext
 from .checkpoint import save_checkpoint
-from .config import TrainConfig
-from .distributed import World
-from .engine import StepContext
-from .rundir import RunDirLock
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # the epoch to run next (0-based)
-    batch: int = 0  # batches of `epoch` already trained (a mid-epoch checkpoint resumes after them)
-    step: int = 0  # optimizer steps taken: the LR schedule's position
-    best_acc: float = -1.0  # best validation accuracy so far (-1: no epoch finished yet)
-    best_epoch: int = 0  # 1-based epoch of best_acc
-    bad_epochs: int = 0  # epochs in a row without a better val accuracy (early stopping counts them)
-    stopped_early: bool = False
-    best_weights: str = "model"  # which weights of best.pth scored best_acc: "model" (raw) or "ema"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> TrainState:
-        """The progress keys of a checkpoint (any other key is ignored; a missing optional one takes its default)."""
-        types = {"epoch": int, "batch": int, "step": int, "best_acc": float, "best_epoch": int, "bad_epochs": int,
-                 "stopped_early": bool, "best_weights": str}
-        return cls(**{f.name: types[f.name](state[f.name]) for f in fields(cls) if state.get(f.name) is not None})
-
-    def is_finished(self, epochs: int) -> bool:
-        """Whether nothing is left to train for a run of `epochs` epochs: it stopped early, or it trained them all."""
-        return self.stopped_early or (self.epoch >= epochs and self.batch == 0)
-
-    def record(self, val_acc: float, epoch: int, patience: int, weights: str = "model") -> bool:
-        """Count finished epoch `epoch` (1-based) with `val_acc`, scored by `weights` ("model" or "ema"); returns
-        whether it is the best so far."""
-        improved = val_acc > self.best_acc
-        if improved:
-            self.best_acc, self.best_epoch, self.bad_epochs, self.best_weights = val_acc, epoch, 0, weights
-        else:
-            self.bad_epochs += 1
-        self.stopped_early = patience > 0 and self.bad_epochs >= patience
-        self.epoch, self.batch = epoch, 0
-        return improved
-
-
-def cuda_rng_entry(saved: Any, index: int) -> torch.Tensor | None:
-    """The CUDA RNG state to restore on device `index` from a checkpoint's: one state (that of the rank's device),
-    or, in older checkpoints, a list of every visible device's (entry `index`, else the first); None: nothing."""
-    if isinstance(saved, torch.Tensor):
-        return saved
-    if isinstance(saved, (list, tuple)) and saved:
-        return saved[index] if index < len(saved) else saved[0]
-    return None
+from .lock import RunDirLock
+from .progress import TrainState
 
 
 @dataclass
@@ -123,8 +76,7 @@ class Run:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """The inverse of :meth:`checkpoint` (and of :meth:`rank_state` for this rank): every key is read back
-        here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule;
-        checkpoints that also hold a "scheduler" entry (a LambdaLR's state) are read the same way, it ignored."""
+        here. The LR is a pure function of the step (ctx.lr_at), so the step is all there is of the schedule."""
         if len(state["ranks"]) != self.world.size:
             raise ConfigError(f"the checkpoint was written by {len(state['ranks'])} process(es) and this run has "
                               f"{self.world.size}; resume with the same number (torchrun --nproc_per_node / "
@@ -150,10 +102,8 @@ class Run:
         self.history = history
         torch.set_rng_state(mine["torch_rng"])
         if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            cuda_rng = cuda_rng_entry(mine["cuda_rng"], index)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, self.device)
+            if mine["cuda_rng"] is not None:  # None: the run was saved on the CPU
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
 
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint; a collective under DDP (every rank's streams are gathered for rank 0 to save)."""

@@ -19,9 +19,9 @@ from dali_pipes import ConfigError, create_loader
 from dali_pipes.loader import default_num_threads
 from dali_pipes.plan import derive_seed
 
-from . import distributed
-from .config import TrainConfig
-from .distributed import World
+from .. import distributed
+from ..config import TrainConfig
+from ..distributed import World
 from .ema import ModelEma
 from .engine import StepContext
 from .mixing import MixConfig, Mixer

@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from .checkpoint import chosen_weights, save_checkpoint
+from ..atomic import write_json
+from ..checks import check_choice, check_int
+from ..harness import table
+from ..loop import TrainState, chosen_weights, save_checkpoint
+from ..machine import cpu_model, machine_info, package_version
+from ..recipe import data_loader
 from .checkpoint_tools import ValModel, read_checkpoint, refuse_distributed, refuse_occupied
-from .checks import check_choice, check_int
-from .factory import data_loader
-from .harness import table
 from .latency import LATENCY_BATCHES, WARMUP_CALLS, compiled_latencies
-from .machine import cpu_model, machine_info, package_version
 from .quantize_int8 import MODES, Inference, check_backend, load_quantized, quantize_model, quiet, save_quantized
 
 
@@ -72,7 +73,7 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
     gm = quantize_model(model, qcfg.mode, batches, image_size=size)
     output.mkdir(parents=True, exist_ok=True)
     float_path, int8_path = output / "model_fp32.pth", output / "model_int8.pth"
-    save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": int(state["epoch"])},
+    save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": TrainState.from_dict(state).epoch},
                     float_path)
     save_quantized(gm, int8_path, cfg=cfg, num_classes=val.num_classes, mode=qcfg.mode,
                    quant_backend=qcfg.quant_backend, image_size=size)
@@ -103,7 +104,7 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
         result["cpu_threads"] = torch.get_num_threads()
     result.update({"torch": torch.__version__, "torchao": package_version("torchao"), "cpu": cpu_model(),
                    "machine": machine_info(), "wall_time_s": time.time() - started, "settings": asdict(qcfg)})
-    (output / "quantize.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(output / "quantize.json", result)
     log(format_table(result))
     return result
 

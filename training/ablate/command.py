@@ -8,9 +8,10 @@ Output directory (`--output DIR`):
     DIR/curves.png          val accuracy per epoch per arm, mean over seeds (band: min..max)
     DIR/final_acc.png       final-epoch val accuracy per arm: every seed, and mean ± std
 
-Rerunning the same command continues the study: a run whose summary.json exists is skipped, a run with a last.pth
-and no summary.json is resumed from it (`training.run.resume`), the others start. A run directory that holds a run
-with another config is refused rather than reused.
+Rerunning the same command continues the study: each run directory is carried out as its RunDir's verdict says
+(training.loop.rundir) — a finished run is skipped, one with a last.pth is resumed from it (a larger --epochs extends
+it), one whose final evaluation is missing is completed, the others start. A run directory that holds a run with
+another config (the same rule as dali-train --resume) is refused rather than reused.
 """
 
 from __future__ import annotations
@@ -23,16 +24,11 @@ import click
 
 from dali_pipes import ConfigError
 
-from .ablate_report import RESULT_FIELDS, result_row, welch_t, write_plots, write_results, write_summary
-from .ablate_runner import NOT_COMPARED, RunRecord, _clear_partial, check_existing, read_record, run_one, run_study
-from .ablate_studies import ARM_NAME, MANAGED, STUDIES, Study, arm_configs, load_study, skip_reason
-from .cli import _options, _run_guarded, with_overrides
-from .config import TrainConfig
-
-__all__ = ["ARM_NAME", "MANAGED", "NOT_COMPARED", "RESULT_FIELDS", "STUDIES", "RunRecord", "Study", "arm_configs",
-           "check_existing", "load_study", "main", "read_record", "result_row", "run_one", "run_study",
-           "skip_reason", "welch_t", "write_plots", "write_results", "write_summary", "_clear_partial"]
-
+from ..cli import _options, _run_guarded, with_overrides
+from ..config import TrainConfig
+from .report import write_plots, write_results, write_summary
+from .runner import check_existing, run_study
+from .studies import STUDIES, arm_configs, load_study
 
 _STUDY_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in STUDIES.items())
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .outputs import METRIC_FIELDS
+from .files import METRIC_FIELDS
 
 Progress = Callable[[int, dict[str, float]], None]
 

@@ -8,10 +8,8 @@ one never runs code, and anything that is not one of ours is refused with a one-
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,10 @@ import torch
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .config import TrainConfig
-from .models import create_model
+from ..atomic import atomic_write
+from ..config import TrainConfig
+from ..recipe import create_model
+from .progress import TrainState
 
 FORMAT = "dali-train/1"
 REQUIRED = ("format", "config", "model", "epoch")
@@ -73,21 +73,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     state = {"format": FORMAT, **state}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _write_error(e, state, path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as e:
-        Path(tmp).unlink(missing_ok=True)
         raise _write_error(e, state, path) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, *, fmt: str = FORMAT, required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
@@ -135,8 +123,9 @@ def chosen_weights(state: dict[str, Any], path: Path, weights: str | None = None
     the run's best accuracy if the checkpoint was written at the end of that epoch (best.pth), else "model".
     "ema" asked of a checkpoint without an EMA is a ConfigError."""
     if weights is None:
-        at_best = state.get("epoch") == state.get("best_epoch") and not state.get("batch")
-        return "ema" if at_best and state.get("best_weights") == "ema" and "ema" in state else "model"
+        progress = TrainState.from_dict(state)
+        at_best = progress.epoch == progress.best_epoch and not progress.batch
+        return "ema" if at_best and progress.best_weights == "ema" and "ema" in state else "model"
     if weights == "ema" and "ema" not in state:
         raise ConfigError(f"--weights ema: {path} holds no EMA weights (its run trained without --ema-decay); "
                           "use --weights model")

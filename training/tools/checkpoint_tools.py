@@ -18,10 +18,9 @@ from torch import nn
 
 from dali_pipes import ConfigError, DataError
 
-from .checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
-from .config import TrainConfig
-from .engine import evaluate
-from .factory import build_model, data_loader, resolve_amp_dtype, resolve_device
+from ..config import TrainConfig
+from ..loop import checkpoint_config, load_checkpoint, model_from_checkpoint
+from ..recipe import build_model, data_loader, evaluate, resolve_amp_dtype, resolve_device
 
 
 def refuse_distributed(tool: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import chosen_weights
+from ..loop import TrainState, chosen_weights
 from .checkpoint_tools import ValModel, read_checkpoint
 
 
@@ -18,5 +18,5 @@ def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str
                                  num_threads=num_threads if num_threads is not None else 0)
     weights = chosen_weights(state, path, weights)
     result = ValModel.from_checkpoint(state, path, cfg, weights=weights).evaluate(tta=tta)
-    return {"checkpoint": str(path), "epoch": int(state["epoch"]), "dataset": cfg.dataset, "tta": tta,
+    return {"checkpoint": str(path), "epoch": TrainState.from_dict(state).epoch, "dataset": cfg.dataset, "tta": tta,
             "weights": weights, **result}

@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from . import distributed
-from .distributed import World
+from .. import distributed
+from ..distributed import World
 
 
 def epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict:
@@ -19,8 +19,7 @@ def epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict
     out["images"] = before.get("images", 0) + n
     out["loss_sum"] = before.get("loss_sum", 0.0) + stats["loss_sum"]
     out["correct"] = before.get("correct", 0) + stats["correct"]
-    out["steps"] = before.get("steps", before.get("completed", 0)) + stats["steps"]  # "completed": older checkpoints
-    out.pop("completed", None)
+    out["steps"] = before.get("steps", 0) + stats["steps"]
     for key in ("nonfinite_losses", "nonfinite_images", "skipped_steps", "data_time_s", "epoch_time_s"):
         out[key] = before.get(key, 0) + stats[key]
     for key, value in resources.items():

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .ablate_runner import RunRecord
-from .ablate_studies import _D, Study
-from .config import TrainConfig
-from .outputs import write_rows
+from ..config import TrainConfig
+from ..outputs import write_rows
+from .runner import RunRecord
+from .studies import _D, Study
 
 RESULT_FIELDS = ("arm", "seed", "status", "final_val_acc", "best_val_acc", "best_epoch", "epochs_run",
                  "final_train_loss", "mean_epoch_time_s", "peak_cuda_alloc_mib", "peak_host_rss_mib", "amp_dtype",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .harness import Arm, Stats, interleaved, set_up
+from ..harness import Arm, Stats, interleaved, set_up
 from .quantize_int8 import quiet
 
 LATENCY_BATCHES = (1, 64)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from . import distributed
-from .distributed import World
+from .. import distributed
+from ..distributed import World
 from .engine import evaluate
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_choice, check_int, check_number
+from ..checks import check_choice, check_int, check_number
 
 MIX_MODES = ("batch", "elem")
 

@@ -19,7 +19,7 @@ from dali_pipes.config import eval_config, resolve_augment
 from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
 from dali_pipes.sources import ArrayDataset, FolderDataset
 
-from .grid import Row, to_uint8, write_grid
+from ..outputs import Row, to_uint8, write_grid
 
 # What the grid can be written as (matplotlib's writers that need nothing beyond Pillow); a name without an
 # extension gets .png, which is what matplotlib would write anyway, and the message says so.
@@ -152,7 +152,7 @@ def command():
     from dali_pipes import DATASETS
     from dali_pipes.config import parse_override
 
-    from .cli import _run_guarded
+    from ..cli import _run_guarded
 
     @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
     @click.option("--dataset", type=click.Choice(DATASETS), default="cifar10")

@@ -29,9 +29,9 @@ from torch import nn
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
-from .checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .models import create_model
+from ..config import TrainConfig
+from ..loop import checkpoint_config, load_checkpoint, save_checkpoint
+from ..recipe import create_model
 
 INT8_FORMAT = "dali-train-int8/1"
 MODES = ("static", "dynamic")

@@ -1,4 +1,4 @@
-"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line and progress bar, summary.json, config.yaml.
+"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line and progress bar, summary.json.
 
 Every write here that can fail for want of disk (a full disk, a quota) is a one-line DaliTrainError naming the file,
 like a failed checkpoint write, not an OSError traceback.
@@ -7,18 +7,16 @@ like a failed checkpoint write, not an OSError traceback.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dali_pipes import DaliTrainError, DataError
 
-from .config import TrainConfig
+from ..atomic import to_json, write_text_atomic
+
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_images", "images_per_s",
                  "data_time_s",
@@ -37,45 +35,23 @@ def write_error(path: Path, e: OSError) -> DaliTrainError:
 def write_rows(path: Path, rows: list[dict], fields: tuple[str, ...] = METRIC_FIELDS) -> None:
     """A CSV of `rows` (the `fields` columns), replaced atomically: readers see the old file or the new one.
     A failed write leaves the old file and no temp file behind, and is a one-line DaliTrainError."""
-    tmp = path.with_suffix(".csv.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        raise write_error(path, e) from None
-
-
-def _remove(tmp: Path) -> None:
-    """Remove a temp file after a failed write; a folder that refuses that too (read-only) keeps the first error."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def write_text(path: Path, text: str) -> None:
     """`path` replaced atomically by `text`; a failed write is a one-line DaliTrainError, the old file intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as e:
-        _remove(tmp)
         raise write_error(path, e) from None
 
 
-def write_config(run_dir: Path, cfg: TrainConfig) -> None:
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text(run_dir / "summary.json", to_json(summary) + "\n")
 
 
 def _cell(text: str | None) -> int | float:

@@ -18,10 +18,10 @@ import torch
 from dali_pipes import AugmentConfig
 from dali_pipes.config import describe_augment
 
-from .config import TrainConfig
+from ..config import TrainConfig
+from ..recipe import dominant_labels
+from .files import write_error
 from .grid import Row, to_uint8, write_grid
-from .mixing import dominant_labels
-from .outputs import write_error
 
 MAX_TILES = 32  # enough to see the recipe and the mixing at work, small enough to read the captions
 PER_ROW = 8

@@ -1,0 +1,204 @@
+"""The epochs of a run and its end: `train_epochs` trains, evaluates and checkpoints each epoch, writing
+metrics.csv and curves.png (outputs.py), the same figures as TensorBoard events (tensorboard_log.py) and, on a new
+run, first_batch.png (first_batch.py); `finish` reloads best.pth, evaluates it and writes summary.json. last.pth is
+rewritten atomically after every epoch and when a run is interrupted (a first SIGINT/SIGTERM, signals.py); an
+interrupted epoch resumes at the batch where it stopped, with the data, augmentation and RNG streams of the
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dali_pipes import DataError
+
+from .. import distributed
+from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ResourceMonitor, \
+    divergence, epoch_line, epoch_totals, open_event_log, plot_curves, progress, read_metrics, reduced, write_rows, \
+    write_summary
+from ..recipe import evaluate, evaluate_ema, train_one_epoch
+from .checkpoint import chosen_weights, load_checkpoint
+from .signals import Diverged, Interrupted, StopSignal
+from .state import Run
+
+
+def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
+    """The per-step "should we stop?" check. Under DDP the ranks must agree on the step they stop after, so they
+    vote every `every` steps (a tiny all-reduce) instead of each reading its own signal flag."""
+    calls = 0
+
+    def poll() -> bool:
+        nonlocal calls
+        calls += 1
+        if not run.world.distributed:
+            return stop.is_set()
+        return calls % every == 0 and distributed.any_rank(stop.is_set(), run.world, run.device)
+
+    return poll
+
+
+def train_epochs(run: Run, stop: StopSignal, log=print, *, log_every: int = 50, grid_tiles: int = MAX_TILES) -> None:
+    """Train from where `run.state` stands to the last epoch (or early stopping), writing the run directory, and
+    TensorBoard events beside metrics.csv (rank 0, cfg.tensorboard). `log_every`: steps between two reads of the
+    running loss (progress bar, TensorBoard); `grid_tiles`: samples of a new run's first batch drawn into
+    first_batch.png (0: none)."""
+    events = open_event_log(run.run_dir, enabled=run.world.is_main and run.cfg.tensorboard,
+                            resume_step=run.state.step, log=log)
+    try:
+        _train_epochs(run, stop, log, events, log_every=log_every, grid_tiles=grid_tiles)
+    finally:
+        events.close()
+
+
+def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_every: int, grid_tiles: int) -> None:
+    cfg, metrics_path, main = run.cfg, run.run_dir / "metrics.csv", run.world.is_main
+    log = log if main else (lambda *_: None)
+    state = run.state
+    rows = run.history
+    if main:
+        _reconcile_metrics(run, log)
+    monitor = ResourceMonitor(run.device)
+    poll = _stop_poll(stop, run)
+    new_run = state.step == 0 and state.batch == 0
+    first = FirstBatch(label_smoothing=run.ctx.mixer.cfg.label_smoothing, max_tiles=grid_tiles) \
+        if main and grid_tiles > 0 and new_run else None
+    for epoch in range(state.epoch, cfg.epochs):
+        run.train_loader.set_epoch(epoch)
+        if state.batch == 0:
+            run.loader_state = run.train_loader.state_dict()
+            run.epoch_so_far = {"lr": run.ctx.lr_at(state.step)}  # the LR the epoch starts at
+        else:  # resuming inside this epoch: loader state and figures so far are the checkpoint's (Run.load_state)
+            log(f"resuming epoch {epoch + 1} at batch {state.batch + 1}/{len(run.train_loader)}")
+        bar, update = progress(len(run.train_loader), epoch + 1, cfg) if main else (None, None)
+        with monitor:
+            stats = train_one_epoch(run.ctx, run.train_loader, step=state.step, skip=state.batch,
+                                    should_stop=poll, on_progress=events.progress(state.step - state.batch, update),
+                                    log_every=log_every, on_first_batch=first)
+        state.step += stats["steps"]
+        if bar is not None:
+            bar.close()
+        if first is not None and first.captured:  # drawn once, outside the epoch's timing
+            events.image(FIRST_BATCH, first.write(run.run_dir / "first_batch.png", run.train_loader, cfg), step=0)
+            first = None
+        totals = epoch_totals(run.epoch_so_far, stats, monitor.figures())
+        if stats["position"] < len(run.train_loader):
+            run.epoch_so_far = totals
+            state.epoch, state.batch = epoch, stats["position"]
+            run.save("last.pth", run.checkpoint())
+            raise Interrupted.at(f"stopped in epoch {epoch + 1} after batch {stats['position']}; last.pth saved. "
+                                 f"Resume with: dali-train --resume {run.run_dir}", run_dir=run.run_dir,
+                                 epoch=epoch + 1, batch=stats["position"], signum=stop.signum)
+        distributed.sync_buffers(run.model, run.world)
+        val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
+                       channels_last=cfg.channels_last)
+        figures = reduced(totals, val, run.world, run.device)
+        why = divergence(figures, len(run.train_loader.classes))
+        if why is not None:  # the same verdict on every rank: the figures are sums over all of them
+            raise Diverged.during(epoch + 1, why, lr=cfg.lr, clip_grad=cfg.clip_grad,
+                                  float16=run.amp_dtype == torch.float16, run_dir=run.run_dir)
+        del figures["train_steps"]
+        lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
+        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
+        row.update(val, epoch=epoch + 1, lr=lr, **figures)
+        if run.ctx.ema is not None:
+            row.update(evaluate_ema(run.ctx.ema, run.val_loader, world=run.world, device=run.device,
+                                    amp_dtype=run.amp_dtype, channels_last=cfg.channels_last))
+        rows.append(row)
+        log(epoch_line(cfg, row))
+        # the same reduced values on every rank: the same decision; best.pth is scored by the better weights
+        ema_acc = row.get("ema_val_acc", -1.0)
+        acc, weights = (ema_acc, "ema") if ema_acc > row["val_acc"] else (row["val_acc"], "model")
+        improved = state.record(acc, epoch + 1, cfg.patience, weights)
+        run.loader_state = run.train_loader.state_dict()
+        run.epoch_so_far = {}
+        checkpoint = run.checkpoint()
+        if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
+            write_rows(metrics_path, rows, METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ()))
+            plot_curves(rows, run.run_dir / "curves.png")
+            events.epoch(state.step, row)
+        if improved:
+            run.save("best.pth", checkpoint)
+        run.save("last.pth", checkpoint)
+        if state.stopped_early:
+            log(f"early stopping: val accuracy has not improved for {cfg.patience} epochs "
+                f"(best {100 * state.best_acc:.2f}% at epoch {state.best_epoch})")
+            break
+        if distributed.any_rank(stop.is_set(), run.world, run.device):
+            raise Interrupted.at(f"stopped after epoch {epoch + 1}; last.pth saved. Resume with: dali-train "
+                                 f"--resume {run.run_dir}", run_dir=run.run_dir, epoch=epoch + 1, batch=None,
+                                 signum=stop.signum)
+
+
+def _reconcile_metrics(run: Run, log) -> None:
+    """metrics.csv is an output, the checkpoint's history the truth: a resumed run whose metrics.csv was deleted,
+    damaged or edited gets it rewritten from the history, with a line that says so. Rows beyond the checkpoint
+    (an epoch written to metrics.csv just before a kill stopped its last.pth) are the epoch about to be retrained."""
+    path, fields = run.run_dir / "metrics.csv", METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ())
+    if not run.history and not path.exists():
+        return
+    try:
+        found = [r for r in read_metrics(path) if r["epoch"] <= run.state.epoch]
+        why = None if _same_rows(found, run.history) else \
+            "missing" if not path.exists() else f"holds {len(found)} of its {len(run.history)} epochs or other values"
+    except DataError as e:
+        why = str(e).split(": ", 1)[-1]
+    if why is None:
+        return
+    write_rows(path, run.history, fields)
+    log(f"note: {path} was {why}; rewritten from the checkpoint's history ({len(run.history)} epochs)")
+
+
+def _same_rows(found: list[dict], history: list[dict]) -> bool:
+    def same(a, b) -> bool:
+        return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # nan == nan
+
+    return len(found) == len(history) and all(same(f.get(k), v) for f, h in zip(found, history)
+                                              for k, v in h.items())
+
+
+def finish(run: Run, started: float, log=print) -> dict:
+    """Reload best.pth's best weights (raw or EMA; rank 0 reads them, every rank gets them), evaluate them, write
+    summary.json."""
+    main = run.world.is_main
+    path = run.run_dir / "best.pth"
+    state = load_checkpoint(path) if main else None
+    best = distributed.broadcast(state[chosen_weights(state, path)] if main else None, run.world)
+    run.model.load_state_dict(best)
+    val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
+                   channels_last=run.cfg.channels_last)
+    loss_sum, correct, seen = distributed.all_sum([val["val_loss"] * val["val_images"],
+                                                   val["val_acc"] * val["val_images"], val["val_images"]],
+                                                  run.world, run.device)
+    val = {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1)}
+    rows = run.history
+    # One number per rank that any difference in weights would change: data-parallel ranks must agree exactly.
+    checksums = distributed.gather(sum(float(p.detach().double().sum()) for p in run.model.parameters()),
+                                   run.world)
+    summary = {
+        "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
+        "epochs_planned": run.cfg.epochs,
+        "stopped_early": run.state.stopped_early,
+        "final_epoch_val_acc": rows[-1]["val_acc"] if rows else None,
+        "best_val_acc": run.state.best_acc,
+        "best_epoch": run.state.best_epoch,
+        "best_weights": run.state.best_weights,  # "ema": the EMA weights scored best_val_acc and were reloaded
+        "best_reloaded_val_acc": val["val_acc"],
+        "best_reloaded_val_loss": val["val_loss"],
+        "world_size": run.world.size,
+        "weights_identical_across_ranks": len(set(checksums)) == 1,
+        "device": str(run.device),
+        "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
+        "amp_dtype": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else None,
+        "backend": run.cfg.backend,
+        "wall_time_s": time.time() - started,
+        "torch": torch.__version__,
+    }
+    if not main:
+        return summary
+    write_summary(run.run_dir, summary)
+    which = " (EMA weights)" if run.state.best_weights == "ema" else ""
+    log(f"best model (epoch {run.state.best_epoch}){which} reloaded: val acc {100 * val['val_acc']:.2f}% — "
+        f"run directory {run.run_dir}")
+    return summary

@@ -1,0 +1,164 @@
+"""`fit` and `resume`: build a run, train its epochs, finish it — read top to bottom.
+
+build_run makes the loaders, model and step from the config (factory.py) in a run directory; Run saves and loads
+itself (`checkpoint` / `load_state`, the progress in a TrainState); train_epochs and finish (epochs.py) do the rest.
+What a command may do with a folder is its RunDir's verdict (rundir.py), asked once and carried out here.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dali_pipes.config import describe_augment
+
+from .. import distributed
+from ..config import TrainConfig, absolute_paths
+from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
+from . import rundir
+from .epochs import finish, train_epochs
+from .folder import clear_outputs
+from .rundir import RunDir, Verdict
+from .signals import FinalEvaluationSignal, Interrupted, SecondSignal, StopSignal
+from .state import Run
+from .step_memory import available_memory, check_training_step
+
+
+def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
+              prepare_model: Callable[[torch.nn.Module], None] | None = None,
+              memory: Callable[[torch.device], int | None] = available_memory) -> Run:
+    """Loaders, model, optimizer, schedule, mixer for `cfg`, at the start of the run (a resume then loads its
+    checkpoint with :meth:`Run.load_state`). A new run directory is made and locked unless `run_dir` is given.
+
+    `prepare_model` may change the model in place before the optimizer and DDP see its parameters (dali-prune
+    puts pruning masks on it there). A batch whose training step would not fit in `memory` (bytes free on the
+    device, step_memory.available_memory) is refused before the run directory is made."""
+    world, device = distributed.setup(resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    train_loader, val_loader = create_loaders(cfg, device, world)
+    classes = len(train_loader.classes)
+    model = build_model(cfg, classes, device, world=world, prepare=prepare_model,
+                        image_size=train_loader.image_size[0])
+    check_training_step(model, train_loader, requested=cfg.batch_size, model_name=cfg.model, device=device,
+                        amp_dtype=resolve_amp_dtype(cfg, device), channels_last=cfg.channels_last,
+                        available=memory)
+    ctx = step_context(cfg, model, num_classes=classes, steps_per_epoch=len(train_loader), device=device,
+                       world=world)
+    lock = None
+    if run_dir is None:
+        run_dir, lock = rundir.new_run_dir(cfg, world)
+    return Run(cfg, run_dir, device, world, ctx.amp_dtype, train_loader, val_loader, model, ctx, lock=lock)
+
+
+def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool = True,
+           stop: StopSignal | None = None, build: Callable[..., Run] = build_run) -> dict:
+    started = time.time()
+    with kernel_settings(deterministic=cfg.deterministic):  # before build: cuBLAS reads its workspace setting once
+        return _train_with(cfg, resume_state=resume_state, run_dir=run_dir, log=log, train=train, stop=stop,
+                           build=build, started=started)
+
+
+def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool,
+                stop: StopSignal | None, build: Callable[..., Run], started: float) -> dict:
+    run = None
+    try:
+        run = build(cfg, run_dir=run_dir)
+        if resume_state is not None:
+            run.load_state(resume_state)
+        if run.world.is_main:
+            RunDir(run.run_dir).write_config(cfg)
+            if train:  # summary.json marks a finished run: one from before these epochs would be stale
+                (run.run_dir / "summary.json").unlink(missing_ok=True)
+            _announce(run, log)
+        with (stop if stop is not None else StopSignal()) as flag:
+            if train:
+                train_epochs(run, flag, log)
+            with FinalEvaluationSignal() as final:
+                try:
+                    summary = finish(run, started, log)
+                except KeyboardInterrupt:
+                    raise Interrupted.at(f"aborted in the final evaluation; last.pth and best.pth hold the trained "
+                                         f"run, summary.json is not written. Finish it with: dali-train --resume "
+                                         f"{run.run_dir}", run_dir=run.run_dir, epoch=None, batch=None,
+                                         signum=final.signum) from None
+            if final.signum is not None:
+                log(f"{signal.Signals(final.signum).name} arrived during the final evaluation, which completed: "
+                    "the run is finished")
+            return summary
+    except SecondSignal as e:
+        e.run_dir = run.run_dir if run is not None and (run.run_dir / "last.pth").is_file() else None
+        raise
+    finally:
+        if run is not None and run.lock is not None:
+            run.lock.release()
+        distributed.cleanup()
+
+
+def fit(cfg: TrainConfig, *, log=print, stop: StopSignal | None = None,
+        build: Callable[..., Run] = build_run) -> dict:
+    """Start a new run from `cfg` and train it to the end (or to early stopping).
+
+    `stop` is polled after every step (default: a StopSignal on SIGINT/SIGTERM); `build` makes the Run from the
+    config (build_run; a caller may wrap it, to watch the run's loaders for instance)."""
+    return _train(absolute_paths(cfg), resume_state=None, run_dir=None, log=log, stop=stop, build=build)
+
+
+def resume(path: str | Path, *, epochs: int | None = None, log=print, stop: StopSignal | None = None,
+           build: Callable[..., Run] = build_run) -> dict:
+    """Continue a run in place from its last.pth (or a given checkpoint), with its saved config; `stop` and
+    `build` as for :func:`fit`. A run directory with config.yaml but no last.pth (stopped before its first
+    checkpoint) starts over from that config. What is done is the folder's verdict (RunDir.verdict).
+
+    Under torchrun, every rank reads the checkpoint (the run directory must be visible to all of them); rank 0
+    alone holds the run directory's lock."""
+    folder = RunDir(path)
+    lock = folder.lock().acquire() if folder.path.is_dir() and distributed.launched_rank() == 0 else None
+    try:
+        return carry_out(folder, folder.verdict(epochs=epochs), log=log, stop=stop, build=build)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal | None = None,
+              build: Callable[..., Run] = build_run) -> dict:
+    """Do what `verdict` allows in `folder`, whose lock the caller holds (rank 0): start, restart, resume or finish
+    the run; DONE and REFUSED raise their error."""
+    if verdict.error is not None:
+        raise verdict.error
+    if verdict.kind == rundir.NEW:
+        folder.make()
+        return _train(absolute_paths(verdict.cfg), resume_state=None, run_dir=folder.path, log=log, stop=stop,
+                      build=build)
+    if verdict.kind == rundir.RESTART:
+        log(f"{folder.path}: {verdict.reason}")
+        if distributed.launched_rank() == 0:
+            clear_outputs(folder.path, keep=("config.yaml",))
+        return _train(verdict.cfg, resume_state=None, run_dir=folder.path, log=log, stop=stop, build=build)
+    ckpt = verdict.checkpoint
+    if ckpt.name != "last.pth":
+        log(f"note: continuing {ckpt.parent} from {ckpt.name} (epoch {verdict.progress.epoch}, the latest its folder "
+            "holds)")
+    return _train(verdict.cfg, resume_state=verdict.state, run_dir=ckpt.parent, log=log,
+                  train=verdict.kind == rundir.RESUME, stop=stop, build=build)
+
+
+def _announce(run: Run, log) -> None:
+    cfg = run.cfg
+    where = (f"CUDA device {torch.cuda.get_device_name(run.device)}" if run.device.type == "cuda" else
+             "the CPU (no CUDA device; DALI runs its CPU operators)" if cfg.backend == "dali" else "the CPU")
+    amp = f"AMP {str(run.amp_dtype).replace('torch.', '')}" if run.amp_dtype else "FP32"
+    params = sum(p.numel() for p in run.model.parameters())
+    log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
+        f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
+        f"run directory {run.run_dir}")
+    held = run.train_loader.shard_size
+    if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
+        log(f"note: --batch-size {cfg.batch_size} exceeds the {held} training images "
+            f"{'of this process' if run.world.distributed else 'there are'}: each epoch is one step of {held}")
+    if run.device.type == "cpu" and cfg.amp and cfg.amp_dtype == "float16":
+        log("note: autocast on the CPU uses bfloat16 (float16 is for CUDA)")
