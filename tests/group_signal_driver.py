@@ -17,27 +17,10 @@ import os
 import signal
 import sys
 
+from helpers import signals
+
 from training import loop as run_mod
 from training.config import TrainConfig
-
-
-class GroupSignalAt:
-    def __init__(self, loader, at: tuple[int, int], signum: int, *, by_epoch: bool):
-        self._loader, self._at, self._signum, self._by_epoch, self._passes = loader, at, signum, by_epoch, -1
-
-    def __getattr__(self, name: str):
-        return getattr(self._loader, name)
-
-    def __len__(self) -> int:
-        return len(self._loader)
-
-    def __iter__(self):
-        self._passes += 1
-        current = self._loader.epoch if self._by_epoch else self._passes
-        for k, batch in enumerate(self._loader):
-            if (current, k) == self._at:
-                os.killpg(os.getpgrp(), self._signum)
-            yield batch
 
 
 def main() -> None:
@@ -46,25 +29,15 @@ def main() -> None:
     cfg = TrainConfig.from_dict({**json.loads(config), "output": run_dir})
     kind, *pos = where.split(":")
 
-    def build(cfg, **kwargs):
-        run = run_mod.build_run(cfg, **kwargs)
-        if kind in ("train", "val"):
-            at = (int(pos[0]), int(pos[1]))
-            if kind == "train":
-                run.train_loader = GroupSignalAt(run.train_loader, at, signum, by_epoch=True)
-            else:
-                run.val_loader = GroupSignalAt(run.val_loader, at, signum, by_epoch=False)
-        if kind == "save":
-            save, calls = run.save, [0]
+    def to_the_group() -> None:
+        os.killpg(os.getpgrp(), signum)
 
-            def signalled_save(name, state):
-                calls[0] += 1
-                if calls[0] == int(pos[0]):
-                    os.killpg(os.getpgrp(), signum)
-                save(name, state)
-
-            run.save = signalled_save
-        return run
+    at = {}  # "none": no signal
+    if kind in ("train", "val"):
+        at = {kind: [(int(pos[0]), int(pos[1]))]}
+    elif kind == "save":
+        at = {"save": (int(pos[0]),)}
+    build = signals(**at, send=to_the_group)
 
     from training.cli import _run_guarded
 

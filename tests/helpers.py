@@ -46,3 +46,54 @@ class HostReads(TorchFunctionMode):
             self.count += 1
             self.where.append(getattr(func, "__name__", str(func)))
         return func(*args, **(kwargs or {}))
+
+
+def _sigint() -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+class SignalAt:
+    """A loader that calls `send` (default: SIGINT to this process) as it hands out chosen batches: `at` holds
+    (pass, batch) pairs, where a pass is the loader's epoch (`by_epoch`, the training loader) or the count of passes
+    over it in this process (the validation loader: one per epoch, then one for the final evaluation)."""
+
+    def __init__(self, loader, at: set[tuple[int, int]], *, by_epoch: bool, send=_sigint):
+        self._loader, self._at, self._by_epoch, self._send, self._passes = loader, at, by_epoch, send, -1
+
+    def __getattr__(self, name: str):
+        return getattr(self._loader, name)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        self._passes += 1
+        current = self._loader.epoch if self._by_epoch else self._passes
+        for k, batch in enumerate(self._loader):
+            if (current, k) in self._at:
+                self._send()
+            yield batch
+
+
+def signals(train=(), val=(), save=(), *, send=_sigint):
+    """A build_run that wraps the run's loaders in SignalAt, and calls `send` as the checkpoint writes of this
+    process numbered in `save` (1-based) begin."""
+    from training import loop as run_mod
+
+    def build(cfg, **kwargs):
+        run = run_mod.build_run(cfg, **kwargs)
+        run.train_loader = SignalAt(run.train_loader, set(train), by_epoch=True, send=send)
+        run.val_loader = SignalAt(run.val_loader, set(val), by_epoch=False, send=send)
+        if save:
+            write, writes = run.save, [0]
+
+            def signalled(name, state):
+                writes[0] += 1
+                if writes[0] in save:
+                    send()
+                write(name, state)
+
+            run.save = signalled
+        return run
+
+    return build

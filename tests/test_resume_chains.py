@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import StopAfter
+from helpers import StopAfter, signals
 
 from training import loop as run_mod
 from training.outputs import read_metrics
@@ -36,52 +36,6 @@ def chain_config(out: Path, backend: str = "dali") -> TrainConfig:
     return TrainConfig(dataset="synthetic", model="resnet20", batch_size=16, num_samples=96, epochs=EPOCHS,
                        lr=0.05, warmup_epochs=1.0, augment="weak", mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.5,
                        drop_path=0.1, output=str(out), num_threads=1, patience=0, device="cpu", backend=backend)
-
-
-class SignalAt:
-    """A loader that sends this process SIGINT as it hands out chosen batches: `at` holds (pass, batch) pairs,
-    where a pass is the loader's epoch (`by_epoch`, the training loader) or the count of passes over it in this
-    process (the validation loader: one per epoch, then one for the final evaluation)."""
-
-    def __init__(self, loader, at: set[tuple[int, int]], *, by_epoch: bool):
-        self._loader, self._at, self._by_epoch, self._passes = loader, at, by_epoch, -1
-
-    def __getattr__(self, name: str):
-        return getattr(self._loader, name)
-
-    def __len__(self) -> int:
-        return len(self._loader)
-
-    def __iter__(self):
-        self._passes += 1
-        current = self._loader.epoch if self._by_epoch else self._passes
-        for k, batch in enumerate(self._loader):
-            if (current, k) in self._at:
-                signal.raise_signal(signal.SIGINT)
-            yield batch
-
-
-def signals(train=(), val=(), save=()):
-    """A build_run that wraps the run's loaders in SignalAt, and sends SIGINT as the checkpoint writes of this
-    process numbered in `save` (1-based) begin."""
-
-    def build(cfg, **kwargs):
-        run = run_mod.build_run(cfg, **kwargs)
-        run.train_loader = SignalAt(run.train_loader, set(train), by_epoch=True)
-        run.val_loader = SignalAt(run.val_loader, set(val), by_epoch=False)
-        if save:
-            write, writes = run.save, [0]
-
-            def signalled(name, state):
-                writes[0] += 1
-                if writes[0] in save:
-                    signal.raise_signal(signal.SIGINT)
-                write(name, state)
-
-            run.save = signalled
-        return run
-
-    return build
 
 
 def attempt(first: bool, out: Path, *, build=run_mod.build_run, stop=None, ema: bool = False,
