@@ -3,7 +3,7 @@
 `RunDir`, the one owner of a run folder and its verdict on what a command may do there (rundir, lock)."""
 
 from .checkpoint import checkpoint_config, chosen_weights, load_checkpoint, load_weights, model_from_checkpoint, \
-    save_checkpoint
+    nonfinite_tensors, save_checkpoint
 from .epochs import finish, train_epochs
 from .progress import TrainState
 from .run import build_run, carry_out, fit, resume
@@ -13,5 +13,6 @@ from .state import Run
 
 __all__ = ["DONE", "FINISH", "NEW", "REFUSED", "RESTART", "RESUME", "Diverged", "Interrupted", "Run", "RunDir",
            "SecondSignal", "StopSignal", "TrainState", "Verdict", "build_run", "carry_out", "checkpoint_config",
-           "chosen_weights", "finish", "fit", "load_checkpoint", "load_weights", "model_from_checkpoint", "resume",
+           "chosen_weights", "finish", "fit", "load_checkpoint", "load_weights", "model_from_checkpoint",
+           "nonfinite_tensors", "resume",
            "save_checkpoint", "train_epochs"]

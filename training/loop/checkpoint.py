@@ -132,6 +132,14 @@ def chosen_weights(state: dict[str, Any], path: Path, weights: str | None = None
     return weights
 
 
+def nonfinite_tensors(weights: Any) -> list[str]:
+    """The names of the float tensors of a state dict (weights or norm statistics) that hold nan or inf; [] for
+    anything that is not a dict. A model with any answers every image with nan logits."""
+    items = weights.items() if isinstance(weights, dict) else ()
+    return [name for name, t in items if isinstance(t, torch.Tensor) and t.is_floating_point()
+            and not bool(torch.isfinite(t).all())]
+
+
 def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, num_classes: int, *,
                           weights: str = "model", image_size: int | None = None) -> torch.nn.Module:
     """The model the config names, with the checkpoint's `weights` ("model": the trained weights, "ema": their

@@ -115,7 +115,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         run.epoch_so_far = {}
         checkpoint = run.checkpoint()
         if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
-            write_rows(metrics_path, rows, METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ()))
+            write_rows(metrics_path, rows, _metric_fields(run))
             plot_curves(rows, run.run_dir / "curves.png")
             events.epoch(state.step, row)
         if improved:
@@ -131,11 +131,16 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
                                  signum=stop.signum)
 
 
+def _metric_fields(run: Run) -> tuple[str, ...]:
+    """metrics.csv's columns: the EMA's last when the run keeps one."""
+    return METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ())
+
+
 def _reconcile_metrics(run: Run, log) -> None:
     """metrics.csv is an output, the checkpoint's history the truth: a resumed run whose metrics.csv was deleted,
     damaged or edited gets it rewritten from the history, with a line that says so. Rows beyond the checkpoint
     (an epoch written to metrics.csv just before a kill stopped its last.pth) are the epoch about to be retrained."""
-    path, fields = run.run_dir / "metrics.csv", METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ())
+    path = run.run_dir / "metrics.csv"
     if not run.history and not path.exists():
         return
     try:
@@ -146,7 +151,7 @@ def _reconcile_metrics(run: Run, log) -> None:
         why = str(e).split(": ", 1)[-1]
     if why is None:
         return
-    write_rows(path, run.history, fields)
+    write_rows(path, run.history, _metric_fields(run))
     log(f"note: {path} was {why}; rewritten from the checkpoint's history ({len(run.history)} epochs)")
 
 

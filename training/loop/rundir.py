@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
@@ -22,7 +21,7 @@ from dali_pipes.strict_yaml import load_yaml
 from .. import distributed
 from ..config import TrainConfig
 from ..outputs import read_metrics, write_text
-from .checkpoint import checkpoint_config, load_checkpoint
+from .checkpoint import checkpoint_config, load_checkpoint, nonfinite_tensors
 from .folder import EMPTY, FOREIGN, LEFTOVERS, RESULTS_ONLY, RUN, UNSTARTED, classify, listing, make, results
 from .lock import RunDirLock
 from .progress import TrainState
@@ -197,9 +196,7 @@ class RunDir:
         self._checkpoint_is_the_folders(ckpt, run_cfg)
         if cfg is not None:
             self._same_run(cfg, run_cfg, ckpt.name)
-        weights = state["model"].items() if isinstance(state["model"], dict) else ()
-        bad = [k for k, v in weights if isinstance(v, torch.Tensor) and v.is_floating_point()
-               and not v.isfinite().all()]
+        bad = nonfinite_tensors(state["model"])
         if bad:  # training on from nan weights only diverges: no option of this run helps
             raise DataError(f"{ckpt}: {len(bad)} of its weight tensors hold inf/nan (e.g. {bad[0]}); it cannot be "
                             "resumed — start a new run (from an earlier checkpoint of this run, copied into a new "

@@ -19,7 +19,7 @@ from torch import nn
 from dali_pipes import ConfigError, DataError
 
 from ..config import TrainConfig
-from ..loop import checkpoint_config, load_checkpoint, model_from_checkpoint
+from ..loop import checkpoint_config, load_checkpoint, model_from_checkpoint, nonfinite_tensors
 from ..recipe import build_model, data_loader, evaluate, resolve_amp_dtype, resolve_device
 
 
@@ -55,8 +55,7 @@ def finite_weights(state: dict[str, Any], path: Path, weights: str) -> dict[str,
     measured, dali-quantize's observers fail on nan ranges, and dali-prune cannot rank nan magnitudes nor fine-tune
     them back (nan spreads through every forward pass). So all three refuse and point to an earlier checkpoint."""
     tensors = state[weights]
-    bad = [name for name, t in tensors.items()
-           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_tensors(tensors)
     if bad:
         label = "EMA weights" if weights == "ema" else "weights"
         raise DataError(f"{path}: its {label} are not finite (nan/inf in {len(bad)} of {len(tensors)} tensors, e.g. "
