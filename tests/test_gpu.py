@@ -136,3 +136,25 @@ def test_gpu_random_resized_crop_is_fused_with_nvjpeg_and_draws_like_the_cpu(tmp
     # 300 draws each: standard error of a mean area ~0.016
     assert abs(draws["cuda"]["area"].mean() - draws["cpu"]["area"].mean()) < 0.05
     assert abs(draws["cuda"]["flipped"].mean() - 0.5) < 0.1
+
+
+def test_gpu_shards_decode_on_mixed_and_agree_with_the_cpu(tmp_path) -> None:
+    # dataset="shards" on a GPU: fn.readers.webdataset on the CPU, nvJPEG ("mixed") decoding; every sample of the
+    # split once, the same order as the CPU graph, pixels within nvJPEG's rounding of libjpeg-turbo's.
+    from dali_pipes.shard_cli import pack
+
+    write_image_folder(tmp_path / "ds", classes=("a", "b", "c"), per_class=6, shape=(40, 48), ext="jpg", seed=3)
+    pack(tmp_path / "ds", tmp_path / "sh", shard_size=12 << 10, seed=1, progress=False)
+    out = {}
+    for device in ("cuda", "cpu"):
+        loader = create_loader("shards", tmp_path / "sh", "val", batch_size=4, device=device, augment="none",
+                               image_size=32, return_index=True, num_threads=2)
+        images, labels, index = (torch.cat([t.cpu() for t in part]) for part in zip(*loader))
+        assert sorted(index.tolist()) == list(range(len(loader.data)))
+        out[device] = (images, labels, index)
+        train = create_loader("shards", tmp_path / "sh", "train", batch_size=5, device=device, augment="standard",
+                              image_size=32, return_index=True, num_threads=2)
+        seen = torch.cat([b[2].cpu() for b in train])
+        assert sorted(seen.tolist()) == list(range(len(train.data)))
+    assert torch.equal(out["cuda"][2], out["cpu"][2]) and torch.equal(out["cuda"][1], out["cpu"][1])
+    assert (out["cuda"][0] - out["cpu"][0]).abs().mean() < 0.05
