@@ -43,13 +43,22 @@ pillow, torchvision, nvidia-ml-py, pytest and tqdm are there; nothing can be fet
    build, as the device's torch; nvimgcodec and nvjpeg decode images, which the folder tests of ``pytest -m gpu``
    use; versions as in requirements/stack.txt); it prints the number NN of ``.whl-parts`` folders;
 2. device ``run`` calls back to back (the machine stays warm 30 s): for k = 01 .. NN-1, carry
-   ``[".whl-parts/k"]``, command ``true``;
-3. last call, carry ``[".whl-parts/NN", ".whl-parts/install.sh"]`` (install.sh at the top of .whl-parts is what
-   finds every folder), timeout_s 480 (install and check; the check stops itself at --budget-s), command::
+   ``[".whl-parts/k"]``, command ``mkdir -p /tmp/parts && cp -r .whl-parts/k /tmp/parts/``. Copy them out: a
+   carried folder does not stay in the working tree of the next call (seen 2026-12-04: only the last call's
+   folder was there), /tmp does while the machine is warm;
+3. last call, carry ``[".whl-parts/NN", ".whl-parts/install.sh"]``, timeout_s 480 (install and check; the check
+   stops itself at --budget-s), command::
 
-       bash .whl-parts/install.sh && export PYTHONPATH=/tmp/site:$PYTHONPATH && PYTHONUNBUFFERED=1 \\
+       cp -r .whl-parts/NN .whl-parts/install.sh /tmp/parts/ && bash /tmp/parts/install.sh &&
+       python3 -m pip install -q --no-index --no-deps --no-compile /tmp/wheels/nvidia_dali*.whl \
+         /tmp/wheels/nvidia_nvimgcodec*.whl /tmp/wheels/nvidia_nvjpeg*.whl /tmp/wheels/nvidia_libnvcomp*.whl &&
+       export PYTHONPATH=/tmp/site:$PYTHONPATH && PYTHONUNBUFFERED=1 \
        python3 benchmarks/gpu_check.py --output $OUT/gpu_check.json
 
+   The ``nvidia_*`` wheels go into the device's own environment: installed with ``--target /tmp/site`` alone,
+   ``import nvidia.dali`` fails there (``nvidia`` in torch's environment is a regular package, which wins over
+   the namespace folder in /tmp/site). Run this way on 2026-12-04 in 155 s, every part ok:
+   benchmarks/results/gpu_check-2026-12-04-h200.json.
    The table is in the reply's output tail, the JSON under files_at.
 """
 
