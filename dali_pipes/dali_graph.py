@@ -51,21 +51,37 @@ HW_DECODER_LOAD = 0.65
 
 
 # The parameters the graph reads from the draws (dali_pipes.draws), in the external source's output order.
-_RECIPE_INPUTS = ("crop", "flip", "rotate_matrix", "affine_matrix", "contrast", "brightness", "saturation",
+_RECIPE_INPUTS = ("crop", "flip", "rotate_matrix", "affine_matrix", "jitter_gain", "jitter_pivot", "saturation",
                   "hue_degrees", "blur_apply", "blur_sigma", "erase_anchor", "erase_shape")
 
 
 def input_names(cfg: AugmentConfig, size: tuple[int, int]) -> list[str]:
     """The per-sample parameters the graph of `cfg` reads, in the order :func:`draw_inputs` returns them."""
-    probe = draws.draw(cfg, size, 0, 0, np.zeros(1, dtype=np.int64))
+    probe = _jitter_inputs(draws.draw(cfg, size, 0, 0, np.zeros(1, dtype=np.int64)))
     return [k for k in _RECIPE_INPUTS if k in probe] + policy.input_names(cfg, size)
 
 
 def draw_inputs(cfg: AugmentConfig, size: tuple[int, int], seed: int, epoch: int,
                 index: np.ndarray) -> tuple[np.ndarray, ...]:
     """One DALI batch of parameters for the samples `index`: the external source's outputs, in input_names order."""
-    values = {**draws.draw(cfg, size, seed, epoch, index), **policy.draw(cfg, size, seed, epoch, index)}
+    values = {**_jitter_inputs(draws.draw(cfg, size, seed, epoch, index)), **policy.draw(cfg, size, seed, epoch, index)}
     return tuple(np.ascontiguousarray(values[k]) for k in input_names(cfg, size))
+
+
+def _jitter_inputs(values: dict) -> dict:
+    """The drawn contrast and brightness factors as the graph's arithmetic reads them (:func:`_color_jitter`):
+    ``jitter_gain`` = brightness * contrast and ``jitter_pivot``, the 1x3 matrix brightness * (1 - contrast) *
+    grey weights that maps a sample's channel means to its pivot term."""
+    contrast, brightness = values.pop("contrast", None), values.pop("brightness", None)
+    if contrast is None and brightness is None:
+        return values
+    n = len(contrast if contrast is not None else brightness)
+    c = np.ones(n, np.float32) if contrast is None else contrast.reshape(n).astype(np.float32)
+    b = np.ones(n, np.float32) if brightness is None else brightness.reshape(n).astype(np.float32)
+    values["jitter_gain"] = b * c
+    if contrast is not None:
+        values["jitter_pivot"] = ((b * (1.0 - c))[:, None] * np.asarray(_GREY, np.float32)).reshape(n, 1, 3)
+    return values
 
 
 def _definition_draws(cfg: AugmentConfig, size: tuple[int, int]) -> Callable:
@@ -96,18 +112,18 @@ def _warp(images, matrix, cfg: AugmentConfig):
 
 def _color_jitter(images, cfg: AugmentConfig, p: dict):
     if cfg.contrast > 0 or cfg.brightness > 0:
-        # brightness * (pivot + contrast * (image - pivot)), rounded and saturated to uint8 by the cast: what
-        # fn.brightness_contrast computes, but for 1 level on rounding ties (tests/test_gpu_graph.py). Written as
-        # arithmetic because the pivot (the image's mean grey level) is computed on the images' device, and DALI
-        # takes named arguments such as `contrast_center` from the CPU only: on a GPU graph that would be a
-        # GPU->CPU copy per batch, so the pivot stays a regular (GPU) input of the arithmetic operator instead.
-        out = images
+        # brightness * (pivot + contrast * (image - pivot)) = gain * image + brightness * (1 - contrast) * pivot,
+        # rounded and saturated to uint8 by the cast: what fn.brightness_contrast computes, but for 1 level on
+        # rounding ties (tests/test_gpu_graph.py). The pivot (torchvision's: the image's mean grey level) is
+        # computed on the images' device, and DALI takes named arguments such as `contrast_center` from the CPU
+        # only, so it stays a regular (GPU) input of the arithmetic. The per-sample factors are multiplied on the
+        # host with the draws (:func:`_jitter_inputs`), and the grey weights times brightness * (1 - contrast) are
+        # one 1x3 matrix per sample for fn.coord_transform: the pivot term is one operator, not eight, each a GPU
+        # launch with per-sample host setup.
+        out = p["jitter_gain"] * images
         if cfg.contrast > 0:
-            mean_rgb = fn.reductions.mean(images, axes=[0, 1])
-            pivot = mean_rgb[0] * _GREY[0] + mean_rgb[1] * _GREY[1] + mean_rgb[2] * _GREY[2]
-            out = pivot + p["contrast"] * (images - pivot)
-        if cfg.brightness > 0:
-            out = p["brightness"] * out
+            channel_means = fn.reductions.mean(images, axes=[0, 1], keep_dims=True)  # (1, 1, 3)
+            out = out + fn.coord_transform(channel_means, M=p["jitter_pivot"], dtype=types.FLOAT)
         images = fn.cast(out, dtype=types.UINT8)
     if cfg.saturation > 0 or cfg.hue > 0:
         extra = {}
@@ -153,7 +169,10 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int], p: dict, device: 
         policy_ = "constant" if cfg.pad_mode == "constant" else "reflect_101"  # np.pad/torch "reflect": no edge
         images = fn.slice(images, start=p["crop"], shape=list(size), axes=[0, 1], out_of_bounds_policy=policy_,
                           fill_values=float(cfg.pad_fill))
-    if cfg.flip_p > 0:
+    # A flip commutes with everything up to the normalisation but the geometric steps (rotation, affine, the
+    # policies' shears and translations): without those it is crop_mirror_normalize's `mirror`, one operator less.
+    late_flip = cfg.flip_p > 0 and cfg.rotation == 0 and not cfg.has_affine and cfg.policy == "none"
+    if cfg.flip_p > 0 and not late_flip:
         images = fn.flip(images, horizontal=p["flip"])
     if cfg.rotation > 0:
         images = _warp(images, p["rotate_matrix"], cfg)
@@ -168,7 +187,8 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int], p: dict, device: 
         with _quiet_dali_deprecations():
             images = policy.apply(images, cfg, size, p, device)
     images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                      mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std])
+                                      mean=[255.0 * m for m in cfg.mean], std=[255.0 * s for s in cfg.std],
+                                      **({"mirror": p["flip"]} if late_flip else {}))
     if cfg.erase_p > 0:
         # torchvision's RandomErasing on the normalized CHW image; an empty box leaves the image as it is
         images = fn.erase(images, anchor=p["erase_anchor"], shape=p["erase_shape"], axis_names="HW",

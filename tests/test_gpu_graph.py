@@ -172,9 +172,11 @@ def _jitter(images: np.ndarray, cfg: AugmentConfig, reference: bool):
     batch = fn.external_source(source=lambda: images, batch=True, layout="HWC", dtype=types.UINT8)
     rng = np.random.default_rng(5)
     factors = {k: rng.uniform(0.6, 1.4, len(images)).astype(np.float32) for k in ("contrast", "brightness")}
+    if not reference:  # the graph's inputs: the factors as the host combines them
+        used = dali_graph._jitter_inputs({k: v for k, v in factors.items() if getattr(cfg, k) > 0})
+        nodes = fn.external_source(source=lambda: tuple(used.values()), num_outputs=len(used), batch=True)
+        return dali_graph._color_jitter(batch, cfg, dict(zip(used, nodes)))
     drawn = dict(zip(factors, fn.external_source(source=lambda: tuple(factors.values()), num_outputs=2, batch=True)))
-    if not reference:
-        return dali_graph._color_jitter(batch, cfg, drawn)
     # DALI's own operator with the pivot as a CPU named argument: the formula the arithmetic must reproduce.
     mean = fn.reductions.mean(batch, axes=[0, 1])
     grey = dali_graph._GREY
