@@ -20,7 +20,7 @@ import torch
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
 from .errors import ConfigError
-from .plan import derive_seed, file_shard_indices, num_batches, shard_indices, split_batches
+from .plan import assign_files, derive_seed, file_shard_indices, num_batches, shard_indices, split_batches
 from .shards import ShardDataset
 from .sources import ArrayDataset, FolderDataset, fingerprint
 
@@ -545,6 +545,17 @@ def load_source(dataset: str, data_dir: str | Path, split: str, *, num_samples: 
     return make_synthetic(split, seed=0, num_samples=num_samples)
 
 
+def _note_even_shard_surplus(data: ShardDataset, num_shards: int) -> None:
+    """Print what even tar shards per rank leave out: every rank stops at the smallest rank's sample count."""
+    held = [sum(data.counts[f] for f in files) for files in assign_files(data.counts, num_shards)]
+    left_out = sum(held) - min(held) * num_shards
+    if left_out:
+        print(f"note: {data.root}: {num_shards} ranks read whole tar shards holding {min(held)}..{max(held)} training "
+              f"samples each; every rank stops at {min(held)}, so {left_out} of {sum(held)} samples are left out of "
+              "each epoch (different ones each epoch); repack with a smaller --shard-size to leave out fewer",
+              file=sys.stderr, flush=True)
+
+
 def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", split: str = "train",
                   batch_size: int = 128, backend: str = "dali", device: str | torch.device = "cuda",
                   augment: str | AugmentConfig = "standard", seed: int = 0, shard_id: int = 0, num_shards: int = 1,
@@ -604,6 +615,8 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     if isinstance(data, ShardDataset) and train and len(data.counts) < num_shards:
         raise ConfigError(f"num_shards={num_shards} ranks but {data.root} holds {len(data.counts)} train tar shards; "
                           "a rank reads whole tar shards: repack with a smaller --shard-size (at least one per rank)")
+    if isinstance(data, ShardDataset) and train and even_shards and num_shards > 1 and shard_id == 0:
+        _note_even_shard_surplus(data, num_shards)
     if isinstance(data, (FolderDataset, ShardDataset)):
         side = image_size or FOLDER_IMAGE_SIZE
     else:

@@ -338,3 +338,21 @@ def test_an_undecodable_sample_is_one_line_on_both_backends(shards, tmp_path) ->
         epoch(make(out, "torchvision", "val"))
     text = str(exc.value)
     assert "\n" not in text and "000000000" in text and str(tar) in text, text
+
+
+def test_even_shards_say_how_many_samples_each_epoch_leaves_out(folder, tmp_path, capsys) -> None:
+    # Ranks read whole tar shards, so with even_shards (what distributed training uses) every rank stops at the
+    # smallest rank's count: the samples left out are printed with the fix, not dropped silently. Five shards of
+    # 4 samples (20 KB each) over 2 ranks: 12 and 8.
+    out = tmp_path / "five"
+    pack(folder, out, shard_size=20 << 10, seed=3, progress=False)
+    counts = load_shards(out, "train").counts
+    held = sorted(sum(counts[f] for f in files) for files in assign_files(counts, 2))
+    assert held[0] < held[1]
+    capsys.readouterr()
+    make(out, "dali", shard_id=0, num_shards=2, even_shards=True)
+    err = capsys.readouterr().err
+    assert f"{sum(held) - 2 * held[0]} of {sum(held)} samples are left out" in err and "--shard-size" in err
+    make(out, "dali", shard_id=1, num_shards=2, even_shards=True)  # one rank says it
+    make(out, "dali", shard_id=0, num_shards=2, even_shards=False)
+    assert "left out" not in capsys.readouterr().err
