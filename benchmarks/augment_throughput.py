@@ -33,6 +33,13 @@ reference's decode_image_rgb in one process, what each DataLoader worker pays pe
 
     python benchmarks/augment_throughput.py --dataset folder --device cpu --presets none,standard
 
+``--dataset shards`` packs the same generated JPEGs with dali-shard (4 MiB tar shards) and reads them from the
+shards. Folder and shards rows report the files each epoch opened under the data folder (``files opened/epoch``:
+the kernel's count of opens, inotify, DataLoader workers and DALI's C++ readers included; JSON
+``files_opened_per_epoch``):
+
+    python benchmarks/augment_throughput.py --dataset shards --device cpu --presets none,standard
+
 Rows are timed exactly as a training loop over ``create_loader`` would see them: whatever the backend pays per
 epoch (worker start-up, if its workers do not persist) is part of the timed epochs.
 """
@@ -66,7 +73,7 @@ DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "we
                    "weak+trivialaugment")
 NO_CUDA = "no CUDA device visible"
 DEVICES = ("cpu", "cuda", "all")  # which rows: CPU-delivering, GPU-delivering, or both
-BENCH_DATASETS = ("synthetic", "folder")
+BENCH_DATASETS = ("synthetic", "folder", "shards")
 
 
 # ------------------------------------------------------------------------------------------------------ rows
@@ -162,7 +169,8 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
             num_samples: int = 10_000, dali_threads: int | None = None, dali_batch_size: int | None = None,
             loader_options: Mapping[str, Mapping[str, Any]] | None = None,
             make_loader: Callable[..., Any] = create_loader, progress: Callable[[str], None] | None = None,
-            on_update: Callable[[dict[str, Any]], None] | None = None, peers: bool = True) -> dict[str, Any]:
+            on_update: Callable[[dict[str, Any]], None] | None = None, peers: bool = True,
+            open_counter: Any | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "batch_ratios",
     "skipped", "complete"}.
 
@@ -170,7 +178,8 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     `dali_batch_size` (when given) and `loader_options` (``{"dali"|"torchvision": {keyword: value}}``) are passed to
     the rows' `make_loader` (``create_loader``). A row that fails (build, warm-up or a timed epoch) is reported
     with ``status: "failed"`` and its one-line ``error``; the other rows go on. `on_update` receives the partial
-    report each time a preset's rows finish.
+    report each time a preset's rows finish. `open_counter` (a :class:`benchmarks.open_count.OpenCounter`, entered):
+    each row's ``files_opened_per_epoch``, the median over its timed repeats.
 
     Raises :class:`dali_pipes.DaliTrainError` for invalid presets or sizes (before anything is measured).
     """
@@ -213,7 +222,7 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
             else:
                 preset_rows.append(row)
         report["results"] += _measure_preset(preset, preset_rows, batch_sizes, repeats, epochs_per_repeat,
-                                             num_samples, options, make_loader, say)
+                                             num_samples, options, make_loader, say, open_counter)
         report["batch_ratios"] = _batch_ratios(report["results"], batch_sizes)
         if on_update is not None:
             on_update(report)
@@ -234,9 +243,11 @@ def _peer_gap(row: dict, preset: str, peers: bool) -> str | None:
 
 def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int], repeats: int,
                     epochs_per_repeat: int, num_samples: int, options: Mapping[str, Mapping[str, Any]],
-                    make_loader: Callable[..., Any], say: Callable[[str], None]) -> list[dict]:
+                    make_loader: Callable[..., Any], say: Callable[[str], None],
+                    open_counter: Any | None = None) -> list[dict]:
     """Every row at every batch size for one preset, interleaved (training.harness); epoch 0 warms up, untimed."""
     arms = [Arm(f"{row['row']} b{bs}", spec=(row, bs)) for bs in batch_sizes for row in rows]
+    opens: dict[str, list[float]] = {arm.name: [] for arm in arms}
 
     def build(arm: Arm) -> Any:
         row, bs = arm.spec
@@ -247,7 +258,11 @@ def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int
 
     def timed(arm: Arm, r: int) -> float:
         epochs = [1 + r * epochs_per_repeat + j for j in range(epochs_per_repeat)]
+        if open_counter is not None:
+            open_counter.drain()
         images, seconds = _run_epochs(arm.state, epochs, arm.spec[0]["device"] == "cuda")
+        if open_counter is not None:
+            opens[arm.name].append(open_counter.drain() / epochs_per_repeat)
         return images / seconds if seconds > 0 else float("inf")
 
     def failed(arm: Arm) -> None:
@@ -259,7 +274,11 @@ def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int
     for arm in arms:  # free this preset's DALI pipelines and worker processes before the next preset runs
         arm.state = None
     gc.collect()
-    return _preset_results(preset, arms)
+    results = _preset_results(preset, arms)
+    if open_counter is not None:
+        for arm, res in zip(arms, results):
+            res["files_opened_per_epoch"] = Stats.of(opens[arm.name]).median if opens[arm.name] else None
+    return results
 
 
 def _preset_results(preset: str, arms: Sequence[Arm]) -> list[dict]:
@@ -323,10 +342,11 @@ def _threads_line(c: dict) -> str:
 
 
 def _dataset_line(c: dict) -> str:
-    if c.get("dataset") != "folder":
+    if c.get("dataset") not in ("folder", "shards"):
         return "synthetic"
     w, h = c["image_shape"]
-    return f"folder ({w}x{h} JPEGs -> {c['image_size']} px)"
+    packed = f" packed in {c['shards']} train tar shards" if c["dataset"] == "shards" else ""
+    return f"{c['dataset']} ({w}x{h} JPEGs{packed} -> {c['image_size']} px)"
 
 
 def _num(x: float | None) -> str:
@@ -343,6 +363,9 @@ def format_table(report: dict) -> str:
     head = ["preset", "batch", "row", "median img/s", "min..max", "ratio vs best tv"]
     if by_batch:
         head.append(f"vs batch {max(sizes)}")
+    opens = any("files_opened_per_epoch" in r for r in report["results"])
+    if opens:
+        head.append("files opened/epoch")
     body = []
     for r in report["results"]:
         if r["status"] != "ok":
@@ -352,8 +375,11 @@ def format_table(report: dict) -> str:
                      f"{_num(r['min'])}..{_num(r['max'])}", _x(r["ratio_vs_best_torchvision"])]
             if by_batch:
                 cells.append(_x(r["ratio_vs_largest_batch"]))
+        if opens:
+            n = r.get("files_opened_per_epoch")
+            cells.append("-" if n is None else f"{n:,.0f}")
         body.append(cells)
-    lines = table(head, body, align="<><>>>>", group=1)
+    lines = table(head, body, align="<><>>>>>", group=1)
     for r in report["results"]:
         if r["status"] != "ok":
             lines.append(f"failed {r['preset']} batch {r['batch_size']} {r['row']}: {r['error']}")
@@ -489,26 +515,45 @@ def measure_decode(files: Sequence[str], *, dali_threads: int, repeats: int = 3)
 
 def measure_folder(presets: Sequence[str], *, num_images: int = 512, image_shape: tuple[int, int] = (500, 375),
                    image_size: int = 224, root: str | Path | None = None,
-                   on_update: Callable[[dict[str, Any]], None] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """:func:`measure` over a generated JPEG folder at `image_size` (kwargs as measure's), plus decode-only rows."""
+                   on_update: Callable[[dict[str, Any]], None] | None = None, dataset: str = "folder",
+                   shard_size: int = 4 << 20, **kwargs: Any) -> dict[str, Any]:
+    """:func:`measure` over a generated JPEG folder at `image_size` (kwargs as measure's), plus decode-only rows.
+
+    `dataset="shards"`: the same images packed by dali-shard (tar shards of about `shard_size` bytes) and read
+    from the shards. Either way each row reports the files it opened per epoch under the data folder, counted by
+    the kernel (:mod:`benchmarks.open_count`) where the machine has inotify.
+    """
+    import contextlib
     import tempfile
+
+    from benchmarks import open_count
 
     with tempfile.TemporaryDirectory(prefix="folder-bench-") as tmp:
         folder = make_jpeg_folder(root or tmp, num_images=num_images, shape=image_shape)
-        extra = {"dataset": "folder", "num_samples": num_images, "image_shape": list(image_shape),
+        data_dir = folder
+        extra = {"dataset": dataset, "num_samples": num_images, "image_shape": list(image_shape),
                  "image_size": image_size}
+        if dataset == "shards":
+            from dali_pipes.shard_cli import pack
+
+            data_dir = Path(tmp) / "shards"
+            pack(folder, data_dir, shard_size=shard_size, seed=0, progress=False)
+            extra["shards"] = len(list(data_dir.glob("train-*.tar")))
+            extra["shard_size"] = shard_size
 
         def make_loader(**kw: Any):
             kw.pop("num_samples", None)
-            return create_loader(**{**kw, "dataset": "folder", "data_dir": folder, "image_size": image_size})
+            return create_loader(**{**kw, "dataset": dataset, "data_dir": data_dir, "image_size": image_size})
 
         def updated(report: dict[str, Any]) -> None:
             report["config"].update(extra)
             if on_update is not None:
                 on_update(report)
 
-        report = measure(presets, make_loader=make_loader, num_samples=num_images, on_update=updated, peers=False,
-                         **kwargs)
+        counting = open_count.OpenCounter(data_dir) if open_count.available() else contextlib.nullcontext()
+        with counting as opens:
+            report = measure(presets, make_loader=make_loader, num_samples=num_images, on_update=updated,
+                             peers=False, open_counter=opens, **kwargs)
         report["config"].update(extra)
         from dali_pipes.folder import list_image_folder
 
@@ -615,9 +660,9 @@ def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_siz
                   dali_threads=dali_threads,
                   on_update=json_updater(json_path, to_json))
     try:
-        if dataset == "folder":
+        if dataset in ("folder", "shards"):
             report = measure_folder(presets, num_images=folder_images, image_shape=image_shape,
-                                    image_size=image_size, **common)
+                                    image_size=image_size, dataset=dataset, **common)
         else:
             report = measure(presets, num_samples=num_samples, **common)
     except DaliTrainError as e:

@@ -505,3 +505,23 @@ def test_the_batched_peer_runs_on_its_threads_and_restores_torchs() -> None:
                          dali_threads=1)
     assert report["config"]["threads"] == {"dali-cpu": 1, "torch-batched-cpu": 1}
     assert "dali-cpu 1, torch-batched-cpu 1" in aug.format_header(report)
+
+
+@pytest.mark.parametrize("dataset", ["folder", "shards"])
+def test_augment_files_rows_count_the_files_each_epoch_opens(dataset: str) -> None:
+    # The same generated JPEGs read from the folder (a file per image) and from tar shards (a tar per shard):
+    # the kernel's count of opens under the data folder, per timed epoch, for DALI and the torchvision workers.
+    from benchmarks import open_count
+
+    if not open_count.available():
+        pytest.skip("inotify is not available on this machine")
+    report = aug.measure_folder(["none"], num_images=24, image_shape=(64, 48), image_size=32, dataset=dataset,
+                                shard_size=16 << 10, device="cpu", workers=[1], batch_sizes=[8], repeats=1)
+    opened = {r["row"]: r["files_opened_per_epoch"] for r in report["results"]}
+    assert set(opened) == {"torchvision w=1", "dali-cpu"}
+    if dataset == "folder":
+        assert all(n >= 24 for n in opened.values()), opened  # every training image at least once
+    else:
+        shards = report["config"]["shards"]
+        assert 1 < shards < 24 and all(n <= shards + 2 for n in opened.values()), (shards, opened)
+    assert "files opened/epoch" in aug.format_table(report)
