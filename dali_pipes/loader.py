@@ -86,17 +86,24 @@ def default_num_threads(device: torch.device, cores: int | None = None) -> int:
     return max(1, cores - 1) if device.type == "cuda" else cores
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'cuda', 'cuda:N' or 'cpu' -> torch.device; CUDA requested on a machine without it is a user error."""
+def resolve_device(device: str | torch.device, *, option: str = "device") -> torch.device:
+    """'auto', 'cuda', 'cuda:N' or 'cpu' -> torch.device: the one device rule of the loaders, the training job and
+    the tools. "auto": CUDA when a device is visible, else the CPU. CUDA asked for on a machine without it is a
+    user error, named as `option` ("device" for the API, "--device" on the command line)."""
+    flag = option.startswith("--")
+    shown = f"{option}={device}" if flag else f"{option}={device!r}"
+    if device == "auto":
+        return resolve_device("cuda" if torch.cuda.is_available() else "cpu", option=option)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r} is invalid: use 'cuda', 'cuda:N' or 'cpu'") from None
-    if dev.type not in ("cuda", "cpu"):
-        raise ConfigError(f"device={device!r} is invalid: use 'cuda', 'cuda:N' or 'cpu'")
+        dev = None
+    if dev is None or dev.type not in ("cuda", "cpu"):
+        raise ConfigError(f"{shown} is invalid: use auto, cuda, cuda:N or cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} but no CUDA device is visible; use device='cpu'")
+            fix = f"use {option} cpu (or auto)" if flag else f"use {option}='cpu' (or 'auto')"
+            raise ConfigError(f"{shown} but no CUDA device is visible; {fix}")
         dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
     return dev
 

@@ -290,3 +290,20 @@ def test_the_epoch_plan_reaches_the_device_once_per_epoch_and_each_batch_gathers
         assert len({s.untyped_storage().data_ptr() for s in plan}) == 1  # slices of one tensor
         assert torch.equal(torch.cat(plan), torch.from_numpy(on_device.epoch_indices()))
     assert len(gathered) == 6 and all(any(g is s for s in copies[0] + copies[1]) for g in gathered)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without CUDA")
+def test_one_device_rule_for_loaders_training_and_tools() -> None:
+    # dali_pipes.loader.resolve_device is the only device rule: "auto" in the API as on the command line, and the
+    # error names the option the user wrote.
+    from dali_pipes.loader import resolve_device
+    from training.recipe import resolve_device as run_device
+
+    assert resolve_device("auto") == run_device("auto") == torch.device("cpu")
+    assert create_loader("synthetic", split="val", batch_size=4, device="auto", num_samples=8).device.type == "cpu"
+    with pytest.raises(ConfigError, match=r"^device='cuda' but no CUDA device is visible; use device='cpu'"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"^--device=cuda but no CUDA device is visible; use --device cpu \(or auto\)$"):
+        run_device("cuda")
+    with pytest.raises(ConfigError, match=r"^--device=tpu is invalid: use auto, cuda, cuda:N or cpu$"):
+        run_device("tpu")

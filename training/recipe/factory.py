@@ -17,6 +17,7 @@ import torch
 
 from dali_pipes import ConfigError, create_loader
 from dali_pipes.loader import default_num_threads
+from dali_pipes.loader import resolve_device as _resolve_device
 from dali_pipes.plan import derive_seed
 
 from .. import distributed
@@ -29,12 +30,8 @@ from .models import create_model
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto": CUDA when a device is visible, else the CPU; "cuda" without one is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device=cuda but no CUDA device is visible; use --device cpu (or auto)")
-    return torch.device(name)
+    """The run's device from --device (dali_pipes' one rule, errors naming the option)."""
+    return _resolve_device(name, option="--device")
 
 
 def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
