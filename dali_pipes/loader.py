@@ -493,7 +493,7 @@ class Loader:
         """The DALI graph this loader runs with `device` ("gpu" | "cpu") operators, defined and not built.
 
         Definition needs no GPU, so a CPU-only machine can check the GPU graph's operator placement
-        (:mod:`dali_pipes.placement`); only ``build()`` needs CUDA.
+        (the CPU tests check it with tests/placement.py); only ``build()`` needs CUDA.
         """
         if not isinstance(self._backend, _DaliBackend):
             raise ConfigError("define_graph() needs backend='dali'")

@@ -1,7 +1,7 @@
 """Every DALI graph the product builds, defined with GPU operators on this CPU-only machine.
 
 Definition needs no CUDA (only ``build()`` does), so placement errors that would fail on every GPU show up here:
-DALI's own argument checks raise while the graph is defined, and :mod:`dali_pipes.placement` holds the defined
+DALI's own argument checks raise while the graph is defined, and tests/placement.py holds the defined
 graph to DALI's operator registry. The GPU graph must use exactly the CPU graph's operators, so the numeric and
 lockstep tests of the CPU graph cover what the GPU runs.
 """
@@ -24,7 +24,7 @@ from benchmarks.augment_throughput import DEFAULT_PRESETS
 from dali_pipes import AugmentConfig, create_loader, resolve_augment
 from dali_pipes import dali_graph
 from dali_pipes.config import PAD_MODES, POLICIES, PRESETS
-from dali_pipes.placement import graph_nodes, operator_counts, placement_errors
+from placement import graph_nodes, operator_counts, placement_errors
 from dali_pipes.shard_cli import pack
 
 
@@ -261,7 +261,7 @@ def test_the_parameter_source_is_not_taken_for_image_data() -> None:
 
 
 # ------------------------------------------------------------------------------- streams and the JPEG decoder
-from dali_pipes.placement import _operators, _schema  # noqa: E402  (the defined graph's operators and arguments)
+from placement import _operators, _schema  # noqa: E402  (the defined graph's operators and arguments)
 
 def test_the_gpu_image_source_copies_on_torchs_current_stream_at_each_feed(folder) -> None:
     loader = loader_for("synthetic", "train", "standard", folder)
@@ -287,3 +287,16 @@ def test_the_gpu_jpeg_decoder_gets_hw_decoder_load_on_purpose(augment: str, spli
     assert decoder_args("gpu")["hw_decoder_load"] == dali_graph.HW_DECODER_LOAD
     assert decoder_args("gpu", 0.0)["hw_decoder_load"] == 0.0  # the GPU parity test's other setting
     assert "hw_decoder_load" not in decoder_args("cpu")  # libjpeg-turbo: no hardware engine to share with
+
+
+def test_the_placement_checker_reads_internals_of_the_installed_dali() -> None:
+    # tests/placement.py reads DALI internals (no public API defines a graph's operator list): written against
+    # DALI_READ; a DALI release that moves them fails here, naming the version, before the checks go blind.
+    import nvidia.dali
+    from nvidia.dali.pipeline import Pipeline
+
+    import placement
+
+    version = ".".join(nvidia.dali.__version__.split(".")[:2])
+    assert version in placement.DALI_READ, f"DALI {nvidia.dali.__version__}: re-check tests/placement.py"
+    assert callable(getattr(Pipeline, "_build_graph", None))

@@ -1,6 +1,6 @@
 """An exponential moving average (EMA) of the model's weights, kept on the model's device.
 
-Anchors: timm's ModelEmaV3 (one ``torch._foreach_lerp_`` over the floating-point state, integer buffers copied) and
+Anchors: timm's ModelEmaV3 (one fused lerp, ``torch_private.foreach_lerp_``, over the floating-point state, integer buffers copied) and
 torchvision's references (``--model-ema-steps``: update every N optimizer steps). The EMA is a pure function of the
 optimizer step: the update after step n (n steps taken) happens when n is a multiple of `every`, with the decay
 `decay_at(n) ** every`, so its time constant in steps does not depend on `every`; the checkpoint holds the EMA
@@ -21,6 +21,7 @@ import torch
 from .. import distributed
 from ..distributed import World
 from .engine import evaluate
+from .torch_private import foreach_lerp_
 
 
 def warmup_decay(decay: float, steps: int) -> float:
@@ -59,7 +60,7 @@ class ModelEma:
                 current.append(theirs)
             else:  # BatchNorm's num_batches_tracked
                 mine.copy_(theirs)
-        torch._foreach_lerp_(averaged, current, weight)
+        foreach_lerp_(averaged, current, weight)
         return True
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_choice, check_int, check_number
+from .torch_private import standard_gamma
 
 MIX_MODES = ("batch", "elem")
 
@@ -94,7 +95,7 @@ def _sample_beta(alpha: Tensor, generator: torch.Generator) -> Tensor:
     not underflow both gammas to the same clamp value (which would give 0.5, the least likely lambda).
     """
     a = alpha.unsqueeze(1).expand(-1, 2)
-    g = torch._standard_gamma(a + 1.0, generator=generator)  # >= ~1e-300 even for a -> 0: a + 1 >= 1
+    g = standard_gamma(a + 1.0, generator)  # >= ~1e-300 even for a -> 0: a + 1 >= 1
     u = 1.0 - torch.rand(a.shape, dtype=torch.float64, generator=generator)  # (0, 1]: log(u) is finite
     log_gamma = torch.log(g) + torch.log(u) / a
     return torch.sigmoid(log_gamma[:, 0] - log_gamma[:, 1])

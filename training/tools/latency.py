@@ -32,15 +32,15 @@ def compiled_latencies(models: Mapping[str, nn.Module], repeats: int, *, image_s
     """{model name: {batch size: per-call latency in ms}} of each model compiled by inductor with freezing
     (weights folded as constants: the deployment setting, and the one that lets inductor use its int8 oneDNN
     kernels), on random RGB batches of side `image_size`. A model that fails to compile or run raises."""
-    import torch._inductor.config as inductor_config
-
     # Inductor logs that it found no CUDA runtime when it sets up its C++ toolchain: true, and beside the point.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     out: dict[str, dict[int, Stats]] = {name: {} for name in models}
-    torch._dynamo.reset()
+    torch.compiler.reset()
     try:
-        with quiet(), inductor_config.patch(freezing=True), torch.no_grad():
-            compiled = {name: torch.compile(model, dynamic=False) for name, model in models.items()}
+        with quiet(), torch.no_grad():
+            # options: inductor's settings for these compilations only (public torch.compile API)
+            compiled = {name: torch.compile(model, dynamic=False, options={"freezing": True})
+                        for name, model in models.items()}
             for b in batches:
                 batch = torch.randn(b, 3, image_size, image_size)
 
@@ -55,5 +55,5 @@ def compiled_latencies(models: Mapping[str, nn.Module], repeats: int, *, image_s
                 for arm in arms:
                     out[arm.name][b] = Stats.of(arm.runs)
     finally:
-        torch._dynamo.reset()
+        torch.compiler.reset()
     return out

@@ -5,6 +5,10 @@ rules a GPU would enforce when it runs: every operator placed on ``gpu`` or ``mi
 CPU or mixed operator reads a GPU input, named (argument) inputs come from the CPU, the image output leaves on the
 GPU, and nothing downstream of the images is left on the CPU. :func:`operator_counts` lets a test compare the GPU
 graph's operators with the CPU graph's, so the numeric tests of the CPU graph cover what the GPU runs.
+
+A test helper, not product code: it reads DALI internals that have no public API (a pipeline's ``_build_graph``
+and ``_ops``, an operator instance's ``_op``, ``_inputs``/``_kwargs`` of its Python op) for DALI 2.4. ``DALI_READ``
+says which versions it was written against; tests/test_gpu_graph.py fails (with the version found) when DALI moves.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from nvidia.dali import backend as _dali_backend
+
+DALI_READ = ("2.4",)  # DALI major.minor versions whose internals this module reads
 
 
 @dataclass(frozen=True)
