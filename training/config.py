@@ -138,7 +138,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    from .recipe import MIX_MODES, MODELS
+    from .recipe import MIX_MODES
+    from .recipe.models import model_source
 
     def label(option: str) -> str:
         return "--" + option.replace("_", "-")
@@ -153,7 +154,7 @@ def _validate(c: TrainConfig) -> None:
         check_choice(label(option), getattr(c, option), options)
 
     choice("dataset", DATASETS)
-    choice("model", MODELS)
+    model_source(c.model)  # a name no source knows: one line saying where to find valid names
     choice("backend", BACKENDS)
     choice("device", DEVICES)
     choice("amp_dtype", AMP_DTYPES)
