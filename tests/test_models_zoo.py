@@ -131,9 +131,9 @@ def test_cli_pretrained_missing_file_is_one_line_exit_2_before_a_run_directory(t
                                        "--pretrained", str(tmp_path / "nope.pth"), "--device", "cpu",
                                        "--output", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines() == [f"error: --pretrained {tmp_path / 'nope.pth'}: no such file; give "
-                                                  "a local .safetensors or .pth/.pt state dict (nothing is "
-                                                  "downloaded)"]
+    expected = (f"error: --pretrained {tmp_path / 'nope.pth'}: no such file; give a local .safetensors or .pth/.pt "
+                "state dict (nothing is downloaded)")
+    assert result.output.strip().splitlines() == [expected]
     assert not (tmp_path / "run").exists()
 
 
