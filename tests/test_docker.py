@@ -371,3 +371,19 @@ def test_sbatch_dry_run_outside_an_allocation_previews_the_job_from_the_environm
     assert option(torchrun, "--nnodes") == "4" and option(torchrun, "--nproc_per_node") == "4"
     proc = dry_run(tmp_path, NNODES="two")
     assert proc.returncode == 2 and "must be whole numbers" in proc.stderr and proc.stdout == ""
+
+
+def test_dockerfile_is_ready_for_gpu_runtimes_infiniband_and_signals() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    env = dict(re.findall(r"^\s+(NVIDIA_\w+|MPLCONFIGDIR)=(\S+?)(?: \\)?$", text, re.M))
+    # the toolkit's mounts without --gpus (Kubernetes, CDI, enroot); video: NVDEC for DALI's mixed decoder
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility,video",
+                   "MPLCONFIGDIR": "/tmp/matplotlib"}
+    for key in ("source", "version", "revision"):
+        assert re.search(rf'org\.opencontainers\.image\.{key}="\$\{{{key.upper()}\}}"', text), key
+        assert re.search(rf"^ARG {key.upper()}\b", text, re.M), key
+    installed = re.search(r"apt-get install -y --no-install-recommends ([^&]+)&&", text.replace("\\\n", " "))
+    assert installed, "no apt-get install"
+    packages = {p.split("=")[0] for p in installed.group(1).split()}
+    assert {"tini", "libibverbs1", "ibverbs-providers", "librdmacm1"} <= packages  # NCCL's InfiniBand transport
+    assert 'ENTRYPOINT ["tini", "--", "dali-train"]' in text
