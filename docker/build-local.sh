@@ -121,6 +121,12 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
         say "base: $base_ref already here (REBUILD_BASE=1 to make it again)"
     fi
     collect_pip_settings
+    # The OCI labels: the project's version, the commit (+dirty when the tree has uncommitted changes), the remote.
+    build_args+=(--build-arg "VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n1)")
+    revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+    [ -z "$(git status --porcelain 2>/dev/null)" ] || revision+=+dirty
+    build_args+=(--build-arg "REVISION=$revision")
+    build_args+=(--build-arg "SOURCE=$(git remote get-url origin 2>/dev/null || true)")
     say "build: $image from docker/Dockerfile"
     printf '  %s\n' "${build_args[@]}" "${volumes[@]}"
     start=$(date +%s)

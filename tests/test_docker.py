@@ -351,5 +351,39 @@ def test_sbatch_scales_adamws_lr_with_the_square_root_of_the_batch(tmp_path, opt
 def test_sbatch_refuses_a_batch_size_argument_and_a_missing_allocation(tmp_path) -> None:
     proc = dry_run(tmp_path, ["--batch-size", "64"], SLURM_JOB_NODELIST="gpu-a07", SLURM_NNODES="1")
     assert proc.returncode == 2 and "set BATCH_SIZE" in proc.stderr and proc.stdout == ""
-    proc = dry_run(tmp_path)
+    proc = dry_run(tmp_path, DRY_RUN="0")
     assert proc.returncode != 0 and "not inside a SLURM allocation" in proc.stderr and proc.stdout == ""
+    assert "DRY_RUN=1" in proc.stderr  # how to preview instead
+
+
+def test_sbatch_dry_run_outside_an_allocation_previews_the_job_from_the_environment(tmp_path) -> None:
+    proc = dry_run(tmp_path, ["--model", "resnet10t"], HEAD_NODE="login-1")  # the defaults: 2 nodes x 8 GPUs
+    assert proc.returncode == 0, proc.stderr
+    assert "not inside a SLURM allocation; previewing NNODES=2 GPUS_PER_NODE=8" in proc.stderr
+    words = shlex.split(proc.stdout)
+    torchrun = words[words.index("torchrun"):]
+    assert option(torchrun, "--nnodes") == "2" and option(torchrun, "--nproc_per_node") == "8"
+    assert option(torchrun, "--rdzv-endpoint") == "login-1:29500"
+    assert float(option(torchrun, "--lr")) == pytest.approx(0.1 * 2 * 8 * 128 / 128)
+    assert words[-2:] == ["--model", "resnet10t"]
+    proc = dry_run(tmp_path, NNODES="4", GPUS_PER_NODE="4", HEAD_NODE="n1")
+    torchrun = shlex.split(proc.stdout)
+    assert option(torchrun, "--nnodes") == "4" and option(torchrun, "--nproc_per_node") == "4"
+    proc = dry_run(tmp_path, NNODES="two")
+    assert proc.returncode == 2 and "must be whole numbers" in proc.stderr and proc.stdout == ""
+
+
+def test_dockerfile_is_ready_for_gpu_runtimes_infiniband_and_signals() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    env = dict(re.findall(r"^\s+(NVIDIA_\w+|MPLCONFIGDIR)=(\S+?)(?: \\)?$", text, re.M))
+    # the toolkit's mounts without --gpus (Kubernetes, CDI, enroot); video: NVDEC for DALI's mixed decoder
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility,video",
+                   "MPLCONFIGDIR": "/tmp/matplotlib"}
+    for key in ("source", "version", "revision"):
+        assert re.search(rf'org\.opencontainers\.image\.{key}="\$\{{{key.upper()}\}}"', text), key
+        assert re.search(rf"^ARG {key.upper()}\b", text, re.M), key
+    installed = re.search(r"apt-get install -y --no-install-recommends ([^&]+)&&", text.replace("\\\n", " "))
+    assert installed, "no apt-get install"
+    packages = {p.split("=")[0] for p in installed.group(1).split()}
+    assert {"tini", "libibverbs1", "ibverbs-providers", "librdmacm1"} <= packages  # NCCL's InfiniBand transport
+    assert 'ENTRYPOINT ["tini", "--", "dali-train"]' in text

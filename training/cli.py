@@ -27,7 +27,14 @@ def _options(f: Callable) -> Callable:
         click.option("--dataset", type=click.Choice(DATASETS), default=_D.dataset,
                      help="Dataset: official CIFAR layouts, an image folder, or synthetic."),
         click.option("--data-dir", default=_D.data_dir, help="Where the dataset lives (CIFAR is downloaded here)."),
-        click.option("--model", type=click.Choice(MODELS), default=_D.model),
+        click.option("--model", default=_D.model,
+                     help=f"{', '.join(MODELS)} (this project's), any timm model name (resnet10t, convnext_tiny, "
+                          "...), or tv_<name> for a torchvision classification model (tv_mobilenet_v3_small); "
+                          "randomly initialised unless --pretrained."),
+        click.option("--pretrained", default=_D.pretrained, metavar="PATH",
+                     help="Start from the weights in this local file (.safetensors, or a torch state dict read with "
+                          "weights_only); a classifier head of another class count is replaced. Nothing is "
+                          "downloaded."),
         click.option("--epochs", type=int, default=_D.epochs),
         click.option("--batch-size", type=int, default=_D.batch_size, help="Per process."),
         click.option("--opt", type=click.Choice(OPTIMIZERS), default=_D.opt,

@@ -43,6 +43,9 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: str = "./data"
     model: str = "resnet18"
+    # Starting weights of a new run: a local .safetensors or torch state dict ("" : random init). Read once, when
+    # the run starts (a resume continues from its checkpoint); a head of another class count is replaced.
+    pretrained: str = ""
     epochs: int = 100
     batch_size: int = 128  # per process
     opt: str = "sgd"
@@ -132,13 +135,16 @@ class TrainConfig:
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with its data directory made absolute (``~`` expanded), as a new run saves it: a resume from another
-    working directory must read the data the run started on, not whatever lies at ``./data`` there."""
-    return cfg.replace(data_dir=os.path.normpath(Path(cfg.data_dir).expanduser().absolute()))
+    """`cfg` with its data directory (and --pretrained file) made absolute (``~`` expanded), as a new run saves it:
+    a resume from another working directory must read the data the run started on, not whatever lies at ``./data``
+    there."""
+    pretrained = os.path.normpath(Path(cfg.pretrained).expanduser().absolute()) if cfg.pretrained else ""
+    return cfg.replace(data_dir=os.path.normpath(Path(cfg.data_dir).expanduser().absolute()), pretrained=pretrained)
 
 
 def _validate(c: TrainConfig) -> None:
-    from .recipe import MIX_MODES, MODELS
+    from .recipe import MIX_MODES
+    from .recipe.models import model_source
 
     def label(option: str) -> str:
         return "--" + option.replace("_", "-")
@@ -153,7 +159,9 @@ def _validate(c: TrainConfig) -> None:
         check_choice(label(option), getattr(c, option), options)
 
     choice("dataset", DATASETS)
-    choice("model", MODELS)
+    model_source(c.model)  # a name no source knows: one line saying where to find valid names
+    if not isinstance(c.pretrained, str):
+        raise invalid(label("pretrained"), c.pretrained, "expected the path of a local weights file")
     choice("backend", BACKENDS)
     choice("device", DEVICES)
     choice("amp_dtype", AMP_DTYPES)

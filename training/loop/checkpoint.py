@@ -20,6 +20,7 @@ from dali_pipes import ConfigError, DaliTrainError, DataError
 from ..atomic import atomic_write
 from ..config import TrainConfig
 from ..recipe import create_model
+from ..recipe.models import model_spec
 from .progress import TrainState
 
 FORMAT = "dali-train/1"
@@ -144,9 +145,22 @@ def model_from_checkpoint(state: dict[str, Any], path: Path, cfg: TrainConfig, n
                           weights: str = "model", image_size: int | None = None) -> torch.nn.Module:
     """The model the config names, with the checkpoint's `weights` ("model": the trained weights, "ema": their
     average); a checkpoint of another shape is refused. `image_size` (the side of the images it will see, the
-    loader's) refuses a CIFAR-stem model on large images, as dali-train does when it builds one."""
+    loader's) refuses a CIFAR-stem model on large images, as dali-train does when it builds one.
+
+    The checkpoint's ``model_spec`` (written by dali-train: name, source library and version, class count) says
+    what was trained; a model of another class count than the data's, or of a timm/torchvision version other
+    than the installed one whose weights no longer fit, is refused saying so."""
+    spec = state.get("model_spec")
+    if isinstance(spec, dict) and spec.get("num_classes") not in (None, num_classes):
+        raise DataError(f"{path}: its model has {spec['num_classes']} classes but the data has {num_classes}; "
+                        "evaluate it on the data it was trained on (--dataset, --data-dir)")
     model = create_model(cfg.model, num_classes=num_classes, image_size=image_size)
-    load_weights(model, state[weights], path, f"model {cfg.model} with {num_classes} classes")
+    what = f"model {cfg.model} with {num_classes} classes"
+    if isinstance(spec, dict) and spec.get("version") is not None:
+        now = model_spec(cfg.model, num_classes)
+        if now["version"] != spec["version"]:
+            what += f" as {now['source']} {now['version']} builds it (the checkpoint's was {spec['version']})"
+    load_weights(model, state[weights], path, what)
     return model
 
 

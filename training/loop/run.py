@@ -19,6 +19,7 @@ from dali_pipes.config import describe_augment
 from .. import distributed
 from ..config import TrainConfig, absolute_paths
 from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
+from ..recipe.pretrained import load_pretrained
 from . import rundir
 from .epochs import finish, train_epochs
 from .folder import clear_outputs
@@ -30,19 +31,29 @@ from .step_memory import available_memory, check_training_step
 
 def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
               prepare_model: Callable[[torch.nn.Module], None] | None = None,
-              memory: Callable[[torch.device], int | None] = available_memory) -> Run:
+              memory: Callable[[torch.device], int | None] = available_memory, pretrained: bool = False) -> Run:
     """Loaders, model, optimizer, schedule, mixer for `cfg`, at the start of the run (a resume then loads its
     checkpoint with :meth:`Run.load_state`). A new run directory is made and locked unless `run_dir` is given.
 
     `prepare_model` may change the model in place before the optimizer and DDP see its parameters (dali-prune
     puts pruning masks on it there). A batch whose training step would not fit in `memory` (bytes free on the
-    device, step_memory.available_memory) is refused before the run directory is made."""
+    device, step_memory.available_memory) is refused before the run directory is made. `pretrained`: start from
+    cfg.pretrained's weights (a run's start; a resume loads its checkpoint instead), loaded before `prepare_model`,
+    the optimizer, the EMA and DDP see the model."""
     world, device = distributed.setup(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_loader, val_loader = create_loaders(cfg, device, world)
     classes = len(train_loader.classes)
-    model = build_model(cfg, classes, device, world=world, prepare=prepare_model,
-                        image_size=train_loader.image_size[0])
+    notes: list[str] = []
+
+    def prepare(model: torch.nn.Module) -> None:
+        if pretrained and cfg.pretrained:
+            note = load_pretrained(model, cfg.pretrained, classes)
+            notes.extend([note] if note else [])
+        if prepare_model is not None:
+            prepare_model(model)
+
+    model = build_model(cfg, classes, device, world=world, prepare=prepare, image_size=train_loader.image_size[0])
     check_training_step(model, train_loader, requested=cfg.batch_size, model_name=cfg.model, device=device,
                         amp_dtype=resolve_amp_dtype(cfg, device), channels_last=cfg.channels_last,
                         available=memory)
@@ -51,7 +62,8 @@ def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
     lock = None
     if run_dir is None:
         run_dir, lock = rundir.new_run_dir(cfg, world)
-    return Run(cfg, run_dir, device, world, ctx.amp_dtype, train_loader, val_loader, model, ctx, lock=lock)
+    return Run(cfg, run_dir, device, world, ctx.amp_dtype, train_loader, val_loader, model, ctx, lock=lock,
+               notes=notes)
 
 
 def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool = True,
@@ -66,7 +78,7 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
                 stop: StopSignal | None, build: Callable[..., Run], started: float) -> dict:
     run = None
     try:
-        run = build(cfg, run_dir=run_dir)
+        run = build(cfg, run_dir=run_dir, pretrained=resume_state is None)
         if resume_state is not None:
             run.load_state(resume_state)
         if run.world.is_main:
@@ -156,6 +168,8 @@ def _announce(run: Run, log) -> None:
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
         f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
         f"run directory {run.run_dir}")
+    for note in run.notes:
+        log(note)
     held = run.train_loader.shard_size
     if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
         log(f"note: --batch-size {cfg.batch_size} exceeds the {held} training images "

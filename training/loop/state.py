@@ -20,6 +20,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..distributed import World
 from ..recipe import StepContext
+from ..recipe.models import model_spec
 from .checkpoint import save_checkpoint
 from .lock import RunDirLock
 from .progress import TrainState
@@ -43,6 +44,7 @@ class Run:
     # metrics.csv's rows, one per finished epoch: the checkpoint carries them, so the history a resume continues is
     # the checkpoint's, whatever happened to metrics.csv (an output, rewritten from this)
     history: list[dict[str, int | float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines rank 0 logs at the run's start (--pretrained's head note)
 
     def rank_state(self) -> dict[str, Any]:
         """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
@@ -110,6 +112,7 @@ class Run:
         return {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
+            "model_spec": model_spec(self.cfg.model, len(self.train_loader.classes)),
             "optimizer": self.ctx.optimizer.state_dict(),
             "scaler": self.ctx.scaler.state_dict(),
             **({"ema": self.ctx.ema.state_dict()} if self.ctx.ema is not None else {}),

@@ -41,6 +41,11 @@ CSV_FIELDS = ("stage", "amount", "sparsity", "nonzero_params", "total_params", "
               "val_acc_before_finetune", "val_loss_before_finetune", "finetune_epochs", "finetune_time_s")
 
 
+def _spec(state: dict) -> dict:
+    """The source checkpoint's model_spec (what rebuilds its architecture), for the checkpoints made from it."""
+    return {"model_spec": state["model_spec"]} if "model_spec" in state else {}
+
+
 def parse_amounts(text: str) -> tuple[float, ...]:
     """'0.1,0.2,0.3,0.5' -> (0.1, 0.2, 0.3, 0.5): fractions in (0, 1), strictly increasing."""
     rule = "expected comma-separated fractions in (0, 1), increasing, e.g. 0.1,0.2,0.3,0.5"
@@ -211,7 +216,8 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
                "finetune_time_s": time.time() - t0, "val_acc_before_finetune": before["val_acc"],
                "val_loss_before_finetune": before["val_loss"]}
         weights = _cpu_state(run.model)
-        save_checkpoint({"config": stage_cfg.to_dict(), "model": weights, "epoch": pcfg.finetune_epochs},
+        save_checkpoint({"config": stage_cfg.to_dict(), "model": weights, "epoch": pcfg.finetune_epochs,
+                         **_spec(state)},
                         stage_dir / "stage.pth")
         rows.append(row)
         write_rows(csv_path, rows, CSV_FIELDS)
@@ -226,7 +232,7 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     if abs(reached - rows[-1]["sparsity"]) > 1e-9:  # make_permanent must not change a single weight
         raise DataError(f"{output}: sparsity changed from {rows[-1]['sparsity']:.6f} to {reached:.6f} when the "
                         "masks were made permanent; the stage checkpoints are inconsistent — use a new --output")
-    save_checkpoint({"config": base_cfg.to_dict(), "model": _cpu_state(run.model),
+    save_checkpoint({"config": base_cfg.to_dict(), "model": _cpu_state(run.model), **_spec(state),
                      "epoch": TrainState.from_dict(state).epoch + pcfg.finetune_epochs * len(pcfg.amounts),
                      "pruning": {"method": method, "amount": pcfg.amounts[-1], "sparsity": reached,
                                  "source": str(checkpoint)}}, output / "pruned.pth")

@@ -73,7 +73,8 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
     gm = quantize_model(model, qcfg.mode, batches, image_size=size)
     output.mkdir(parents=True, exist_ok=True)
     float_path, int8_path = output / "model_fp32.pth", output / "model_int8.pth"
-    save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": TrainState.from_dict(state).epoch},
+    save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": TrainState.from_dict(state).epoch,
+                     **({"model_spec": state["model_spec"]} if "model_spec" in state else {})},
                     float_path)
     save_quantized(gm, int8_path, cfg=cfg, num_classes=val.num_classes, mode=qcfg.mode,
                    quant_backend=qcfg.quant_backend, image_size=size)
