@@ -101,3 +101,30 @@ def test_ddp_leaves_the_buffers_to_sync_buffers(tmp_path) -> None:
         assert ctx.model.module is model  # the statistics sync_buffers copies are the saved model's
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_on_disjoint_tar_shards(tmp_path) -> None:
+    # dali-train --dataset shards under torchrun (gloo): each rank reads its own whole tar shards, the epoch covers
+    # the split once across ranks (10 shards of 2 samples: 10 per rank, nothing left out), rank 0 writes the run.
+    from conftest import write_image_folder
+
+    from dali_pipes.shard_cli import pack
+    from dali_pipes.shards import load_shards
+
+    write_image_folder(tmp_path / "ds", classes=("a", "b", "c", "d"), per_class=5, shape=(36, 48), ext="jpg")
+    pack(tmp_path / "ds", tmp_path / "shards", shard_size=12 << 10, seed=3, progress=False)
+    counts = load_shards(tmp_path / "shards", "train").counts
+    assert sum(counts) == 20 and len(counts) >= 2
+    out = tmp_path / "run"
+    proc = torchrun(["--dataset", "shards", "--data-dir", str(tmp_path / "shards"), "--image-size", "32",
+                     "--model", "resnet20", "--batch-size", "4", "--num-threads", "1", "--no-amp", "--device", "cpu",
+                     "--augment", "standard", "--epochs", "1", "--output", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["weights_identical_across_ranks"]
+    metrics = (out / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    left_out = "samples are left out" in proc.stderr
+    train_images = int(float(metrics[1].split(",")[header.index("train_images")]))
+    assert train_images == 20 or (left_out and train_images < 20), (train_images, proc.stderr[-2000:])

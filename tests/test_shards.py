@@ -356,3 +356,33 @@ def test_even_shards_say_how_many_samples_each_epoch_leaves_out(folder, tmp_path
     make(out, "dali", shard_id=1, num_shards=2, even_shards=True)  # one rank says it
     make(out, "dali", shard_id=0, num_shards=2, even_shards=False)
     assert "left out" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains three short runs per backend
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_interrupted_shards_run_resumes_to_the_straight_runs_weights(shards, tmp_path, backend) -> None:
+    # The whole job on shards (fit, a SIGINT in the middle of epoch 1 and again in epoch 2, resume twice) ends with
+    # the weights and metrics (epoch .. train_images) of the run that was never stopped, on the CPU, both backends.
+    from helpers import signals
+
+    from training import loop as run_mod
+    from training.config import TrainConfig
+    from training.loop.checkpoint import load_checkpoint
+
+    def cfg(out: Path) -> TrainConfig:
+        return TrainConfig(dataset="shards", data_dir=str(shards), image_size=32, model="resnet20", batch_size=4,
+                           epochs=2, lr=0.05, warmup_epochs=0.5, augment="standard", mixup_alpha=0.2,
+                           cutmix_alpha=1.0, drop_path=0.1, output=str(out), num_threads=1, patience=0,
+                           device="cpu", backend=backend, tensorboard=False)
+
+    straight, out = tmp_path / "straight", tmp_path / "chain"
+    run_mod.fit(cfg(straight), log=lambda _line: None)
+    with pytest.raises(run_mod.Interrupted):
+        run_mod.fit(cfg(out), log=lambda _line: None, build=signals(train=[(0, 2)]))
+    with pytest.raises(run_mod.Interrupted):
+        run_mod.resume(out, log=lambda _line: None, build=signals(train=[(1, 3)]))
+    run_mod.resume(out, log=lambda _line: None)
+    a, b = (load_checkpoint(run / "last.pth")["model"] for run in (straight, out))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    columns = lambda run: [line.split(",")[:7] for line in (run / "metrics.csv").read_text().splitlines()]
+    assert columns(out) == columns(straight)
