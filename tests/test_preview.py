@@ -46,3 +46,29 @@ def test_the_command_refuses_an_unknown_field_in_one_line(tmp_path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown field 'blurr_p'" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_shards_preview_the_same_images_as_the_folder_they_were_packed_from(tmp_path) -> None:
+    # dali-preview --dataset shards: the samples are read from the tars (stdlib tarfile) and shown through the
+    # folder path, whose decoding and crops the shards path shares: the originals equal the folder's, pixel for pixel.
+    from click.testing import CliRunner
+    from conftest import write_image_folder
+
+    from dali_pipes.shard_cli import pack
+    from training.tools.preview import command
+
+    write_image_folder(tmp_path / "ds", classes=("a", "b"), per_class=4, shape=(40, 48), ext="jpg", seed=4)
+    pack(tmp_path / "ds", tmp_path / "sh", shard_size=12 << 10, seed=0, progress=False)
+    shown = {}
+    for dataset, root in (("shards", tmp_path / "sh"), ("folder", tmp_path / "ds")):
+        rows = preview(dataset=dataset, data_dir=str(root), augment="standard", output=tmp_path / f"{dataset}.png",
+                       num_images=8, draws=1, image_size=32)
+        assert [r.label for r in rows] == ["original", "DALI CPU #1", "torchvision #1"]
+        shown[dataset] = rows[0].tiles
+    # the same 8 images (the shards hold them in another order): compare as sets of tiles
+    key = lambda tiles: sorted(t.tobytes() for t in tiles)
+    assert key(shown["shards"]) == key(shown["folder"])
+    result = CliRunner().invoke(command(), ["--dataset", "shards", "--data-dir", str(tmp_path / "sh"),
+                                            "--image-size", "32", "--num-images", "3", "--draws", "1",
+                                            "--output", str(tmp_path / "cli.png")])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output

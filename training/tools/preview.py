@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from dali_pipes import BACKENDS, AugmentConfig, ConfigError, DaliTrainError, Loader, load_source
 from dali_pipes.config import eval_config, resolve_augment
 from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
+from dali_pipes.shards import ShardDataset, TarSamples
 from dali_pipes.sources import ArrayDataset, FolderDataset
 
 from ..outputs import Row, to_uint8, write_grid
@@ -53,11 +55,24 @@ def grid_path(output: str | Path) -> Path:
     return path
 
 
-def subset(data: ArrayDataset | FolderDataset, count: int) -> ArrayDataset | FolderDataset:
-    """The first `count` samples (spread over the classes where the dataset is sorted by class)."""
+def subset(data: ArrayDataset | FolderDataset | ShardDataset, count: int,
+           scratch: Path | None = None) -> ArrayDataset | FolderDataset:
+    """The first `count` samples (spread over the classes where the dataset is sorted by class). Samples of tar
+    shards are copied out (their encoded bytes, as packed) into `scratch` and previewed as a folder: the shards
+    path decodes and crops exactly as the folder path does."""
     if count < 1:
         raise ConfigError(f"--num-images={count} is invalid: expected an integer >= 1")
     pick = np.linspace(0, len(data) - 1, num=min(count, len(data))).round().astype(np.int64)
+    if isinstance(data, ShardDataset):
+        if scratch is None:
+            raise ValueError("subset() of tar shards needs a scratch folder")
+        reader, files = TarSamples(data), []
+        for i in pick:
+            image, _ = reader.read(int(i))
+            path = Path(scratch) / os.path.basename(data.image_name(int(i)))
+            path.write_bytes(image)
+            files.append(str(path))
+        return FolderDataset(data.name, str(scratch), tuple(files), data.labels[pick], data.classes)
     if isinstance(data, FolderDataset):
         return FolderDataset(data.name, data.root, tuple(data.files[i] for i in pick), data.labels[pick],
                              data.classes)
@@ -129,11 +144,12 @@ def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str 
     dev = resolve_device(device)
     mean, std = dataset_stats(dataset)
     cfg = resolve_augment(augment, mean=mean, std=std)
-    data = subset(load_source(dataset, data_dir, split, num_samples=num_samples), num_images)
-    side = image_size or FOLDER_IMAGE_SIZE  # folders: the loader's default crop side unless given
-    size = (side, side) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
-    backends = BACKENDS if backend == "both" else (backend,)
-    rows = preview_rows(data, cfg, backends=backends, device=dev, size=size, draws=draws, ops=ops)
+    with tempfile.TemporaryDirectory(prefix="dali-preview-") as scratch:  # shards' samples, copied out
+        data = subset(load_source(dataset, data_dir, split, num_samples=num_samples), num_images, Path(scratch))
+        side = image_size or FOLDER_IMAGE_SIZE  # folders: the loader's default crop side unless given
+        size = (side, side) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
+        backends = BACKENDS if backend == "both" else (backend,)
+        rows = preview_rows(data, cfg, backends=backends, device=dev, size=size, draws=draws, ops=ops)
     from dali_pipes.config import describe_augment
 
     name = augment if isinstance(augment, str) else describe_augment(augment)
