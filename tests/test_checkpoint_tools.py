@@ -102,3 +102,38 @@ def test_a_cifar_stem_checkpoint_whose_config_says_224_px_is_refused_by_every_to
         code, text = invoke(cmd, ["--checkpoint", str(relabelled), *DATA, *extra])
         lines = [line for line in text.splitlines() if line.startswith("error: ")]
         assert code == 2 and len(lines) == 1 and "CIFAR stem" in lines[0] and "Traceback" not in text, text
+
+
+@pytest.mark.slow  # trains (the module's checkpoint)
+def test_dali_quantize_stopped_says_so_and_the_same_command_redoes_it(folder_run, tmp_path) -> None:
+    # A SIGTERM (a job's time limit) mid-way: one line, exit 143, and the folder it left (whole files, no
+    # quantize.json) is redone by the same command; a folder holding anything else is still refused.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt, _, _ = folder_run
+    out = tmp_path / "q"
+    proc = subprocess.Popen([sys.executable, "-c", "from training.cli import quantize_main; quantize_main()",
+                             "--checkpoint", str(ckpt), "--output", str(out), "--calibration-batches", "1", *DATA],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the latency timing (compiling both models) runs after both files are written
+        if "calibrating" in line:
+            break
+    while not (out / "model_int8.pth").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # while it compiles both models to time them (seconds)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == [err.strip().splitlines()[0]], err  # one line
+    assert err.startswith("error: SIGTERM: interrupted before quantize.json was written"), err
+    assert sorted(p.name for p in out.iterdir()) == ["model_fp32.pth", "model_int8.pth"]
+    code, text = invoke(quantize_main, ["--checkpoint", str(ckpt), "--output", str(out), "--no-latency",
+                                        "--calibration-batches", "1", *DATA])
+    assert code == 0 and (out / "quantize.json").is_file(), text
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, text = invoke(quantize_main, ["--checkpoint", str(ckpt), "--output", str(tmp_path / "other"),
+                                        "--no-latency", *DATA])
+    assert code == 2 and "is not empty" in text

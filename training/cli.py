@@ -141,9 +141,10 @@ def _run_guarded(fn: Callable[[], Any], *,
     `second_interrupt` is the line for a second signal while a StopSignal waits for a safe stop; `interrupt` the
     line for Ctrl-C where none is installed (start-up, or a tool that has no safe stop)."""
     from .loop import Interrupted, SecondSignal
+    from .loop.signals import Stopped, StopsRaise
 
     try:
-        with warnings.catch_warnings():  # restores the default display when the command returns
+        with warnings.catch_warnings(), StopsRaise():  # restores the display and the handlers when it returns
             warnings.showwarning = _show_warning
             return fn()
     except Interrupted as e:
@@ -155,6 +156,8 @@ def _run_guarded(fn: Callable[[], Any], *,
     except SecondSignal as e:
         resume = f"; continue with: dali-train --resume {e.run_dir}" if e.run_dir is not None else ""
         _fail(second_interrupt + resume, 128 + e.signum)
+    except Stopped as e:
+        _fail(f"{e.args[0]}: {interrupt}", 128 + e.signum)
     except KeyboardInterrupt:
         _fail(interrupt, 130)
 
@@ -263,7 +266,8 @@ def quantize_main(checkpoint: str, mode: str, calibration_batches: int, quant_ba
                               latency=latency, latency_repeats=latency_repeats)
         return run_quantize(_checkpoint_path(checkpoint), Path(output).expanduser(), qcfg, log=click.echo, **data)
 
-    _run_guarded(work, interrupt="interrupted; --output may hold partial files")
+    _run_guarded(work, interrupt="interrupted before quantize.json was written: --output is unfinished (each file in "
+                                 "it is whole or absent); run the same command again")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -134,3 +134,36 @@ class FinalEvaluationSignal(StopSignal):
 
     note = ("finishing the final evaluation and summary.json first (send it again to abort; dali-train --resume "
             "then finishes the run)")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP where no StopSignal is installed (a tool, or start-up): stop where the command is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopsRaise:
+    """While entered (main thread only), SIGTERM and SIGHUP raise :class:`Stopped` as Ctrl-C raises
+    KeyboardInterrupt, so a command without a safe stop of its own ends in one line instead of dying silently; a
+    StopSignal entered inside takes them over and gives them back."""
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
+        raise Stopped(signum)
+
+    def __enter__(self) -> StopsRaise:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGHUP):
+                self._old[s] = signal.signal(s, self._raise)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)

@@ -52,10 +52,23 @@ def _calibration(loader: Any, n: int) -> list[torch.Tensor]:
     return [images.float().contiguous() for images, _ in itertools.islice(loader, n)]
 
 
+OUTPUTS = ("model_fp32.pth", "model_int8.pth")  # written in this order, each atomically, then quantize.json
+
+
+def unfinished(output: Path) -> bool:
+    """`output` holds what an interrupted dali-quantize left (some of OUTPUTS, no quantize.json, nothing else)."""
+    try:
+        names = {p.name for p in output.iterdir()}
+    except OSError:
+        return False
+    return bool(names) and names <= set(OUTPUTS)
+
+
 def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print, **data: Any) -> dict[str, Any]:
     """Quantize the checkpoint's model to int8, evaluate both models, time both, write OUTPUT/quantize.json."""
     refuse_distributed("dali-quantize")
-    refuse_occupied(output, "is not empty")
+    if not unfinished(output):  # a run stopped before quantize.json is redone in place
+        refuse_occupied(output, "is not empty")
     # Quantized inference is a CPU matter here: the data comes to the CPU, and no autocast (int8 vs float32).
     state, cfg = read_checkpoint(checkpoint, device="cpu", **data)
     # best.pth: the raw or EMA weights that scored best
@@ -72,7 +85,7 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
     batches = _calibration(calib, max(n_calib, 1))
     gm = quantize_model(model, qcfg.mode, batches, image_size=size)
     output.mkdir(parents=True, exist_ok=True)
-    float_path, int8_path = output / "model_fp32.pth", output / "model_int8.pth"
+    float_path, int8_path = (output / name for name in OUTPUTS)
     save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict(), "epoch": TrainState.from_dict(state).epoch,
                      **({"model_spec": state["model_spec"]} if "model_spec" in state else {})},
                     float_path)
