@@ -22,6 +22,7 @@ import numpy as np
 # Imported into this namespace (not called as torchvision.datasets.utils.X) so tests can monkeypatch them.
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive, extract_archive
 
+from .atomic import atomic_write
 from .errors import ConfigError, DataError
 from .safe_pickle import safe_load
 from .sources import ArrayDataset
@@ -330,15 +331,8 @@ def _check_split(what: str, images: np.ndarray, labels: np.ndarray, num_classes:
 
 
 def _dump(obj: object, path: Path) -> None:
-    """Pickle with protocol 2 (what the official files use) via a temp file, so a crash never leaves half a batch."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Pickle with protocol 2 (what the official files use), atomically: a crash never leaves half a batch."""
+    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=2))
 
 
 def write_cifar(

@@ -33,6 +33,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import ConfigError, DaliTrainError, DataError
 from .shards import (BLOCK, FORMAT, FORMAT_VERSION, IMAGE_EXTS, MANIFEST, SKIPPED, key_of, load_shards,
                      read_manifest, repack_hint, write_index)
@@ -132,16 +133,6 @@ def plan_packing(folder: Path, seed: int, shard_size: int):
     return classes, plan, skipped, ident.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """`write(fh)` into a temporary file beside `path`, flushed to disk, then renamed over `path`."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -176,8 +167,8 @@ def write_shard(out: Path, shard: PlannedShard, progress=None) -> dict:
                     progress.update(1)
 
     tar_path = out / shard.tar
-    _atomic_write(tar_path, write)
-    _atomic_write(out / shard.index, lambda fh: fh.write(f"v1.2 {len(lines)}\n{''.join(x + chr(10) for x in lines)}"
+    atomic_write(tar_path, write)
+    atomic_write(out / shard.index, lambda fh: fh.write(f"v1.2 {len(lines)}\n{''.join(x + chr(10) for x in lines)}"
                                                          .encode()))
     st = tar_path.stat()
     return {"tar": shard.tar, "index": shard.index, "samples": len(shard.files), "bytes": st.st_size,
@@ -185,7 +176,7 @@ def write_shard(out: Path, shard: PlannedShard, progress=None) -> dict:
 
 
 def _json_write(path: Path, value: dict) -> None:
-    _atomic_write(path, lambda fh: fh.write(json.dumps(value, indent=1).encode()))
+    atomic_write(path, lambda fh: fh.write(json.dumps(value, indent=1).encode()))
 
 
 def _reusable(out: Path, entry: dict | None) -> bool:
