@@ -15,6 +15,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ _ROW = 3 * 32 * 32  # one image: R plane, G plane, B plane, each 32x32 row-major
 # offline machine gets its error in seconds instead of hanging on the OS default.
 _DOWNLOAD_TIMEOUT_S = 15.0
 _SPLITS = ("train", "val")
+# A cluster without internet points this at its own copy of the official archives (a URL prefix ending in "/",
+# e.g. http://mirror.local/cifar/); the md5 check is the same.
+MIRROR_ENV = "DALI_TRAIN_CIFAR_MIRROR"
+Fetch = Callable[..., None]  # torchvision's download_and_extract_archive(url, download_root=, md5=)
+Verify = Callable[[str, str], bool]  # torchvision's check_integrity(path, md5)
 
 
 @dataclass(frozen=True)
@@ -92,14 +98,20 @@ def _layout(name: str) -> _Layout:
 # Getting the files onto disk
 
 
-def _download(layout: _Layout, root: Path, *, had_bad_archive: bool) -> None:
+def _url(layout: _Layout) -> str:
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    return f"{mirror.rstrip('/')}/{layout.archive}" if mirror else layout.url
+
+
+def _download(layout: _Layout, root: Path, *, had_bad_archive: bool, fetch: Fetch) -> None:
     """Fetch and extract the official archive, or fail fast with a DataError telling how to supply it by hand. A
     failed download leaves no folder it made: a mistyped --data-dir (dali-eval's, say) must not appear on disk."""
     made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first; the download creates them
+    url = _url(layout)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
     try:
-        download_and_extract_archive(layout.url, download_root=str(root), md5=layout.md5)
+        fetch(url, download_root=str(root), md5=layout.md5)
     # URLError/HTTPError/timeouts are OSError; torchvision raises RuntimeError on an md5 mismatch;
     # the rest come from a truncated or damaged archive.
     except (OSError, RuntimeError, tarfile.TarError, EOFError, zlib.error, ValueError) as e:
@@ -111,7 +123,7 @@ def _download(layout: _Layout, root: Path, *, had_bad_archive: bool) -> None:
         note = f" (the existing {layout.archive} failed its md5 check)" if had_bad_archive else ""
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(
-            f"downloading {layout.url} failed{note}: {reason}; put the extracted '{layout.folder}' folder "
+            f"downloading {url} failed{note}: {reason}; put the extracted '{layout.folder}' folder "
             f"(or {layout.archive}) under {root} and run again"
         ) from None
     finally:
@@ -159,20 +171,21 @@ def _check_writable(layout: _Layout, root: Path, action: str) -> None:
     os.unlink(probe)
 
 
-def _ensure_files(layout: _Layout, root: Path, needed: list[str], download: bool) -> Path:
+def _ensure_files(layout: _Layout, root: Path, needed: list[str], download: bool, fetch: Fetch,
+                  verify: Verify) -> Path:
     """Make sure ``root/<folder>`` holds ``needed``; download or extract only when the folder is absent."""
     _check_root(layout, root)
     folder = root / layout.folder
     if not folder.is_dir():
         archive = root / layout.archive
-        archive_ok = archive.is_file() and check_integrity(str(archive), layout.md5)
+        archive_ok = archive.is_file() and verify(str(archive), layout.md5)
         if archive_ok:
             _check_writable(layout, root, "extracted")
             _extract_local_archive(layout, archive)
         elif download:
             _check_writable(layout, root, "downloaded")
             # A bad archive here is usually a half-finished earlier download; torchvision overwrites it.
-            _download(layout, root, had_bad_archive=archive.is_file())
+            _download(layout, root, had_bad_archive=archive.is_file(), fetch=fetch)
         elif archive.is_file():
             raise DataError(
                 f"{archive}: md5 does not match the official archive ({layout.md5}); "
@@ -275,18 +288,21 @@ def _read_classes(path: Path, layout: _Layout) -> tuple[str, ...]:
     return tuple(out)
 
 
-def load_cifar(name: str, data_dir: str | Path, split: str, *, download: bool = True) -> ArrayDataset:
+def load_cifar(name: str, data_dir: str | Path, split: str, *, download: bool = True,
+               fetch: Fetch = download_and_extract_archive, verify: Verify = check_integrity) -> ArrayDataset:
     """Load one split ("train" or "val" = the official test set) of "cifar10" or "cifar100".
 
     Images come back as uint8 (N, 32, 32, 3) C-contiguous, labels as int64 (CIFAR-100: fine labels).
-    The folder is downloaded (md5-checked) only when it is entirely absent and ``download`` is true.
+    The folder is downloaded (md5-checked) only when it is entirely absent and ``download`` is true, from the
+    official URL or the mirror in ``$DALI_TRAIN_CIFAR_MIRROR``. `fetch` and `verify`: torchvision's downloader and
+    md5 check, or stand-ins that take the same arguments.
     """
     layout = _layout(name)
     if split not in _SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {list(_SPLITS)} ('val' is the official test set)")
     root = Path(data_dir).expanduser().absolute()  # messages name real folders, not "."
     files = list(layout.train_files) if split == "train" else [layout.test_file]
-    folder = _ensure_files(layout, root, [*files, layout.meta_file], download)
+    folder = _ensure_files(layout, root, [*files, layout.meta_file], download, fetch, verify)
 
     classes = _read_classes(folder / layout.meta_file, layout)
     batches = [_read_batch(folder / f, layout) for f in files]

@@ -685,7 +685,7 @@ def test_a_quoted_tilde_in_output_means_the_home_folder(monkeypatch, tmp_path) -
     assert TrainConfig(output="runs/~x").output == "runs/~x"  # only a leading ~ is the home folder
 
 
-def test_a_failed_download_into_a_missing_data_dir_leaves_no_folder(tmp_path, monkeypatch) -> None:
+def test_a_failed_download_into_a_missing_data_dir_leaves_no_folder(tmp_path) -> None:
     import urllib.error
 
     from dali_pipes import DataError, cifar
@@ -696,10 +696,9 @@ def test_a_failed_download_into_a_missing_data_dir_leaves_no_folder(tmp_path, mo
         Path(download_root).mkdir(parents=True, exist_ok=True)  # what torchvision's download does first
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     missing = tmp_path / "typo" / "data"  # dali-eval --data-dir with a typo, on a checkpoint of a CIFAR run
     with pytest.raises(DataError, match="offline"):
-        cifar.load_cifar("cifar10", missing, "val", download=True)
+        cifar.load_cifar("cifar10", missing, "val", download=True, fetch=offline)
     assert not (tmp_path / "typo").exists()
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import dali_pipes.cifar as cifar_mod
 from dali_pipes.cifar import load_cifar, write_cifar
 from dali_pipes.errors import DataError
 from dali_pipes.safe_pickle import safe_load
@@ -344,15 +343,14 @@ def test_missing_key_and_bad_meta(tmp_path: Path) -> None:
     assert str(meta) in str(err.value)
 
 
-def test_missing_folder_no_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+def test_missing_folder_no_download(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
-        load_cifar("cifar10", tmp_path, "train", download=False)
+        load_cifar("cifar10", tmp_path, "train", download=False, fetch=_no_download)
     msg = str(err.value)
     assert "cifar-10-batches-py" in msg and str(tmp_path) in msg
 
 
-def test_missing_folder_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_folder_offline(tmp_path: Path) -> None:
     seen: dict[str, Any] = {}
 
     def offline(url: str, download_root: str, md5: str | None = None, **kw: Any) -> None:
@@ -360,9 +358,8 @@ def test_missing_folder_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         raise urllib.error.URLError("offline")
 
     before = socket.getdefaulttimeout()
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", offline)
     with pytest.raises(DataError) as err:
-        load_cifar("cifar100", tmp_path, "val", download=True)
+        load_cifar("cifar100", tmp_path, "val", download=True, fetch=offline)
     msg = str(err.value)
     assert "download" in msg and "offline" in msg
     assert "cifar-100-python" in msg and str(tmp_path) in msg and "\n" not in msg
@@ -371,56 +368,52 @@ def test_missing_folder_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert socket.getdefaulttimeout() == before  # restored
 
 
-def test_missing_batch_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+def test_missing_batch_file(tmp_path: Path) -> None:
     made = _make("cifar10", tmp_path)
     (made["folder"] / "data_batch_4").unlink()
     with pytest.raises(DataError) as err:
-        load_cifar("cifar10", tmp_path, "train", download=True)
+        load_cifar("cifar10", tmp_path, "train", download=True, fetch=_no_download)
     assert str(made["folder"] / "data_batch_4") in str(err.value)
     # The test split needs only test_batch and the meta file, so it still loads.
-    assert len(load_cifar("cifar10", tmp_path, "val", download=True)) == N_TEST
+    assert len(load_cifar("cifar10", tmp_path, "val", download=True, fetch=_no_download)) == N_TEST
 
 
-def test_local_archive_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_archive_extracted(tmp_path: Path) -> None:
     src = tmp_path / "src"
     made = _make("cifar10", src)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     with tarfile.open(data_dir / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(made["folder"], arcname="cifar-10-batches-py")
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
     # Not the official archive, so its md5 fails: refused without download...
     with pytest.raises(DataError, match="md5"):
-        load_cifar("cifar10", data_dir, "train", download=False)
+        load_cifar("cifar10", data_dir, "train", download=False, fetch=_no_download)
     # ...and extracted once the checksum passes.
-    monkeypatch.setattr(cifar_mod, "check_integrity", lambda path, md5: md5 == "c58f30108f718f92721af3b95e74349a")
-    ds = load_cifar("cifar10", data_dir, "train", download=False)
+    verify = lambda path, md5: md5 == "c58f30108f718f92721af3b95e74349a"
+    ds = load_cifar("cifar10", data_dir, "train", download=False, fetch=_no_download, verify=verify)
     np.testing.assert_array_equal(ds.images, made["train"][0])
 
 
 @pytest.mark.parametrize("download", [True, False])
-def test_data_dir_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, download: bool) -> None:
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+def test_data_dir_that_is_a_file(tmp_path: Path, download: bool) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("not a folder")
     with pytest.raises(DataError) as err:
-        load_cifar("cifar10", a_file, "train", download=download)
+        load_cifar("cifar10", a_file, "train", download=download, fetch=_no_download)
     msg = str(err.value)
     assert msg.startswith(f"data dir {a_file} is a file;") and f"e.g. {tmp_path}" in msg
     assert "File exists" not in msg and "\n" not in msg
     with pytest.raises(DataError, match=f"data dir {a_file / 'sub'} lies under {a_file}, which is a file"):
-        load_cifar("cifar10", a_file / "sub", "train", download=download)
+        load_cifar("cifar10", a_file / "sub", "train", download=download, fetch=_no_download)
 
 
-def test_data_dir_that_is_a_file_of_the_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_dir_that_is_a_file_of_the_dataset(tmp_path: Path) -> None:
     """The archive or a batch file passed as the data dir: the message names the folder to pass."""
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
     made = _make("cifar10", tmp_path)
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
     for wrong in (tmp_path / "cifar-10-python.tar.gz", made["folder"] / "data_batch_1"):
         with pytest.raises(DataError, match=f"data dir {wrong} is a file; pass {tmp_path}, the folder that holds"):
-            load_cifar("cifar10", wrong, "train", download=True)
+            load_cifar("cifar10", wrong, "train", download=True, fetch=_no_download)
 
 
 def _unwritable_folder(tmp_path: Path) -> Path:
@@ -441,12 +434,11 @@ def _unwritable_folder(tmp_path: Path) -> Path:
     pytest.skip("running as root, and /sys and /proc accept new files here: no folder to refuse a download")
 
 
-def test_unwritable_data_dir_when_a_download_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cifar_mod, "download_and_extract_archive", _no_download)
+def test_unwritable_data_dir_when_a_download_is_needed(tmp_path: Path) -> None:
     folder = _unwritable_folder(tmp_path)
     for data_dir in (folder, folder / "cifar" / "here"):  # missing folders are created under the first existing one
         with pytest.raises(DataError) as err:
-            load_cifar("cifar100", data_dir, "train", download=True)
+            load_cifar("cifar100", data_dir, "train", download=True, fetch=_no_download)
         msg = str(err.value)
         assert msg.startswith(f"cannot write to {folder} (") and "cannot be downloaded there" in msg
         assert "writable data dir" in msg and "\n" not in msg

@@ -204,17 +204,13 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path) -> None:
 
 
 def test_missing_cifar_offline_fails_fast_with_where_to_put_it(tmp_path, monkeypatch) -> None:
-    import urllib.error
-
-    import dali_pipes.cifar as cifar
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("offline")
-
-    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    # A mirror nothing answers on (the discard port of this machine: connection refused at once) is what an
+    # offline machine sees: the real download path fails, with where to put the files.
+    monkeypatch.setenv("DALI_TRAIN_CIFAR_MIRROR", "http://127.0.0.1:9/cifar/")
     code, text = invoke(["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
                          "--output", str(tmp_path / "run")])
-    assert code == 1 and "cifar-10-batches-py" in text and "Traceback" not in text
+    assert code == 1 and "cifar-10-batches-py" in text and "Traceback" not in text, text
+    assert "downloading http://127.0.0.1:9/cifar/cifar-10-python.tar.gz failed" in text
 
 
 def test_atomic_checkpoint_write_leaves_no_partial_file(tmp_path) -> None:
