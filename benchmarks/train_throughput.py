@@ -576,46 +576,54 @@ def _parse_augment(ctx, param, value: str) -> str:
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--device", type=click.Choice(DEVICES), default="all", show_default=True,
-              help="Which rows: cpu, cuda, or both (cuda rows are skipped with a reason when no GPU is visible).")
-@click.option("--models", default=None, callback=_parse_models,
-              help="Comma list of models [default: resnet18,resnet20 on cuda; resnet20 on cpu].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Timed steps per repeat.")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed steps per row before the first repeat.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Timed repeats per row (median and min..max over these).")
-@click.option("--num-samples", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Size of the synthetic training split the DALI-fed row reads.")
-@click.option("--augment", default=TrainConfig().augment, show_default=True, callback=_parse_augment,
-              help="Augmentation of the DALI-fed row.")
-@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
-              help="Add a torch.compile row per model (slow to compile, on the CPU especially).")
-@output_options
-def main(device: str, models: list[str] | None, batch_size: int, steps: int, warmup_steps: int, repeats: int,
-         num_samples: int, augment: str, compile_: bool, json_path: str | None, plot_path: str | None,
-         quiet: bool) -> None:
-    """Measure training-step throughput and memory per precision, memory format, compile and mixing, and the
-    loader overhead (DALI-fed vs a synthetic batch on the device)."""
-    progress = None if quiet else (lambda msg: click.echo(msg, err=True))
-    started = time.perf_counter()
-    try:
-        report = measure(device=device, models=models, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
-                         repeats=repeats, num_samples=num_samples, augment=augment, compile=compile_,
-                         progress=progress, on_update=json_updater(json_path, to_json))
-    except DaliTrainError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    report["wall_time_s"] = round(time.perf_counter() - started, 1)
-    click.echo(format_header(report))
-    click.echo("")
-    click.echo(format_table(report))
-    click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
-    write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
+def command(measure_fn: Callable[..., dict] | None = None) -> click.Command:
+    """The benchmark's command line; `measure_fn` stands in for :func:`measure` (a test of the CLI's own work)."""
 
+    @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--device", type=click.Choice(DEVICES), default="all", show_default=True,
+                  help="Which rows: cpu, cuda, or both (cuda rows are skipped with a reason when no GPU is visible).")
+    @click.option("--models", default=None, callback=_parse_models,
+                  help="Comma list of models [default: resnet18,resnet20 on cuda; resnet20 on cpu].")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+    @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
+                  help="Timed steps per repeat.")
+    @click.option("--warmup-steps", type=click.IntRange(min=0), default=5, show_default=True,
+                  help="Untimed steps per row before the first repeat.")
+    @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+                  help="Timed repeats per row (median and min..max over these).")
+    @click.option("--num-samples", type=click.IntRange(min=1), default=4096, show_default=True,
+                  help="Size of the synthetic training split the DALI-fed row reads.")
+    @click.option("--augment", default=TrainConfig().augment, show_default=True, callback=_parse_augment,
+                  help="Augmentation of the DALI-fed row.")
+    @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+                  help="Add a torch.compile row per model (slow to compile, on the CPU especially).")
+    @output_options
+    def main(device: str, models: list[str] | None, batch_size: int, steps: int, warmup_steps: int, repeats: int,
+             num_samples: int, augment: str, compile_: bool, json_path: str | None, plot_path: str | None,
+             quiet: bool) -> None:
+        """Measure training-step throughput and memory per precision, memory format, compile and mixing, and the
+        loader overhead (DALI-fed vs a synthetic batch on the device)."""
+        progress = None if quiet else (lambda msg: click.echo(msg, err=True))
+        started = time.perf_counter()
+        try:
+            report = (measure if measure_fn is None else measure_fn)(device=device, models=models, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
+                             repeats=repeats, num_samples=num_samples, augment=augment, compile=compile_,
+                             progress=progress, on_update=json_updater(json_path, to_json))
+        except DaliTrainError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        report["wall_time_s"] = round(time.perf_counter() - started, 1)
+        click.echo(format_header(report))
+        click.echo("")
+        click.echo(format_table(report))
+        click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
+        write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
+
+
+    return main
+
+
+main = command()
 
 if __name__ == "__main__":
     main()

@@ -215,8 +215,10 @@ def _previous(out: Path, plan_id: str) -> dict[str, dict]:
 
 
 def pack(folder: str | Path, out: str | Path, *, shard_size: int = DEFAULT_SHARD_SIZE, seed: int = 0,
-         progress: bool | None = None) -> dict:
-    """Pack `folder` into `out` (see the module docstring); returns the summary printed by the command."""
+         progress: bool | None = None, write=None) -> dict:
+    """Pack `folder` into `out` (see the module docstring); returns the summary printed by the command. `write`:
+    what writes one shard (:func:`write_shard`, or a stand-in with its arguments)."""
+    write = write_shard if write is None else write
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -239,7 +241,7 @@ def pack(folder: str | Path, out: str | Path, *, shard_size: int = DEFAULT_SHARD
             for shard in shards:
                 entry = state["done"].get(shard.tar)
                 if not _reusable(out, entry):
-                    entry = write_shard(out, shard, bar)
+                    entry = write(out, shard, bar)
                     state["done"][shard.tar] = entry
                     _json_write(out / STATE, state)
                     written += 1

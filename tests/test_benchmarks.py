@@ -101,7 +101,7 @@ def test_train_bad_arguments_raise_before_measuring() -> None:
         tt.measure(device="cpu", steps=0)
 
 
-def test_train_cli_writes_json_and_plot(tmp_path, monkeypatch, train_report) -> None:
+def test_train_cli_writes_json_and_plot(tmp_path, train_report) -> None:
     # The CLI's own work (options -> measure, table, JSON, plot) on the report measured above: measuring again
     # would double this file's run time.
     calls = []
@@ -110,9 +110,8 @@ def test_train_cli_writes_json_and_plot(tmp_path, monkeypatch, train_report) -> 
         calls.append(kwargs)
         return json.loads(json.dumps(train_report))
 
-    monkeypatch.setattr(tt, "measure", measured)
     out, png = tmp_path / "train.json", tmp_path / "train.png"
-    result = CliRunner().invoke(tt.main, ["--device", "cpu", "--models", "resnet20", "--batch-size", "4", "--steps",
+    result = CliRunner().invoke(tt.command(measured), ["--device", "cpu", "--models", "resnet20", "--batch-size", "4", "--steps",
                                           "1", "--warmup-steps", "1", "--repeats", "2", "--num-samples", "8",
                                           "--augment", "none", "--json", str(out), "--plot", str(png), "-q"])
     assert result.exit_code == 0, result.output
@@ -132,12 +131,11 @@ def test_train_cli_bad_option_exits_2_naming_it(args, option) -> None:
     assert result.exit_code == 2 and option in result.output, result.output
 
 
-def test_train_cli_reports_dali_train_errors_with_exit_2(monkeypatch) -> None:
+def test_train_cli_reports_dali_train_errors_with_exit_2() -> None:
     def fail(**kwargs):
         raise ConfigError("no data")
 
-    monkeypatch.setattr(tt, "measure", fail)
-    result = CliRunner().invoke(tt.main, ["--device", "cpu"])
+    result = CliRunner().invoke(tt.command(fail), ["--device", "cpu"])
     assert result.exit_code == 2 and "error: no data" in result.output
 
 

@@ -103,8 +103,7 @@ def test_packing_is_reproducible_and_shuffled_once_by_the_seed(folder, shards, t
     assert labels(shards) != sorted(labels(shards))  # classes mixed across shards
 
 
-def test_an_interrupted_packing_leaves_no_half_shard_and_a_rerun_finishes_it(folder, shards, tmp_path,
-                                                                              monkeypatch) -> None:
+def test_an_interrupted_packing_leaves_no_half_shard_and_a_rerun_finishes_it(folder, shards, tmp_path) -> None:
     import dali_pipes.shard_cli as cli
 
     real, calls = cli.write_shard, []
@@ -117,14 +116,12 @@ def test_an_interrupted_packing_leaves_no_half_shard_and_a_rerun_finishes_it(fol
         return real(out, shard, progress)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(cli, "write_shard", killed_on_the_third)
     with pytest.raises(KeyboardInterrupt):
-        pack(folder, out, shard_size=SHARD, seed=3, progress=False)
+        pack(folder, out, shard_size=SHARD, seed=3, progress=False, write=killed_on_the_third)
     assert not (out / "manifest.json").exists()
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(calls[:2])  # whole shards only
     with pytest.raises(DataError, match="no manifest.json"):
         load_shards(out, "train")
-    monkeypatch.setattr(cli, "write_shard", real)
     summary = pack(folder, out, shard_size=SHARD, seed=3, progress=False)
     assert summary["written"] == summary["shards"] - 2  # the two whole shards were kept
     assert not list(out.glob(".*.partial"))
