@@ -20,7 +20,8 @@ from training import loop as run_mod
 from training.cli import eval_main, main
 from training.config import TrainConfig
 from training.loop.checkpoint import load_checkpoint
-from training.recipe.models import DropPath, create_model, model_spec
+from training.recipe.models import DropPath, create_model
+from training.recipe.zoo import model_spec
 from training.recipe.pretrained import classifier_name, load_pretrained
 
 # Two small timm models of different families (plain ResNet; inverted residuals with SE and hard-swish).

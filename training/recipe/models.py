@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torchvision
@@ -36,12 +35,8 @@ from torchvision.models.resnet import Bottleneck as _TVBottleneck
 
 from dali_pipes.errors import ConfigError
 
-MODELS = ("resnet18", "tv_resnet18", "resnet20", "resnet50")
-TORCHVISION_PREFIX = "tv_"  # tv_<name>: torchvision.models.get_model(<name>) (a classification model)
-# Where a model's architecture comes from (model_spec's "source").
-SOURCES = ("dali-train", "timm", "torchvision")
-FIND_MODELS = ("list timm's with python -c \"import timm; print(timm.list_models('*resnet*'))\" and torchvision's "
-               "with python -c \"import torchvision as tv; print(tv.models.list_models(tv.models))\"")
+from .zoo import MODELS, model_source, timm_model, torchvision_model  # noqa: F401  (MODELS: its builders are here)
+
 CIFAR_STEM_MODELS = ("resnet18", "resnet20")
 # Largest input side (pixels) a CIFAR-stem model accepts. Its first stage runs at the input's full resolution
 # (ImageNet stems divide it by 4), so activation memory and FLOPs grow with the side squared: at 224 px CIFAR
@@ -230,68 +225,6 @@ _BUILDERS: dict[str, Callable[[int, float], nn.Module]] = {
     "resnet18": _resnet18, "tv_resnet18": _tv_resnet18, "resnet20": _resnet20, "resnet50": _resnet50}
 
 
-def _torchvision_names() -> list[str]:
-    return torchvision.models.list_models(module=torchvision.models)  # classification models only
-
-
-def model_source(name: str) -> str:
-    """Which of SOURCES builds model `name`; a name none of them knows is a one-line ConfigError saying where to
-    find valid names. A name with a ':' (timm's ``hf-hub:``/``local-dir:``) is refused: those load code and
-    configs from elsewhere, and nothing may be downloaded or read behind the user's back."""
-    if isinstance(name, str) and name in _BUILDERS:
-        return "dali-train"
-    if isinstance(name, str) and name.startswith(TORCHVISION_PREFIX) \
-            and name[len(TORCHVISION_PREFIX):] in _torchvision_names():
-        return "torchvision"
-    if isinstance(name, str) and ":" not in name:
-        import timm  # imported here: ~1 s, paid only by runs that name a timm model
-
-        if timm.is_model(name):
-            return "timm"
-    raise ConfigError(f"--model {name!r} is unknown: use one of {', '.join(MODELS)}, a timm model name or "
-                      f"tv_<name> for a torchvision classification model; {FIND_MODELS}")
-
-
-def model_spec(name: str, num_classes: int) -> dict[str, Any]:
-    """What rebuilds a model's architecture (saved in every checkpoint): its name, where it comes from, the version
-    of that library (timm and torchvision may change an architecture between releases) and its class count."""
-    source = model_source(name)
-    if source == "timm":
-        import timm
-
-        version = timm.__version__
-    else:
-        version = torchvision.__version__ if source == "torchvision" else None
-    return {"name": name, "source": source, "version": version, "num_classes": int(num_classes)}
-
-
-def _timm_model(name: str, num_classes: int, drop_path: float) -> nn.Module:
-    import timm
-
-    options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
-    try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **options)
-    except TypeError as e:
-        if "drop_path_rate" in str(e):
-            raise ConfigError(f"--model {name}: this timm model has no stochastic depth (drop_path_rate); use "
-                              "--drop-path 0") from None
-        raise
-
-
-def _torchvision_model(name: str, num_classes: int, drop_path: float) -> nn.Module:
-    arch = name[len(TORCHVISION_PREFIX):]
-    # Stochastic depth is stochastic_depth_prob in the torchvision models that have it (ConvNeXt, EfficientNet,
-    # Swin...); the others refuse the keyword. weights=None: random init, nothing downloaded.
-    options: dict[str, Any] = {"stochastic_depth_prob": drop_path} if drop_path else {}
-    try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
-    except TypeError as e:
-        if "stochastic_depth_prob" in str(e):
-            raise ConfigError(f"--model {name}: torchvision's {arch} has no stochastic depth; use --drop-path 0") \
-                from None
-        raise
-
-
 def create_model(name: str, *, num_classes: int = 10, drop_path: float = 0.0,
                  image_size: int | None = None) -> nn.Module:
     """Build model ``name`` (one of MODELS, a timm model name, or ``tv_<torchvision name>``) with ``num_classes``
@@ -308,9 +241,9 @@ def create_model(name: str, *, num_classes: int = 10, drop_path: float = 0.0,
         raise ConfigError(f"num_classes={num_classes!r} is invalid: a classifier needs an integer >= 2")
     _check_drop_path(drop_path)
     if source == "timm":
-        return _timm_model(name, num_classes, float(drop_path))
+        return timm_model(name, num_classes, float(drop_path))
     if source == "torchvision":
-        return _torchvision_model(name, num_classes, float(drop_path))
+        return torchvision_model(name, num_classes, float(drop_path))
     model = _BUILDERS[name](num_classes, float(drop_path))
     _init_weights(model)
     return model
