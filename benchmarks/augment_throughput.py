@@ -17,6 +17,10 @@ training.harness):
   ``vs batch L`` = row median / the same row's median at the largest size L (batch 128 / batch 1024 shows what
   small training batches cost each backend). ``--dali-batch-size`` sets the batch the DALI graph runs on
   (split into training batches by the loader); unset, the loader chooses;
+- peers, for the presets they implement (crop, flip, colour jitter, erasing): ``torch-batched-<device>``, the
+  recipe as batched torch ops with the DALI graph's draws (benchmarks/batched_torch.py), and ``kornia-<device>``,
+  kornia's batched augmentation with its own draws (benchmarks/kornia_peer.py; when kornia is installed: the test
+  extra has it, ``pip install -e .[bench]`` for users);
 - threads: DALI rows by training's rule (``dali_pipes.loader.default_num_threads``: every core of this process's
   share for the CPU graph, one fewer for the GPU graph) unless ``--dali-threads`` says otherwise; each batched-torch
   peer gets the same number of torch intra-op threads as its device's DALI row; the header's ``threads`` line and
@@ -107,28 +111,36 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int | None, cud
         add({"row": "dali-cpu", "backend": "dali", "device": "cpu", "workers_or_threads": threads("cpu")})
     if device in ("cuda", "all"):
         add({"row": "dali-gpu", "backend": "dali", "device": "cuda", "workers_or_threads": threads("cuda")})
-    # Peers: the recipe as batched torch ops on each delivering device, on as many threads as DALI gets there
-    for dev in (["cpu"] if device in ("cpu", "all") else []) + (["cuda"] if device in ("cuda", "all") else []):
+    # Peers: the recipe as batched torch ops, and as kornia's batched augmentation (when installed), on each
+    # delivering device, on as many threads as DALI gets there
+    from benchmarks import kornia_peer
+
+    devices = (["cpu"] if device in ("cpu", "all") else []) + (["cuda"] if device in ("cuda", "all") else [])
+    for dev in devices:
         add({"row": f"torch-batched-{dev}", "backend": PEER, "device": dev, "workers_or_threads": threads(dev)})
-    try:
-        import kornia  # noqa: F401  (optional, benchmark only)
-        skipped.append({"row": "kornia", "reason": "kornia is installed but its row is not written yet"})
-    except ImportError:
-        skipped.append({"row": "kornia", "reason": "kornia is not installed (optional, benchmark only)"})
+    for dev in devices:
+        if kornia_peer.available():
+            add({"row": f"kornia-{dev}", "backend": KORNIA, "device": dev, "workers_or_threads": threads(dev)})
+    if not kornia_peer.available():
+        skipped.append({"row": "kornia", "reason": "kornia is not installed (optional, benchmark only: "
+                                                   "pip install kornia)"})
     return rows, skipped
 
 
 LOADER_BACKENDS = BACKENDS
 PEER = "torch-batched"  # benchmarks.batched_torch: the recipe as whole-batch torch ops, not a loader backend
+KORNIA = "kornia"  # benchmarks.kornia_peer: kornia.augmentation over whole batches (optional)
 
 
 def _build(row: dict, preset: str, batch_size: int, num_samples: int, options: Mapping[str, Any],
            make_loader: Callable[..., Any]):
-    if row["backend"] == PEER:
+    if row["backend"] in (PEER, KORNIA):
         from benchmarks.batched_torch import BatchedTorchLoader
+        from benchmarks.kornia_peer import KorniaLoader
 
-        return BatchedTorchLoader(augment=preset, batch_size=batch_size, device=row["device"],
-                                  num_samples=num_samples, num_threads=row["workers_or_threads"])
+        peer = BatchedTorchLoader if row["backend"] == PEER else KorniaLoader
+        return peer(augment=preset, batch_size=batch_size, device=row["device"], num_samples=num_samples,
+                    num_threads=row["workers_or_threads"])
     own = ({"num_workers": row["workers_or_threads"]} if row["backend"] == "torchvision"
            else {"num_threads": row["workers_or_threads"]})
     return make_loader(dataset="synthetic", split="train", batch_size=batch_size, backend=row["backend"],
@@ -232,13 +244,14 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
 
 def _peer_gap(row: dict, preset: str, peers: bool) -> str | None:
     """Why a peer row is not measured for `preset` (None: it is, or the row is not a peer)."""
-    if row["backend"] != PEER:
+    if row["backend"] not in (PEER, KORNIA):
         return None
     if not peers:
-        return "the batched-torch peer runs on the synthetic arrays only"
+        return f"the {row['backend']} peer runs on the synthetic arrays only"
     from benchmarks.batched_torch import supports
 
-    return supports(resolve_augment(preset))
+    why = supports(resolve_augment(preset))
+    return why.replace("batched-torch", row["backend"]) if why else None
 
 
 def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int], repeats: int,

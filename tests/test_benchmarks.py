@@ -142,8 +142,8 @@ def test_train_cli_reports_dali_train_errors_with_exit_2() -> None:
 def test_augment_measure_rows_ratios_and_json() -> None:
     report = aug.measure(["standard"], device="all", workers=[0], batch_sizes=[16], repeats=2, num_samples=32)
     rows = [r["row"] for r in report["results"]]
-    assert rows[:2] == ["torchvision w=0", "dali-cpu"] and "torch-batched-cpu" in rows
-    assert len(rows) == (5 if CUDA else 3)
+    assert rows[:2] == ["torchvision w=0", "dali-cpu"] and {"torch-batched-cpu", "kornia-cpu"} <= set(rows)
+    assert len(rows) == (7 if CUDA else 4)
     for r in report["results"]:
         assert r["median_images_per_s"] > 0 and math.isfinite(r["median_images_per_s"])
         assert r["min"] <= r["median_images_per_s"] <= r["max"]
@@ -153,6 +153,7 @@ def test_augment_measure_rows_ratios_and_json() -> None:
     if not CUDA:
         skipped = {s["row"]: s["reason"] for s in report["skipped"]}
         assert skipped["dali-gpu"] == aug.NO_CUDA and skipped["torch-batched-cuda"] == aug.NO_CUDA
+        assert skipped["kornia-cuda"] == aug.NO_CUDA
     json.dumps(report, allow_nan=False)
 
 
@@ -162,7 +163,7 @@ def test_augment_cli_json_and_bad_preset(tmp_path) -> None:
                                            "16", "--repeats", "1", "--num-samples", "32", "--json", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert [r["row"] for r in report["results"]] == ["torchvision w=0", "dali-cpu", "torch-batched-cpu"]
+    assert [r["row"] for r in report["results"]] == ["torchvision w=0", "dali-cpu", "torch-batched-cpu", "kornia-cpu"]
     assert report["complete"] and all(r["status"] == "ok" for r in report["results"])
     result = CliRunner().invoke(aug.main, ["--presets", "standard,bogus"])
     assert result.exit_code == 2 and "--presets" in result.output, result.output
@@ -486,7 +487,7 @@ def test_augment_rows_use_trainings_thread_rule_and_peers_get_the_same_threads()
     threads = {r["row"]: r["workers_or_threads"] for r in rows}
     assert threads == {"dali-cpu": default_num_threads(torch.device("cpu"), 4),
                        "dali-gpu": default_num_threads(torch.device("cuda"), 4),
-                       "torch-batched-cpu": 4, "torch-batched-cuda": 3}
+                       "torch-batched-cpu": 4, "torch-batched-cuda": 3, "kornia-cpu": 4, "kornia-cuda": 3}
     rows, _ = aug.plan_rows("all", [], 2, cuda=True, cores=4)  # --dali-threads 2
     assert {r["workers_or_threads"] for r in rows} == {2}
 
@@ -501,8 +502,8 @@ def test_the_batched_peer_runs_on_its_threads_and_restores_torchs() -> None:
     assert seen == [before, before] and torch.get_num_threads() == before
     report = aug.measure(["weak"], device="cpu", workers=[], batch_sizes=[8], repeats=1, num_samples=16,
                          dali_threads=1)
-    assert report["config"]["threads"] == {"dali-cpu": 1, "torch-batched-cpu": 1}
-    assert "dali-cpu 1, torch-batched-cpu 1" in aug.format_header(report)
+    assert report["config"]["threads"] == {"dali-cpu": 1, "torch-batched-cpu": 1, "kornia-cpu": 1}
+    assert "dali-cpu 1, torch-batched-cpu 1, kornia-cpu 1" in aug.format_header(report)
 
 
 @pytest.mark.parametrize("dataset", ["folder", "shards"])
@@ -523,3 +524,23 @@ def test_augment_files_rows_count_the_files_each_epoch_opens(dataset: str) -> No
         shards = report["config"]["shards"]
         assert 1 < shards < 24 and all(n <= shards + 2 for n in opened.values()), (shards, opened)
     assert "files opened/epoch" in aug.format_table(report)
+
+
+def test_the_kornia_peer_applies_the_recipe_in_the_loaders_contract() -> None:
+    # kornia's batched augmentation of `standard` (a test dependency; optional for users): the loaders' batch
+    # contract (normalised float NCHW, labels on the device), the split once per epoch, and the recipe applied
+    # (its images differ from the un-augmented ones; their statistics are the batched peer's, which follows the
+    # same recipe with the DALI graph's draws).
+    from benchmarks.batched_torch import BatchedTorchLoader
+    from benchmarks.kornia_peer import KorniaLoader
+
+    kornia = KorniaLoader(augment="standard", batch_size=64, device="cpu", num_samples=256)
+    plain = KorniaLoader(augment="none", batch_size=64, device="cpu", num_samples=256)
+    batched = BatchedTorchLoader(augment="standard", batch_size=64, device="cpu", num_samples=256)
+    (x, y), (x0, _), (xb, _) = (tuple(torch.cat(t) for t in zip(*loader)) for loader in (kornia, plain, batched))
+    assert x.shape == (256, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (256,)
+    assert sorted(y.tolist()) == sorted(plain.labels.tolist())  # every sample once
+    assert (x - x0).abs().mean() > 0.1  # augmented (the order is the same: same seed, same plan)
+    assert abs(x.mean() - xb.mean()) < 0.1 and abs(x.std() - xb.std()) / xb.std() < 0.1
+    with pytest.raises(ValueError, match="kornia peer implements"):
+        KorniaLoader(augment="weak+autoaugment", batch_size=8, device="cpu", num_samples=16)
