@@ -197,6 +197,7 @@ def finish(run: Run, started: float, log=print) -> dict:
         "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "amp_dtype": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else None,
         "backend": run.cfg.backend,
+        "skipped_files": len(run.skipped),  # listed in skipped.txt
         "wall_time_s": time.time() - started,
         "torch": torch.__version__,
     }

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from dali_pipes.config import describe_augment
+from dali_pipes.notices import skipped_to
 
 from .. import distributed
 from ..config import TrainConfig, absolute_paths
+from ..outputs.skipped import SKIPPED_FILE, SkippedData, to_stderr
 from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
 from . import rundir
 from .epochs import finish, train_epochs
@@ -65,12 +67,17 @@ def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None,
 def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool,
                 stop: StopSignal | None, build: Callable[..., Run], started: float) -> dict:
     run = None
+    # skipped data is printed as the loaders list it (rank 0) and listed in the run directory
+    skipped = SkippedData(say=to_stderr if distributed.launched_rank() == 0 else lambda line: None)
     try:
-        run = build(cfg, run_dir=run_dir)
+        with skipped_to(skipped):
+            run = build(cfg, run_dir=run_dir)
+        run.skipped = skipped.paths
         if resume_state is not None:
             run.load_state(resume_state)
         if run.world.is_main:
             RunDir(run.run_dir).write_config(cfg)
+            skipped.write(run.run_dir)
             if train:  # summary.json marks a finished run: one from before these epochs would be stale
                 (run.run_dir / "summary.json").unlink(missing_ok=True)
             _announce(run, log)
@@ -155,7 +162,8 @@ def _announce(run: Run, log) -> None:
     params = sum(p.numel() for p in run.model.parameters())
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
         f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
-        f"run directory {run.run_dir}")
+        f"run directory {run.run_dir}"
+        + (f", {len(run.skipped)} files skipped (listed in {SKIPPED_FILE})" if run.skipped else ""))
     held = run.train_loader.shard_size
     if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
         log(f"note: --batch-size {cfg.batch_size} exceeds the {held} training images "

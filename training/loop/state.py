@@ -43,6 +43,7 @@ class Run:
     # metrics.csv's rows, one per finished epoch: the checkpoint carries them, so the history a resume continues is
     # the checkpoint's, whatever happened to metrics.csv (an output, rewritten from this)
     history: list[dict[str, int | float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # the data files the listing left out (outputs/skipped.py)
 
     def rank_state(self) -> dict[str, Any]:
         """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
