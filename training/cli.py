@@ -131,7 +131,8 @@ def _run_guarded(fn: Callable[[], Any], *,
         with skipped_to(SkippedData()):  # skipped data: one warning line each, whatever the warning filters
             return fn()
     except Interrupted as e:
-        _fail(str(e), e.exit_code)
+        click.echo(e.line(), err=True)
+        sys.exit(e.exit_code)
     except ConfigError as e:
         _fail(str(e), 2)
     except DaliTrainError as e:

@@ -87,9 +87,8 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
             run.epoch_so_far = totals
             state.epoch, state.batch = epoch, stats["position"]
             run.save("last.pth", run.checkpoint())
-            raise Interrupted.at(f"stopped in epoch {epoch + 1} after batch {stats['position']}; last.pth saved. "
-                                 f"Resume with: dali-train --resume {run.run_dir}", run_dir=run.run_dir,
-                                 epoch=epoch + 1, batch=stats["position"], signum=stop.signum)
+            raise Interrupted.saved(run_dir=run.run_dir, epoch=epoch + 1, batch=stats["position"],
+                                    signum=stop.signum)
         distributed.sync_buffers(run.model, run.world)
         val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                        channels_last=cfg.channels_last)
@@ -126,9 +125,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
                 f"(best {100 * state.best_acc:.2f}% at epoch {state.best_epoch})")
             break
         if distributed.any_rank(stop.is_set(), run.world, run.device):
-            raise Interrupted.at(f"stopped after epoch {epoch + 1}; last.pth saved. Resume with: dali-train "
-                                 f"--resume {run.run_dir}", run_dir=run.run_dir, epoch=epoch + 1, batch=None,
-                                 signum=stop.signum)
+            raise Interrupted.saved(run_dir=run.run_dir, epoch=epoch + 1, batch=None, signum=stop.signum)
 
 
 def _metric_fields(run: Run) -> tuple[str, ...]:
