@@ -3,14 +3,16 @@ train.log — and outputs that say what ran."""
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import write_image_folder
-from helpers import signals
+from helpers import HostReads, StopAfter, signals
 
 from training import loop as run_mod
 from training.cli import _run_guarded, eval_main, main
@@ -65,3 +67,55 @@ def test_ctrl_c_is_reported_as_an_interrupt_with_the_way_to_resume(tmp_path, cap
     assert exited.value.code == 130, err
     assert err[-1] == f"interrupted in epoch 2 after batch 2: last.pth saved; resume with: dali-train --resume {out}"
     assert not any(line.startswith("error:") for line in err), err
+
+
+class FakeClock:
+    """A clock that moves `tick` seconds each time it is read."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_the_progress_of_a_forty_step_epoch_is_shown_by_time_before_it_ends(tmp_path) -> None:
+    """Without a terminal, a plain line every 30 s of the clock (here every third batch), then the validation's."""
+    shown = io.StringIO()
+    run = run_mod.build_run(_tiny(tmp_path, epochs=1, batch_size=4, num_samples=160, tensorboard=False))
+    run_mod.train_epochs(run, StopAfter(10**9), log=lambda line: None, grid_tiles=0, clock=FakeClock(tick=10.0),
+                         stream=shown)
+    lines = shown.getvalue().splitlines()
+    train = [line for line in lines if line.startswith("epoch 1/1: ")]
+    val = [line for line in lines if line.startswith("epoch 1/1 val: ")]
+    assert train and train[0].startswith("epoch 1/1: 3/40 batches, loss ") and "%" in train[0], lines
+    assert all(" 40/40 " not in line for line in train) and len(train) >= 10, lines
+    assert val and val[0].endswith("/8 batches"), lines
+
+
+def test_each_refresh_of_the_training_figures_is_one_host_read() -> None:
+    from test_step import _device_batches, _small_context
+
+    from training.recipe import train_one_epoch
+
+    counts, shown = [], []
+    for due in (False, True):
+        ctx, batches = _small_context(torch.device("cpu"), fused=False, mix=False), _device_batches(
+            torch.device("cpu"), 6)
+        with HostReads() as reads:
+            train_one_epoch(ctx, batches, report_due=lambda position, due=due: due,
+                            on_progress=lambda position, stats: shown.append(position))
+        counts.append(reads.count)
+    assert shown == [1, 2, 3, 4, 5, 6] and counts[1] - counts[0] == 6, (counts, shown)
+
+
+def test_on_a_terminal_the_bar_shows_the_running_figures(tmp_path) -> None:
+    from training.outputs import ProgressDisplay
+
+    stream = io.StringIO()
+    bar = ProgressDisplay(40, "epoch 1/2", stream=stream, clock=FakeClock(tick=0.5), tty=True)
+    assert [bar.due() for _ in range(4)] == [False, True, False, True]  # about once a second
+    bar.update(7, {"loss": 2.25, "acc": 0.125})
+    bar.close()
+    assert "epoch 1/2" in stream.getvalue() and "7/40" in stream.getvalue() and "loss=2.250" in stream.getvalue()
