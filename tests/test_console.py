@@ -49,6 +49,7 @@ def test_skipped_images_are_printed_whatever_the_warning_filters_and_listed_in_t
     assert "2 files skipped (listed in skipped.txt)" in header, header
     assert (out / "skipped.txt").read_text() == f"{bad}\n{bad_val}\n"
     assert json.loads((out / "summary.json").read_text())["skipped_files"] == 2
+    assert [line for line in (out / "train.log").read_text().splitlines() if line.startswith("warning:")] == notices
     assert evaluated.exit_code == 0, evaluated.output
     assert f"warning: val: skipped 1 empty, truncated or corrupt image files, e.g. {bad_val} (" in evaluated.stderr
 
@@ -119,3 +120,17 @@ def test_on_a_terminal_the_bar_shows_the_running_figures(tmp_path) -> None:
     bar.update(7, {"loss": 2.25, "acc": 0.125})
     bar.close()
     assert "epoch 1/2" in stream.getvalue() and "7/40" in stream.getvalue() and "loss=2.250" in stream.getvalue()
+
+
+def test_train_log_holds_what_the_console_showed_and_a_resume_appends(tmp_path, capsys) -> None:
+    out, shown = tmp_path / "run", []
+    with pytest.raises(SystemExit):
+        _run_guarded(lambda: run_mod.fit(_tiny(out), log=shown.append, build=signals(train=[(1, 1)])))
+    shown.append(capsys.readouterr().err.strip().splitlines()[-1])  # the command's last line: the interrupt
+    _run_guarded(lambda: run_mod.resume(out, log=shown.append))
+    logged = (out / "train.log").read_text().splitlines()
+    assert logged == shown, (logged, shown)
+    firsts = ("dali-train:", "interrupted in epoch 2 after batch 2:", "best model (epoch")
+    assert [next(f for f in firsts if line.startswith(f)) for line in logged if line.startswith(firsts)] == [
+        "dali-train:", "interrupted in epoch 2 after batch 2:", "dali-train:", "best model (epoch"], logged
+    assert sum(line.startswith("epoch ") for line in logged) == 2 and "resuming epoch 2 at batch 3/4" in logged

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
+from dali_pipes import DaliTrainError
 from dali_pipes.config import describe_augment
 from dali_pipes.notices import skipped_to
 
 from .. import distributed
 from ..config import TrainConfig, absolute_paths
+from ..outputs.run_log import LOG_FILE, RunLog
 from ..outputs.skipped import SKIPPED_FILE, SkippedData, to_stderr
 from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
 from . import rundir
@@ -66,7 +68,7 @@ def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None,
 
 def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool,
                 stop: StopSignal | None, build: Callable[..., Run], started: float) -> dict:
-    run = None
+    run, run_log = None, None
     # skipped data is printed as the loaders list it (rank 0) and listed in the run directory
     skipped = SkippedData(say=to_stderr if distributed.launched_rank() == 0 else lambda line: None)
     try:
@@ -78,6 +80,9 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
         if run.world.is_main:
             RunDir(run.run_dir).write_config(cfg)
             skipped.write(run.run_dir)
+            log = run_log = RunLog(run.run_dir / LOG_FILE, log)
+            for notice in skipped.notices:  # shown as the loaders listed the data, before the folder was known
+                run_log.record(f"warning: {notice.message()}")
             if train:  # summary.json marks a finished run: one from before these epochs would be stale
                 (run.run_dir / "summary.json").unlink(missing_ok=True)
             _announce(run, log)
@@ -98,6 +103,10 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
             return summary
     except SecondSignal as e:
         e.run_dir = run.run_dir if run is not None and (run.run_dir / "last.pth").is_file() else None
+        raise
+    except DaliTrainError as e:  # the command's last line (cli.py prints it), in train.log too
+        if run_log is not None:
+            run_log.record(e.line() if isinstance(e, Interrupted) else f"error: {e}")
         raise
     finally:
         if run is not None and run.lock is not None:
@@ -144,7 +153,7 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
     if verdict.kind == rundir.RESTART:
         log(f"{folder.path}: {verdict.reason}")
         if distributed.launched_rank() == 0:
-            clear_outputs(folder.path, keep=("config.yaml",))
+            clear_outputs(folder.path, keep=("config.yaml", LOG_FILE))  # train.log: the record of the earlier try
         return _train(verdict.cfg, resume_state=None, run_dir=folder.path, log=log, stop=stop, build=build)
     ckpt = verdict.checkpoint
     if ckpt.name != "last.pth":
