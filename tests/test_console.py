@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import write_image_folder
 from helpers import HostReads, StopAfter, signals
@@ -17,10 +19,17 @@ from helpers import HostReads, StopAfter, signals
 from training import loop as run_mod
 from training.cli import _run_guarded, eval_main, main
 from training.config import TrainConfig
+from training.loop.checkpoint import load_checkpoint
+from training.outputs import read_metrics
 
 FOLDER = ["--dataset", "folder", "--model", "resnet20", "--batch-size", "4", "--num-threads", "1", "--image-size",
           "16", "--no-channels-last", "--backend", "dali", "--device", "cpu", "--epochs", "1",
           "--augment", "none"]
+
+
+def invoke_main(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.output
 
 
 def _folder_with_corrupt_images(root: Path) -> tuple[Path, Path]:
@@ -134,3 +143,46 @@ def test_train_log_holds_what_the_console_showed_and_a_resume_appends(tmp_path, 
     assert [next(f for f in firsts if line.startswith(f)) for line in logged if line.startswith(firsts)] == [
         "dali-train:", "interrupted in epoch 2 after batch 2:", "dali-train:", "best model (epoch"], logged
     assert sum(line.startswith("epoch ") for line in logged) == 2 and "resuming epoch 2 at batch 3/4" in logged
+
+
+def test_config_yaml_holds_what_ran_and_a_resume_continues_it(tmp_path) -> None:
+    """device auto, amp_dtype float16 on the CPU and num_threads 0 ran as cpu, bfloat16 (what autocast used) and
+    the threads the loaders got; the checkpoint keeps the same config, so the resume is the same run."""
+    out = tmp_path / "run"
+    code, text = invoke_main(["--dataset", "synthetic", "--model", "resnet20", "--batch-size", "32", "--num-samples",
+                              "64", "--epochs", "1", "--augment", "none", "--no-channels-last", "--device", "auto",
+                              "--amp-dtype", "float16", "--num-threads", "0", "--output", str(out)])
+    assert code == 0, text
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["device"], saved["amp_dtype"]) == ("cpu", "bfloat16") and saved["num_threads"] >= 1, saved
+    assert load_checkpoint(out / "last.pth")["config"] == saved
+    assert "note: autocast on the CPU uses bfloat16" in text  # the option asked for float16
+    code, text = invoke_main(["--resume", str(out), "--epochs", "2"])
+    assert code == 0, text
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2]
+
+
+def test_wall_time_in_summary_counts_every_process_of_a_resumed_run(tmp_path) -> None:
+    out = tmp_path / "run"
+
+    def slow_build(cfg, **kwargs):  # the first process spends 3 s more than the second
+        time.sleep(3.0)
+        return signals(train=[(0, 1)])(cfg, **kwargs)
+
+    with pytest.raises(run_mod.Interrupted):
+        run_mod.fit(_tiny(out, epochs=1), log=lambda line: None, build=slow_build)
+    started = time.time()
+    summary = run_mod.resume(out, log=lambda line: None)
+    second = time.time() - started
+    assert summary["wall_time_s"] > second + 2.5, (summary["wall_time_s"], second)
+    assert json.loads((out / "summary.json").read_text())["wall_time_s"] == summary["wall_time_s"]
+
+
+def test_the_lr_column_is_the_peak_lr_of_each_epoch(tmp_path) -> None:
+    """With a one-epoch warmup the LR rises through epoch 1 (its peak at its last step) and falls after."""
+    run = run_mod.build_run(_tiny(tmp_path, epochs=2, warmup_epochs=1.0, tensorboard=False))
+    run_mod.train_epochs(run, StopAfter(10**9), log=lambda line: None, grid_tiles=0, stream=io.StringIO())
+    steps = len(run.train_loader)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    peaks = [max(run.ctx.lr_at(s) for s in range(e * steps, (e + 1) * steps)) for e in (0, 1)]
+    assert [r["lr"] for r in rows] == pytest.approx(peaks) and peaks[0] > 2 * run.ctx.lr_at(0), (rows, peaks)

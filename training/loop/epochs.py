@@ -73,9 +73,10 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         if main and grid_tiles > 0 and new_run else None
     for epoch in range(state.epoch, cfg.epochs):
         run.train_loader.set_epoch(epoch)
+        first_step = state.step - state.batch  # the epoch's first optimizer step: one step per batch
         if state.batch == 0:
             run.loader_state = run.train_loader.state_dict()
-            run.epoch_so_far = {"lr": run.ctx.lr_at(state.step)}  # the LR the epoch starts at
+            run.epoch_so_far = {}
         else:  # resuming inside this epoch: loader state and figures so far are the checkpoint's (Run.load_state)
             log(f"resuming epoch {epoch + 1} at batch {state.batch + 1}/{len(run.train_loader)}")
         bar = display(len(run.train_loader), f"epoch {epoch + 1}/{cfg.epochs}") if main else None
@@ -116,7 +117,8 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
             raise Diverged.during(epoch + 1, why, lr=cfg.lr, clip_grad=cfg.clip_grad,
                                   float16=run.amp_dtype == torch.float16, run_dir=run.run_dir)
         del figures["train_steps"]
-        lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
+        # the epoch's peak LR (a pure function of the step): its last step in a warmup, its first after it
+        lr = max((run.ctx.lr_at(s) for s in range(first_step, state.step)), default=run.ctx.lr_at(first_step))
         row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
         if run.ctx.ema is not None:
@@ -178,7 +180,7 @@ def _same_rows(found: list[dict], history: list[dict]) -> bool:
                                               for k, v in h.items())
 
 
-def finish(run: Run, started: float, log=print) -> dict:
+def finish(run: Run, log=print) -> dict:
     """Reload best.pth's best weights (raw or EMA; rank 0 reads them, every rank gets them), evaluate them, write
     summary.json."""
     main = run.world.is_main
@@ -213,7 +215,7 @@ def finish(run: Run, started: float, log=print) -> dict:
         "amp_dtype": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else None,
         "backend": run.cfg.backend,
         "skipped_files": len(run.skipped),  # listed in skipped.txt
-        "wall_time_s": time.time() - started,
+        "wall_time_s": run.wall_time_s(),  # every process of the run, resumes included
         "torch": torch.__version__,
     }
     if not main:

@@ -22,7 +22,8 @@ from .. import distributed
 from ..config import TrainConfig, absolute_paths
 from ..outputs.run_log import LOG_FILE, RunLog
 from ..outputs.skipped import SKIPPED_FILE, SkippedData, to_stderr
-from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
+from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, resolved_config, \
+    step_context
 from . import rundir
 from .epochs import finish, train_epochs
 from .folder import clear_outputs
@@ -42,6 +43,7 @@ def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
     puts pruning masks on it there). A batch whose training step would not fit in `memory` (bytes free on the
     device, step_memory.available_memory) is refused before the run directory is made."""
     world, device = distributed.setup(resolve_device(cfg.device))
+    cfg = resolved_config(cfg, device)  # what runs, and what config.yaml and the checkpoints keep
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_loader, val_loader = create_loaders(cfg, device, world)
     classes = len(train_loader.classes)
@@ -74,24 +76,24 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
     try:
         with skipped_to(skipped):
             run = build(cfg, run_dir=run_dir)
-        run.skipped = skipped.paths
+        run.skipped, run.started = skipped.paths, started
         if resume_state is not None:
             run.load_state(resume_state)
         if run.world.is_main:
-            RunDir(run.run_dir).write_config(cfg)
+            RunDir(run.run_dir).write_config(run.cfg)  # resolved: what runs
             skipped.write(run.run_dir)
             log = run_log = RunLog(run.run_dir / LOG_FILE, log)
             for notice in skipped.notices:  # shown as the loaders listed the data, before the folder was known
                 run_log.record(f"warning: {notice.message()}")
             if train:  # summary.json marks a finished run: one from before these epochs would be stale
                 (run.run_dir / "summary.json").unlink(missing_ok=True)
-            _announce(run, log)
+            _announce(run, log, asked=cfg)
         with (stop if stop is not None else StopSignal()) as flag:
             if train:
                 train_epochs(run, flag, log)
             with FinalEvaluationSignal() as final:
                 try:
-                    summary = finish(run, started, log)
+                    summary = finish(run, log)
                 except KeyboardInterrupt:
                     raise Interrupted.at(f"aborted in the final evaluation; last.pth and best.pth hold the trained "
                                          f"run, summary.json is not written. Finish it with: dali-train --resume "
@@ -163,7 +165,7 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
                   train=verdict.kind == rundir.RESUME, stop=stop, build=build)
 
 
-def _announce(run: Run, log) -> None:
+def _announce(run: Run, log, *, asked: TrainConfig) -> None:
     cfg = run.cfg
     where = (f"CUDA device {torch.cuda.get_device_name(run.device)}" if run.device.type == "cuda" else
              "the CPU (no CUDA device; DALI runs its CPU operators)" if cfg.backend == "dali" else "the CPU")
@@ -177,5 +179,5 @@ def _announce(run: Run, log) -> None:
     if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
         log(f"note: --batch-size {cfg.batch_size} exceeds the {held} training images "
             f"{'of this process' if run.world.distributed else 'there are'}: each epoch is one step of {held}")
-    if run.device.type == "cpu" and cfg.amp and cfg.amp_dtype == "float16":
+    if run.device.type == "cpu" and asked.amp and asked.amp_dtype == "float16":
         log("note: autocast on the CPU uses bfloat16 (float16 is for CUDA)")
