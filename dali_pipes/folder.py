@@ -14,9 +14,9 @@ Defined behaviour of :func:`list_image_folder`:
 * Names starting with "." (files and folders, at every level) are ignored silently: ``.DS_Store``,
   ``.ipynb_checkpoints``.
 * Inside a class folder, entries whose extension (case-insensitive) is not .jpg/.jpeg/.png/.bmp are skipped, and so
-  are sub-folders (only one level is read); ONE ``DataWarning`` per split gives how many were skipped and one example.
+  are sub-folders (only one level is read); ONE notice per split gives how many were skipped and one example.
 * Files with an image extension are checked by structure before the epoch (a few small reads per file, no
-  decoding), and skipped with ONE ``DataWarning`` per split (count, one example and its reason) when they are empty,
+  decoding), and skipped with ONE notice per split (count, one example and its reason) when they are empty,
   do not start with a JPEG, PNG or BMP signature, or fail the structure check of their format. A JPEG named ``.png``
   is kept: decoders go by content, not by name. A file that cannot be opened (permissions, dangling link) raises
   :class:`DataError`. The structure checks mirror what DALI's image parser reads before decoding (a file it cannot
@@ -33,7 +33,7 @@ Defined behaviour of :func:`list_image_folder`:
     uncompressed or bit-field files the pixel rows fit in the file (truncation).
 
   - Size: an image of more than ``MAX_IMAGE_PIXELS`` (2**26) pixels, read from the same header, is skipped with
-    ONE ``DataWarning`` per split naming the file and its size, so memory per decoded image stays bounded.
+    ONE notice per split naming the file and its size, so memory per decoded image stays bounded.
 
   Not checked: the compressed image data itself (JPEG entropy-coded scans, PNG IDAT contents and CRCs, RLE BMP
   data), since that means decoding every file. Damage there either decodes to wrong pixels (JPEG decoders conceal
@@ -44,12 +44,14 @@ Defined behaviour of :func:`list_image_folder`:
   ``UserWarning`` per split giving the name's bytes with ``repr`` and asking to rename them: DALI's file reader takes
   text paths only, and the torchvision backend skips them too so that both backends see the same dataset. A root
   or class folder whose name is not valid UTF-8 raises :class:`DataError` asking to rename it.
-* Files lying directly in the split folder (outside any class folder) are skipped with ONE ``DataWarning`` per split.
+* Files lying directly in the split folder (outside any class folder) are skipped with ONE notice per split.
 * A train class folder with no usable image raises :class:`DataError` ("add images or remove the folder"). In val,
   a class folder may be empty or missing, but a val folder whose name is not a train class raises
   :class:`DataError`, and a val split with no usable image at all raises :class:`DataError`.
 * ``files`` are absolute path strings, sorted by name within each class, classes in label order, so the listing is
   deterministic; ``labels`` is an int64 array.
+* A notice about skipped entries goes through ``notices.report_skipped``: a command prints and records it, a caller
+  without a handler gets a :class:`DataWarning`.
 
 :func:`decode_image_rgb` returns uint8 CHW RGB for any file the listing keeps (grey, CMYK, RGBA, palette, 16-bit),
 matching DALI's CPU decoder, with EXIF orientation applied as DALI's decoders do by default (a photo taken on its
@@ -65,7 +67,6 @@ import io
 import os
 import re
 import struct
-import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,7 +76,8 @@ import torch
 import torchvision.io
 from PIL import Image, UnidentifiedImageError
 
-from dali_pipes.errors import ConfigError, DataError, DataWarning
+from dali_pipes.errors import ConfigError, DataError
+from dali_pipes.notices import Skipped, report_skipped
 from dali_pipes.sources import FolderDataset
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
@@ -254,13 +256,10 @@ def _visible_children(folder: Path) -> list[Path]:
 
 
 def _warn_skipped(paths: list[Path], what: str, split: str, detail: str = "") -> None:
-    """Emit the single per-split warning for one kind of skipped entry; ``detail`` is about the example."""
+    """Report the single per-split notice for one kind of skipped entry (notices.report_skipped: printed and
+    recorded by a command, a DataWarning otherwise); ``detail`` is about the example."""
     if paths:
-        warnings.warn(
-            f"{split}: skipped {len(paths)} {what}, e.g. {_shown(paths[0])}{detail}",
-            DataWarning,
-            stacklevel=3,
-        )
+        report_skipped(Skipped(split, what, tuple(_shown(p) for p in paths), detail), stacklevel=3)
 
 
 def list_image_folder(root: str | Path, split: str) -> FolderDataset:

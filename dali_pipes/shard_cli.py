@@ -26,7 +26,6 @@ import re
 import sys
 import tarfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import ConfigError, DaliTrainError, DataError
+from .notices import skipped_to
 from .shards import (BLOCK, FORMAT, FORMAT_VERSION, IMAGE_EXTS, MANIFEST, SKIPPED, key_of, load_shards,
                      read_manifest, repack_hint, write_index)
 
@@ -108,8 +108,7 @@ def plan_packing(folder: Path, seed: int, shard_size: int):
     for split_no, split in enumerate(("train", "val")):
         if split == "val" and not (folder / "val").is_dir():
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # every skipped file goes to skipped.txt instead
+        with skipped_to(lambda notice: None):  # every skipped file goes to skipped.txt instead
             data = list_image_folder(folder, split)
         classes = data.classes
         skipped += [(split, path, reason) for path, reason in _skipped(folder / split, set(data.files))]

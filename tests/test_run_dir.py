@@ -68,7 +68,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_refused_by_output_and_start
     # the temp files of the dead run are gone, and so is the lock file (released at the end of the run)
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if not EVENTS.match(n)] == ["best.pth", "config.yaml", "curves.png", "first_batch.png",
-                                                         "last.pth", "metrics.csv", "summary.json"]
+                                                         "last.pth", "metrics.csv", "summary.json", "train.log"]
     events = [n for n in names if EVENTS.match(n)]
     assert len(events) == 1 and DEAD_EVENTS not in events  # the dead run's events went with its other outputs
 

@@ -157,10 +157,11 @@ class Recorder:
 
 def test_the_step_loss_is_the_mean_since_the_previous_point_and_the_bar_still_updates() -> None:
     writer, bar = Recorder(), []
-    hook = TensorBoardLog(writer).progress(100, also=lambda position, stats: bar.append(position))
+    hook = TensorBoardLog(writer).progress(100, also=lambda position, stats: bar.append(position), every=2)
     hook(2, {"loss": 3.0, "acc": 0.1, "images": 128})  # the engine's running means over this epoch (part)
+    hook(3, {"loss": 9.0, "acc": 0.1, "images": 192})  # the display's refresh between two points: no point
     hook(4, {"loss": 2.0, "acc": 0.2, "images": 256})  # the last 128 images averaged 1.0
-    assert writer.scalars == [(STEP_LOSS, 3.0, 102), (STEP_LOSS, 1.0, 104)] and bar == [2, 4]
+    assert writer.scalars == [(STEP_LOSS, 3.0, 102), (STEP_LOSS, 1.0, 104)] and bar == [2, 3, 4]
     assert EventLog().progress(0, None) is None  # off: the engine reads nothing it would not read anyway
 
 

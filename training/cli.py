@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError, DataWarning
+from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError
 from dali_pipes.config import parse_override
 
 from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, TrainConfig
@@ -120,35 +119,30 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Skipped data is one ``warning: ...`` line (it names the file); other warnings keep Python's display."""
-    if issubclass(category, DataWarning):
-        click.echo(f"warning: {message}", err=True)
-    else:
-        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
-
-
-_PYTHON_SHOWWARNING = warnings.showwarning
-
-
 def _run_guarded(fn: Callable[[], Any], *,
                  second_interrupt: str = "aborted by a second interrupt without saving; last.pth is as it was last "
                                          "written (the last finished epoch, or where an earlier stop saved it)",
                  interrupt: str = "interrupted; what was saved before is kept (rerun the command, or --resume a run "
                                   "directory that holds last.pth)") -> Any:
-    """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal.
+    """User errors: one line and exit 2 (options) or 1 (data, divergence); an interrupt exits 128+signal. Data the
+    listing skips is one ``warning:`` line on stderr (a run also lists it in its folder).
 
     `second_interrupt` is the line for a second signal while a StopSignal waits for a safe stop; `interrupt` the
     line for Ctrl-C where none is installed (start-up, or a tool that has no safe stop)."""
+    from dali_pipes.notices import skipped_to
+
     from .loop import Interrupted, SecondSignal
     from .loop.signals import Stopped, StopsRaise
+    from .outputs.skipped import SkippedData
 
     try:
-        with warnings.catch_warnings(), StopsRaise():  # restores the display and the handlers when it returns
-            warnings.showwarning = _show_warning
+        # skipped data: one warning line each, whatever the warning filters; SIGTERM/SIGHUP end a command without
+        # a safe stop of its own in one line
+        with skipped_to(SkippedData()), StopsRaise():
             return fn()
     except Interrupted as e:
-        _fail(str(e), e.exit_code)
+        click.echo(e.line(), err=True)
+        sys.exit(e.exit_code)
     except ConfigError as e:
         _fail(str(e), 2)
     except DaliTrainError as e:

@@ -8,7 +8,10 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 import torch
 
@@ -16,8 +19,8 @@ from dali_pipes import DataError
 
 from .. import distributed
 from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ResourceMonitor, \
-    divergence, epoch_line, epoch_totals, open_event_log, plot_curves, progress, read_metrics, reduced, write_rows, \
-    write_summary
+    ProgressDisplay, divergence, epoch_line, epoch_totals, open_event_log, plot_curves, read_metrics, reduced, \
+    write_rows, write_summary
 from ..recipe import evaluate, evaluate_ema, train_one_epoch
 from .checkpoint import chosen_weights, load_checkpoint
 from .signals import Diverged, Interrupted, StopSignal
@@ -39,20 +42,24 @@ def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
     return poll
 
 
-def train_epochs(run: Run, stop: StopSignal, log=print, *, log_every: int = 50, grid_tiles: int = MAX_TILES) -> None:
+def train_epochs(run: Run, stop: StopSignal, log=print, *, log_every: int = 50, grid_tiles: int = MAX_TILES,
+                 clock: Callable[[], float] = time.monotonic, stream: TextIO | None = None) -> None:
     """Train from where `run.state` stands to the last epoch (or early stopping), writing the run directory, and
-    TensorBoard events beside metrics.csv (rank 0, cfg.tensorboard). `log_every`: steps between two reads of the
-    running loss (progress bar, TensorBoard); `grid_tiles`: samples of a new run's first batch drawn into
-    first_batch.png (0: none)."""
+    TensorBoard events beside metrics.csv (rank 0, cfg.tensorboard). `log_every`: steps between two TensorBoard
+    points of the running loss; `grid_tiles`: samples of a new run's first batch drawn into first_batch.png (0:
+    none). The progress of each epoch and its validation goes to `stream` (stderr), refreshed by `clock`'s seconds
+    (progress_display.py)."""
     events = open_event_log(run.run_dir, enabled=run.world.is_main and run.cfg.tensorboard,
                             resume_step=run.state.step, log=log)
     try:
-        _train_epochs(run, stop, log, events, log_every=log_every, grid_tiles=grid_tiles)
+        _train_epochs(run, stop, log, events, log_every=log_every, grid_tiles=grid_tiles,
+                      display=functools.partial(ProgressDisplay, clock=clock, stream=stream))
     finally:
         events.close()
 
 
-def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_every: int, grid_tiles: int) -> None:
+def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_every: int, grid_tiles: int,
+                  display: Callable[..., ProgressDisplay]) -> None:
     cfg, metrics_path, main = run.cfg, run.run_dir / "metrics.csv", run.world.is_main
     log = log if main else (lambda *_: None)
     state = run.state
@@ -66,16 +73,24 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         if main and grid_tiles > 0 and new_run else None
     for epoch in range(state.epoch, cfg.epochs):
         run.train_loader.set_epoch(epoch)
+        first_step = state.step - state.batch  # the epoch's first optimizer step: one step per batch
         if state.batch == 0:
             run.loader_state = run.train_loader.state_dict()
-            run.epoch_so_far = {"lr": run.ctx.lr_at(state.step)}  # the LR the epoch starts at
+            run.epoch_so_far = {}
         else:  # resuming inside this epoch: loader state and figures so far are the checkpoint's (Run.load_state)
             log(f"resuming epoch {epoch + 1} at batch {state.batch + 1}/{len(run.train_loader)}")
-        bar, update = progress(len(run.train_loader), epoch + 1, cfg) if main else (None, None)
+        bar = display(len(run.train_loader), f"epoch {epoch + 1}/{cfg.epochs}") if main else None
+
+        def due(position: int) -> bool:  # a host read: the display's refresh, or a TensorBoard point
+            shown = bar is not None and bar.due()
+            return shown or (events.writes_steps and position % log_every == 0)
+
         with monitor:
             stats = train_one_epoch(run.ctx, run.train_loader, step=state.step, skip=state.batch,
-                                    should_stop=poll, on_progress=events.progress(state.step - state.batch, update),
-                                    log_every=log_every, on_first_batch=first)
+                                    should_stop=poll, report_due=due, on_first_batch=first,
+                                    on_progress=events.progress(state.step - state.batch,
+                                                                bar.update if bar is not None else None,
+                                                                every=log_every))
         state.step += stats["steps"]
         if bar is not None:
             bar.close()
@@ -87,19 +102,23 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
             run.epoch_so_far = totals
             state.epoch, state.batch = epoch, stats["position"]
             run.save("last.pth", run.checkpoint())
-            raise Interrupted.at(f"stopped in epoch {epoch + 1} after batch {stats['position']}; last.pth saved. "
-                                 f"Resume with: dali-train --resume {run.run_dir}", run_dir=run.run_dir,
-                                 epoch=epoch + 1, batch=stats["position"], signum=stop.signum)
+            raise Interrupted.saved(run_dir=run.run_dir, epoch=epoch + 1, batch=stats["position"],
+                                    signum=stop.signum)
         distributed.sync_buffers(run.model, run.world)
+        val_bar = display(len(run.val_loader), f"epoch {epoch + 1}/{cfg.epochs} val") if main else None
         val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
-                       channels_last=cfg.channels_last)
+                       channels_last=cfg.channels_last,
+                       on_batch=(lambda done: val_bar.due() and val_bar.update(done)) if val_bar else None)
+        if val_bar is not None:
+            val_bar.close()
         figures = reduced(totals, val, run.world, run.device)
         why = divergence(figures, len(run.train_loader.classes))
         if why is not None:  # the same verdict on every rank: the figures are sums over all of them
             raise Diverged.during(epoch + 1, why, lr=cfg.lr, clip_grad=cfg.clip_grad,
                                   float16=run.amp_dtype == torch.float16, run_dir=run.run_dir)
         del figures["train_steps"]
-        lr = totals.get("lr", run.ctx.optimizer.param_groups[0]["lr"])  # absent in checkpoints without figures
+        # the epoch's peak LR (a pure function of the step): its last step in a warmup, its first after it
+        lr = max((run.ctx.lr_at(s) for s in range(first_step, state.step)), default=run.ctx.lr_at(first_step))
         row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
         if run.ctx.ema is not None:
@@ -126,9 +145,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
                 f"(best {100 * state.best_acc:.2f}% at epoch {state.best_epoch})")
             break
         if distributed.any_rank(stop.is_set(), run.world, run.device):
-            raise Interrupted.at(f"stopped after epoch {epoch + 1}; last.pth saved. Resume with: dali-train "
-                                 f"--resume {run.run_dir}", run_dir=run.run_dir, epoch=epoch + 1, batch=None,
-                                 signum=stop.signum)
+            raise Interrupted.saved(run_dir=run.run_dir, epoch=epoch + 1, batch=None, signum=stop.signum)
 
 
 def _metric_fields(run: Run) -> tuple[str, ...]:
@@ -163,7 +180,7 @@ def _same_rows(found: list[dict], history: list[dict]) -> bool:
                                               for k, v in h.items())
 
 
-def finish(run: Run, started: float, log=print) -> dict:
+def finish(run: Run, log=print) -> dict:
     """Reload best.pth's best weights (raw or EMA; rank 0 reads them, every rank gets them), evaluate them, write
     summary.json."""
     main = run.world.is_main
@@ -197,7 +214,8 @@ def finish(run: Run, started: float, log=print) -> dict:
         "device_name": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
         "amp_dtype": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else None,
         "backend": run.cfg.backend,
-        "wall_time_s": time.time() - started,
+        "skipped_files": len(run.skipped),  # listed in skipped.txt
+        "wall_time_s": run.wall_time_s(),  # every process of the run, resumes included
         "torch": torch.__version__,
     }
     if not main:

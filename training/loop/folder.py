@@ -16,8 +16,10 @@ from ..outputs import read_metrics
 from .lock import LOCK_NAME
 
 # Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
-OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png")
-_TEMP = re.compile(r"^\.(metrics\.csv|last\.pth|best\.pth|config\.yaml|summary\.json)\..+\.tmp$")  # training.atomic
+OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png",
+           "skipped.txt", "train.log")
+_TEMP = re.compile(r"^\.(metrics\.csv|last\.pth|best\.pth|config\.yaml|summary\.json|skipped\.txt)\..+\.tmp$")
+# (the temp names of training.atomic)
 EVENTS = re.compile(r"^events\.out\.tfevents\..+$")  # TensorBoard's event files (tensorboard_log.py)
 # What only a finished epoch writes: a folder holding one of these holds results, whatever else is missing.
 RESULTS = ("best.pth", "metrics.csv", "summary.json", "curves.png")

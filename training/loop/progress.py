@@ -16,6 +16,7 @@ class TrainState:
     bad_epochs: int = 0  # epochs in a row without a better val accuracy (early stopping counts them)
     stopped_early: bool = False
     best_weights: str = "model"  # which weights of best.pth scored best_acc: "model" (raw) or "ema"
+    wall_time_s: float = 0.0  # seconds the processes of this run took up to this checkpoint (resumes summed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -24,7 +25,7 @@ class TrainState:
     def from_dict(cls, state: dict[str, Any]) -> TrainState:
         """The progress keys of a checkpoint (any other key is ignored; a missing optional one takes its default)."""
         types = {"epoch": int, "batch": int, "step": int, "best_acc": float, "best_epoch": int, "bad_epochs": int,
-                 "stopped_early": bool, "best_weights": str}
+                 "stopped_early": bool, "best_weights": str, "wall_time_s": float}
         return cls(**{f.name: types[f.name](state[f.name]) for f in fields(cls) if state.get(f.name) is not None})
 
     def is_finished(self, epochs: int) -> bool:

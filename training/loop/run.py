@@ -14,11 +14,16 @@ from pathlib import Path
 
 import torch
 
+from dali_pipes import DaliTrainError
 from dali_pipes.config import describe_augment
+from dali_pipes.notices import skipped_to
 
 from .. import distributed
 from ..config import TrainConfig, absolute_paths
-from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, step_context
+from ..outputs.run_log import LOG_FILE, RunLog
+from ..outputs.skipped import SKIPPED_FILE, SkippedData, to_stderr
+from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, resolved_config, \
+    step_context
 from ..recipe.pretrained import load_pretrained
 from . import rundir
 from .epochs import finish, train_epochs
@@ -41,6 +46,7 @@ def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
     cfg.pretrained's weights (a run's start; a resume loads its checkpoint instead), loaded before `prepare_model`,
     the optimizer, the EMA and DDP see the model."""
     world, device = distributed.setup(resolve_device(cfg.device))
+    cfg = resolved_config(cfg, device)  # what runs, and what config.yaml and the checkpoints keep
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_loader, val_loader = create_loaders(cfg, device, world)
     classes = len(train_loader.classes)
@@ -76,22 +82,30 @@ def _train(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None,
 
 def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | None, log, train: bool,
                 stop: StopSignal | None, build: Callable[..., Run], started: float) -> dict:
-    run = None
+    run, run_log = None, None
+    # skipped data is printed as the loaders list it (rank 0) and listed in the run directory
+    skipped = SkippedData(say=to_stderr if distributed.launched_rank() == 0 else lambda line: None)
     try:
-        run = build(cfg, run_dir=run_dir, pretrained=resume_state is None)
+        with skipped_to(skipped):
+            run = build(cfg, run_dir=run_dir, pretrained=resume_state is None)
+        run.skipped, run.started = skipped.paths, started
         if resume_state is not None:
             run.load_state(resume_state)
         if run.world.is_main:
-            RunDir(run.run_dir).write_config(cfg)
+            RunDir(run.run_dir).write_config(run.cfg)  # resolved: what runs
+            skipped.write(run.run_dir)
+            log = run_log = RunLog(run.run_dir / LOG_FILE, log)
+            for notice in skipped.notices:  # shown as the loaders listed the data, before the folder was known
+                run_log.record(f"warning: {notice.message()}")
             if train:  # summary.json marks a finished run: one from before these epochs would be stale
                 (run.run_dir / "summary.json").unlink(missing_ok=True)
-            _announce(run, log)
+            _announce(run, log, asked=cfg)
         with (stop if stop is not None else StopSignal()) as flag:
             if train:
                 train_epochs(run, flag, log)
             with FinalEvaluationSignal() as final:
                 try:
-                    summary = finish(run, started, log)
+                    summary = finish(run, log)
                 except KeyboardInterrupt:
                     raise Interrupted.at(f"aborted in the final evaluation; last.pth and best.pth hold the trained "
                                          f"run, summary.json is not written. Finish it with: dali-train --resume "
@@ -103,6 +117,10 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
             return summary
     except SecondSignal as e:
         e.run_dir = run.run_dir if run is not None and (run.run_dir / "last.pth").is_file() else None
+        raise
+    except DaliTrainError as e:  # the command's last line (cli.py prints it), in train.log too
+        if run_log is not None:
+            run_log.record(e.line() if isinstance(e, Interrupted) else f"error: {e}")
         raise
     finally:
         if run is not None and run.lock is not None:
@@ -149,7 +167,7 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
     if verdict.kind == rundir.RESTART:
         log(f"{folder.path}: {verdict.reason}")
         if distributed.launched_rank() == 0:
-            clear_outputs(folder.path, keep=("config.yaml",))
+            clear_outputs(folder.path, keep=("config.yaml", LOG_FILE))  # train.log: the record of the earlier try
         return _train(verdict.cfg, resume_state=None, run_dir=folder.path, log=log, stop=stop, build=build)
     ckpt = verdict.checkpoint
     if ckpt.name != "last.pth":
@@ -159,7 +177,7 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
                   train=verdict.kind == rundir.RESUME, stop=stop, build=build)
 
 
-def _announce(run: Run, log) -> None:
+def _announce(run: Run, log, *, asked: TrainConfig) -> None:
     cfg = run.cfg
     where = (f"CUDA device {torch.cuda.get_device_name(run.device)}" if run.device.type == "cuda" else
              "the CPU (no CUDA device; DALI runs its CPU operators)" if cfg.backend == "dali" else "the CPU")
@@ -167,12 +185,13 @@ def _announce(run: Run, log) -> None:
     params = sum(p.numel() for p in run.model.parameters())
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
         f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
-        f"run directory {run.run_dir}")
+        f"run directory {run.run_dir}"
+        + (f", {len(run.skipped)} files skipped (listed in {SKIPPED_FILE})" if run.skipped else ""))
     for note in run.notes:
         log(note)
     held = run.train_loader.shard_size
     if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
         log(f"note: --batch-size {cfg.batch_size} exceeds the {held} training images "
             f"{'of this process' if run.world.distributed else 'there are'}: each epoch is one step of {held}")
-    if run.device.type == "cpu" and cfg.amp and cfg.amp_dtype == "float16":
+    if run.device.type == "cpu" and asked.amp and asked.amp_dtype == "float16":
         log("note: autocast on the CPU uses bfloat16 (float16 is for CUDA)")

@@ -21,6 +21,7 @@ from dali_pipes.strict_yaml import load_yaml
 from .. import distributed
 from ..config import TrainConfig
 from ..outputs import read_metrics, write_text
+from ..recipe.factory import amp_dtype_name, device_here
 from .checkpoint import checkpoint_config, load_checkpoint, nonfinite_tensors
 from .folder import EMPTY, FOREIGN, LEFTOVERS, RESULTS_ONLY, RUN, UNSTARTED, classify, listing, make, results
 from .lock import RunDirLock
@@ -59,9 +60,16 @@ def _refused(e: DaliTrainError) -> Verdict:
 
 
 def differences(ours: TrainConfig, theirs: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """(option, ours, theirs) for every option but NOT_COMPARED in which two configs differ: another run."""
-    a, b = ours.to_dict(), theirs.to_dict()
+    """(option, ours, theirs) for every option but NOT_COMPARED in which two configs differ: another run. Each is
+    compared as it runs here (config.yaml keeps the resolved config: "auto" as the device it chose, amp_dtype as
+    what autocast used), so a study's config with device "auto" is the run it wrote."""
+    a, b = _as_run(ours), _as_run(theirs)
     return [(k, a[k], b[k]) for k in a if k not in NOT_COMPARED and a[k] != b[k]]
+
+
+def _as_run(cfg: TrainConfig) -> dict[str, Any]:
+    device = device_here(cfg.device)
+    return {**cfg.to_dict(), "device": device.type, "amp_dtype": amp_dtype_name(cfg, device)}
 
 
 class RunDir:

@@ -27,10 +27,21 @@ class Interrupted(DaliTrainError):
 
     def where(self) -> str:
         """Where the run stopped, in words ("stopped in epoch 2 after batch 3")."""
+        return f"stopped {self._place()}"
+
+    def _place(self) -> str:
         if self.epoch is None:
-            return "stopped in the final evaluation"
-        return f"stopped in epoch {self.epoch} after batch {self.batch}" if self.batch else \
-            f"stopped after epoch {self.epoch}"
+            return "in the final evaluation"
+        return f"in epoch {self.epoch} after batch {self.batch}" if self.batch else f"after epoch {self.epoch}"
+
+    def by_user(self) -> bool:
+        """Whether a user's interrupt (SIGINT, Ctrl-C) stopped the run: not an error, the user asked for it."""
+        return self.signum == signal.SIGINT
+
+    def line(self) -> str:
+        """The console line: a user's interrupt as such, a stop by another signal (a scheduler's SIGTERM, a closed
+        terminal's SIGHUP) as an error."""
+        return str(self) if self.by_user() else f"error: {self}"
 
     @classmethod
     def at(cls, message: str, *, run_dir: Path, epoch: int | None, batch: int | None,
@@ -38,6 +49,16 @@ class Interrupted(DaliTrainError):
         """An interruption by `signum` (SIGINT when unknown): the exit code follows it."""
         signum = signum or signal.SIGINT
         return cls(message, 128 + signum, run_dir=run_dir, epoch=epoch, batch=batch, signum=signum)
+
+    @classmethod
+    def saved(cls, *, run_dir: Path, epoch: int, batch: int | None, signum: int | None) -> Interrupted:
+        """A run stopped by `signum` in (or after) `epoch`, its last.pth just saved: the message says where and how
+        to resume, "interrupted ..." for a user's interrupt."""
+        e = cls.at("", run_dir=run_dir, epoch=epoch, batch=batch, signum=signum)
+        resume = f"dali-train --resume {run_dir}"
+        e.args = (f"interrupted {e._place()}: last.pth saved; resume with: {resume}" if e.by_user() else
+                  f"{e.where()}; last.pth saved. Resume with: {resume}",)
+        return e
 
 
 class Diverged(DaliTrainError):

@@ -8,6 +8,7 @@ key of it back.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ class Run:
     # the checkpoint's, whatever happened to metrics.csv (an output, rewritten from this)
     history: list[dict[str, int | float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # lines rank 0 logs at the run's start (--pretrained's head note)
+    skipped: list[str] = field(default_factory=list)  # the data files the listing left out (outputs/skipped.py)
+    started: float = field(default_factory=time.time)  # when this process started the run (time.time())
 
     def rank_state(self) -> dict[str, Any]:
         """What differs between data-parallel ranks: their data shard's stream, their random streams, and their
@@ -117,11 +120,17 @@ class Run:
             "scaler": self.ctx.scaler.state_dict(),
             **({"ema": self.ctx.ema.state_dict()} if self.ctx.ema is not None else {}),
             **self.state.to_dict(),
+            "wall_time_s": self.wall_time_s(),
             "data": self.data_identity(),
             # plain numbers only: a checkpoint is read with weights_only, which refuses numpy scalars
             "history": [{k: v if isinstance(v, int) else float(v) for k, v in row.items()} for row in self.history],
             "ranks": distributed.gather(self.rank_state(), self.world),
         }
+
+    def wall_time_s(self) -> float:
+        """Seconds of this run so far: the earlier processes' (as the checkpoint resumed from counted them) and
+        this one's since it started."""
+        return self.state.wall_time_s + time.time() - self.started
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         if self.world.is_main:

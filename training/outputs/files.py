@@ -1,4 +1,4 @@
-"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line and progress bar, summary.json.
+"""Run outputs: metrics.csv (atomic), curves.png, the console's epoch line, summary.json.
 
 Every write here that can fail for want of disk (a full disk, a quota) is a one-line DaliTrainError naming the file,
 like a failed checkpoint write, not an OSError traceback.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,18 +134,3 @@ def epoch_line(cfg: TrainConfig, row: dict) -> str:
     if row["nonfinite_losses"] or row["skipped_steps"]:
         parts.append(f"non-finite losses {row['nonfinite_losses']}, skipped steps {row['skipped_steps']}")
     return " | ".join(parts)
-
-
-def progress(total: int, epoch: int, cfg: TrainConfig):
-    """A tqdm bar on a terminal; nothing otherwise (the epoch line is printed either way)."""
-    if not sys.stderr.isatty():
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True)
-
-    def update(done: int, stats: dict[str, float]) -> None:
-        bar.n = done
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{100 * stats['acc']:.1f}%")
-
-    return bar, update

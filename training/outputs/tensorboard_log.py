@@ -36,9 +36,11 @@ class EventLog:
     """What train_epochs writes events to. This one writes nothing: TensorBoard is off, missing, or this is not
     rank 0."""
 
-    def progress(self, epoch_start: int, also: Progress | None = None) -> Progress | None:
-        """The engine's on_progress for an epoch (part) whose position 0 is optimizer step `epoch_start`; it calls
-        `also` (the progress bar) too."""
+    writes_steps = False  # whether progress() writes the loss every few steps (the engine reads it then)
+
+    def progress(self, epoch_start: int, also: Progress | None = None, every: int = 50) -> Progress | None:
+        """The engine's on_progress for an epoch (part) whose position 0 is optimizer step `epoch_start`: the loss
+        at every `every`-th position; it calls `also` (the progress display) at each call."""
         return also
 
     def epoch(self, step: int, row: dict) -> None:
@@ -55,12 +57,16 @@ class TensorBoardLog(EventLog):
     def __init__(self, writer) -> None:
         self.writer = writer
 
-    def progress(self, epoch_start: int, also: Progress | None = None) -> Progress:
+    writes_steps = True
+
+    def progress(self, epoch_start: int, also: Progress | None = None, every: int = 50) -> Progress:
         last = {"loss_sum": 0.0, "images": 0}  # the running sums at this part's previous point
 
         def hook(position: int, stats: dict[str, float]) -> None:
             if also is not None:
                 also(position, stats)
+            if position % every:  # a refresh of the display between two points
+                return
             images = stats["images"]
             loss_sum = stats["loss"] * images  # the engine's running mean over the images of this part
             if images > last["images"]:

@@ -3,7 +3,7 @@
 The device and the autocast dtype are parameters; ``GradScaler(enabled=dtype is float16)`` is a no-op otherwise.
 The LR is a pure function of the optimizer step (``StepContext.lr_at``), written into the param groups before each
 step: no scheduler object, nothing to save or re-sync on resume. Running sums stay on the device; the host reads
-them only where a number is printed (every `log_every` steps on a terminal, and at the end of the epoch).
+them only where a number is printed (when the progress display or TensorBoard asks, and at the end of the epoch).
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, step: int = 0,
                     skip: int = 0, should_stop: Callable[[], bool] = lambda: False,
                     on_progress: Callable[[int, dict[str, float]], None] | None = None, log_every: int = 50,
+                    report_due: Callable[[int], bool] | None = None,
                     on_first_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> dict:
     """Train over `batches`, the first optimizer step being step `step` of the run (it sets the LR); the first
     `skip` batches are drawn but not trained on (exact mid-epoch resume).
@@ -101,8 +102,8 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     end-of-epoch state (DALI's draws carry on into the next epoch) only when its iterator is exhausted, not when it
     is abandoned after its last batch.
     Train accuracy counts the dominant label of each (possibly mixed) target. `on_progress(position, stats)` gets
-    the running means of this call every `log_every` batches (``loss``, ``acc``, and ``images``, the count the loss
-    is a mean over);
+    the running means of this call every `log_every` batches, or at each position for which `report_due(position)`
+    is true when it is given (``loss``, ``acc``, and ``images``, the count the loss is a mean over; one host read);
     `on_first_batch(images, labels, targets)` sees the first batch trained here as the model gets it (after
     mixing); it must only read them.
     """
@@ -148,10 +149,12 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         nonfinite_images += bad * n
         loss_sum += torch.nan_to_num(detached.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
         correct += (logits.detach().argmax(1) == dominant_labels(labels, targets)).sum()
-        if on_progress is not None and position % log_every == 0:
-            finite = seen - int(nonfinite_images.item())  # the loss is a mean over the steps whose loss was finite
-            on_progress(position, {"loss": (loss_sum / max(finite, 1)).item(), "acc": (correct / max(seen, 1)).item(),
-                                   "images": finite})
+        if on_progress is not None and (report_due(position) if report_due is not None else
+                                        position % log_every == 0):
+            # one device-to-host copy for the three sums; the loss is a mean over the steps whose loss was finite
+            summed, right, bad_images = torch.stack([loss_sum, correct.double(), nonfinite_images.double()]).tolist()
+            finite = seen - int(bad_images)
+            on_progress(position, {"loss": summed / max(finite, 1), "acc": right / max(seen, 1), "images": finite})
         if should_stop() and position != total:
             break
         fetch_start = time.perf_counter()
@@ -174,14 +177,16 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
 
 
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, device: torch.device,
-             amp_dtype: torch.dtype | None, channels_last: bool, tta: bool = False) -> dict:
-    """Accuracy and plain cross-entropy over every validation sample once; `tta` averages the flipped view."""
+             amp_dtype: torch.dtype | None, channels_last: bool, tta: bool = False,
+             on_batch: Callable[[int], None] | None = None) -> dict:
+    """Accuracy and plain cross-entropy over every validation sample once; `tta` averages the flipped view.
+    `on_batch(done)` is told the batches done after each one (a count: no host read)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     with torch.inference_mode(), _autocast(device, amp_dtype):
-        for images, labels in batches:
+        for done, (images, labels) in enumerate(batches, 1):
             images = _prepare(images, channels_last)
             logits = model(images).float()
             if tta:
@@ -189,5 +194,7 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.shape[0]
+            if on_batch is not None:
+                on_batch(done)
     return {"val_loss": (loss_sum / max(seen, 1)).item(), "val_acc": (correct.double() / max(seen, 1)).item(),
             "val_images": seen}

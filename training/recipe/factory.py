@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from dali_pipes import ConfigError, create_loader
-from dali_pipes.loader import default_num_threads
+from dali_pipes import create_loader
+from dali_pipes.loader import cores_per_process, default_num_threads
 from dali_pipes.loader import resolve_device as _resolve_device
 from dali_pipes.plan import derive_seed
 
@@ -41,6 +41,25 @@ def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     if device.type == "cpu":
         return torch.bfloat16
     return torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
+
+
+def resolved_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """`cfg` as it runs on `device`, what config.yaml and the checkpoints keep: the device's type for "auto", the
+    dtype autocast uses (bfloat16 on the CPU), and the threads (DALI) or workers (torchvision) the loaders get for
+    0. A resume continues with these, wherever it runs."""
+    threads = cfg.num_threads or (loader_threads(cfg, device) if cfg.backend == "dali" else cores_per_process())
+    return cfg.replace(device=device.type, amp_dtype=amp_dtype_name(cfg, device), num_threads=threads)
+
+
+def amp_dtype_name(cfg: TrainConfig, device: torch.device) -> str:
+    """The amp_dtype option that names what autocast uses for `cfg` on `device` (cfg's own when AMP is off)."""
+    amp = resolve_amp_dtype(cfg, device)
+    return str(amp).removeprefix("torch.") if amp is not None else cfg.amp_dtype
+
+
+def device_here(name: str) -> torch.device:
+    """The device `name` ("auto", "cuda", "cpu") means on this machine, without refusing CUDA where none is."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 # cuBLAS picks its reduction order by workspace; one fixed configuration (4096 KiB x 8 buffers, NVIDIA's documented
