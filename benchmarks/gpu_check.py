@@ -177,7 +177,7 @@ def _step_setup(precision: str, sizes: dict, device: Any) -> tuple[Any, tuple[An
     ctx = step_context(cfg, model, num_classes=10, steps_per_epoch=1000, device=device, world=World())
     if precision.endswith("foreach"):
         ctx = dataclasses.replace(ctx, optimizer=torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            model.parameters(), lr=cfg.scaled_lr(1), momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov, foreach=True))
     g = torch.Generator(device=device).manual_seed(1)
     batch = (torch.randn(cfg.batch_size, 3, 32, 32, device=device, generator=g),

@@ -37,6 +37,12 @@ def test_two_ranks_train_in_lockstep_and_rank0_alone_writes_the_run(tmp_path) ->
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["weights_identical_across_ranks"]
     assert proc.stdout.count("epoch 1/2") == 1  # rank 0 alone logs
+    # the LR for the global batch: --lr-base 0.1 per 128 images x (2 processes x 32) / 128, resolved and saved
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == pytest.approx(0.1 * 64 / 128) and saved["lr_base"] == 0.1
+    assert "2 process(es) x batch 32 = global batch 64, peak lr 0.05" in proc.stdout
     state = load_checkpoint(out / "last.pth")
     assert len(state["ranks"]) == 2  # each rank's data and random streams, for resuming under DDP
     # each epoch covers the training set once across ranks (256 samples, 2 ranks: nothing left out)

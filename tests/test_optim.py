@@ -72,8 +72,8 @@ def test_the_schedule_writes_one_lr_into_both_groups() -> None:
 
 def test_each_optimizer_resolves_its_defaults_and_the_config_round_trips() -> None:
     sgd, adamw = TrainConfig(), TrainConfig(opt="adamw")
-    assert (sgd.lr, sgd.weight_decay, sgd.momentum, sgd.nesterov) == (0.1, 5e-4, 0.9, True)
-    assert (adamw.lr, adamw.weight_decay, adamw.momentum, adamw.nesterov) == (1e-3, 0.05, None, False)
+    assert (sgd.lr_base, sgd.weight_decay, sgd.momentum, sgd.nesterov) == (0.1, 5e-4, 0.9, True)
+    assert (adamw.lr_base, adamw.weight_decay, adamw.momentum, adamw.nesterov) == (1e-3, 0.05, None, False)
     for cfg in (sgd, adamw, TrainConfig(opt="adamw", lr=3e-3, weight_decay=0.1)):
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)  # what config.yaml holds
         assert TrainConfig.from_dict(yaml.safe_load(text)) == cfg
@@ -132,3 +132,22 @@ def test_an_adamw_run_resumes_mid_epoch_onto_the_straight_run(tmp_path) -> None:
     run_mod.train_epochs(resumed, StopAfter(10**9), log=lambda *_: None)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_peak_lr_is_lr_base_scaled_to_the_global_batch_unless_given() -> None:
+    # --lr-base is per 128 images: linear for SGD, square root for AdamW; --lr is taken as it is. The run resolves
+    # it with its world size (factory.resolved_config), so config.yaml holds the LR used.
+    import math
+
+    from dali_pipes import ConfigError
+    from training.recipe.factory import resolved_config
+
+    assert TrainConfig(batch_size=128).scaled_lr() == pytest.approx(0.1)
+    assert TrainConfig(batch_size=256).scaled_lr(4) == pytest.approx(0.1 * 8)
+    assert TrainConfig(opt="adamw", batch_size=64).scaled_lr(8) == pytest.approx(1e-3 * math.sqrt(4))
+    assert TrainConfig(lr_base=0.05, batch_size=32).scaled_lr(2) == pytest.approx(0.05 * 0.5)
+    assert TrainConfig(lr=0.3, batch_size=256).scaled_lr(16) == 0.3
+    resolved = resolved_config(TrainConfig(batch_size=32, device="cpu", num_threads=1), torch.device("cpu"), 2)
+    assert resolved.lr == pytest.approx(0.1 * 64 / 128) and resolved.lr_base == 0.1
+    with pytest.raises(ConfigError, match="--lr-base"):
+        TrainConfig(lr_base=0.0)

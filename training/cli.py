@@ -39,9 +39,11 @@ def _options(f: Callable) -> Callable:
         click.option("--opt", type=click.Choice(OPTIMIZERS), default=_D.opt,
                      help="sgd: momentum, every parameter decays. adamw: decoupled weight decay on conv/linear "
                           "weights only (none on biases and norm weights), betas (0.9, 0.999)."),
-        click.option("--lr", type=float, default=None, show_default="sgd 0.1, adamw 1e-3",
-                     help="Peak LR for a global batch of 128: scale it linearly for sgd (lr * batch / 128), with "
-                          "the square root for adamw (lr * sqrt(batch / 128))."),
+        click.option("--lr-base", type=float, default=None, show_default="sgd 0.1, adamw 1e-3",
+                     help="Peak LR for a global batch of 128 images, scaled to the run's global batch (--batch-size "
+                          "x processes): linearly for sgd, with the square root for adamw."),
+        click.option("--lr", type=float, default=None, show_default="--lr-base scaled to the global batch",
+                     help="The peak LR itself, not scaled."),
         click.option("--momentum", type=float, default=None, show_default="sgd 0.9; adamw has none"),
         click.option("--weight-decay", type=float, default=None, show_default="sgd 5e-4, adamw 0.05"),
         click.option("--nesterov/--no-nesterov", default=None, show_default="on with sgd; adamw has none"),

@@ -24,9 +24,10 @@ SEED_MAX = 2**64 - 1  # torch.manual_seed and torch.Generator take unsigned 64-b
 # images (not tuned for this recipe), scaled with the square root of the global batch (timm's rule for adaptive
 # optimizers). AdamW has betas (0.9, 0.999), not momentum.
 OPT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True},
-    "adamw": {"lr": 1e-3, "weight_decay": 0.05, "nesterov": False},
+    "sgd": {"lr_base": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "nesterov": True},
+    "adamw": {"lr_base": 1e-3, "weight_decay": 0.05, "nesterov": False},
 }
+LR_BASE_BATCH = 128  # lr_base is the peak LR for a global batch of this many images
 
 
 def default_warmup_epochs(epochs: int) -> float:
@@ -50,9 +51,12 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 128  # per process
     opt: str = "sgd"
-    # None: resolved from `opt` (OPT_DEFAULTS), so config.yaml and checkpoints hold the values the run used. The LR
-    # is the peak for a global batch of 128: SGD scales it linearly (lr * global_batch / 128), AdamW with the
-    # square root (lr * sqrt(global_batch / 128)).
+    # None: resolved from `opt` (OPT_DEFAULTS), so config.yaml and checkpoints hold the values the run used.
+    # lr_base is the peak LR for a global batch of 128 (LR_BASE_BATCH) images; `lr`, the peak LR the run trains
+    # with, is lr_base scaled to the run's global batch (batch_size x processes) when not given: linearly for SGD,
+    # with the square root for AdamW (timm's rule for adaptive optimizers). The run resolves it when it starts
+    # (scaled_lr), so config.yaml and the checkpoints hold the LR used.
+    lr_base: float | None = None
     lr: float | None = None
     momentum: float | None = None  # SGD only
     weight_decay: float | None = None
@@ -131,8 +135,17 @@ class TrainConfig:
         """A copy with `changes`; another `opt` resolves the values it sets (lr, weight decay...) afresh unless
         `changes` gives them too."""
         if changes.get("opt", self.opt) != self.opt:
-            changes = {**{name: None for name in ("lr", "momentum", "weight_decay", "nesterov")}, **changes}
+            changes = {**{name: None for name in ("lr_base", "lr", "momentum", "weight_decay", "nesterov")},
+                       **changes}
         return replace(self, **changes)
+
+    def scaled_lr(self, world_size: int = 1) -> float:
+        """The peak LR on `world_size` processes: `lr` when given, else lr_base scaled from a global batch of
+        LR_BASE_BATCH to batch_size x world_size (linear for SGD, square root for AdamW)."""
+        if self.lr is not None:
+            return float(self.lr)
+        ratio = self.batch_size * world_size / LR_BASE_BATCH
+        return float(self.lr_base) * (ratio if self.opt == "sgd" else math.sqrt(ratio))
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -179,7 +192,9 @@ def _validate(c: TrainConfig) -> None:
     if 0 < c.image_size < 8 or c.image_size > 4096:
         raise invalid(label("image_size"), c.image_size,
                       "expected 0 (the dataset's size) or a side in [8, 4096] pixels")
-    num("lr", 0.0, lo_open=True)
+    num("lr_base", 0.0, lo_open=True)
+    if c.lr is not None:
+        num("lr", 0.0, lo_open=True)
     num("weight_decay", 0.0)
     num("ema_decay", 0.0, 1.0, hi_open=True)
     num("warmup_epochs", 0.0)

@@ -46,7 +46,7 @@ def build_run(cfg: TrainConfig, *, run_dir: Path | None = None,
     cfg.pretrained's weights (a run's start; a resume loads its checkpoint instead), loaded before `prepare_model`,
     the optimizer, the EMA and DDP see the model."""
     world, device = distributed.setup(resolve_device(cfg.device))
-    cfg = resolved_config(cfg, device)  # what runs, and what config.yaml and the checkpoints keep
+    cfg = resolved_config(cfg, device, world.size)  # what runs, and what config.yaml and the checkpoints keep
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     train_loader, val_loader = create_loaders(cfg, device, world)
     classes = len(train_loader.classes)
@@ -99,7 +99,7 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
                 run_log.record(f"warning: {notice.message()}")
             if train:  # summary.json marks a finished run: one from before these epochs would be stale
                 (run.run_dir / "summary.json").unlink(missing_ok=True)
-            _announce(run, log, asked=cfg)
+            _announce(run, log, asked=cfg, resumed=resume_state is not None)
         with (stop if stop is not None else StopSignal()) as flag:
             if train:
                 train_epochs(run, flag, log)
@@ -177,15 +177,19 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
                   train=verdict.kind == rundir.RESUME, stop=stop, build=build)
 
 
-def _announce(run: Run, log, *, asked: TrainConfig) -> None:
+def _announce(run: Run, log, *, asked: TrainConfig, resumed: bool = False) -> None:
     cfg = run.cfg
     where = (f"CUDA device {torch.cuda.get_device_name(run.device)}" if run.device.type == "cuda" else
              "the CPU (no CUDA device; DALI runs its CPU operators)" if cfg.backend == "dali" else "the CPU")
     amp = f"AMP {str(run.amp_dtype).replace('torch.', '')}" if run.amp_dtype else "FP32"
     params = sum(p.numel() for p in run.model.parameters())
+    world = run.world.size
+    lr_rule = (f"--lr-base {cfg.lr_base:g} per 128 images, {'linear' if cfg.opt == 'sgd' else 'square-root'} rule"
+               if asked.lr is None else "as the run started" if resumed else "--lr as given")
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
         f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
-        f"run directory {run.run_dir}"
+        f"{world} process(es) x batch {cfg.batch_size} = global batch {world * cfg.batch_size}, peak lr {cfg.lr:g} "
+        f"({lr_rule}), run directory {run.run_dir}"
         + (f", {len(run.skipped)} files skipped (listed in {SKIPPED_FILE})" if run.skipped else ""))
     for note in run.notes:
         log(note)

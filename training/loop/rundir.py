@@ -69,7 +69,9 @@ def differences(ours: TrainConfig, theirs: TrainConfig) -> list[tuple[str, Any, 
 
 def _as_run(cfg: TrainConfig) -> dict[str, Any]:
     device = device_here(cfg.device)
-    return {**cfg.to_dict(), "device": device.type, "amp_dtype": amp_dtype_name(cfg, device)}
+    # the LR as one process trains with it (a distributed run's config.yaml holds the LR of its world size)
+    return {**cfg.to_dict(), "device": device.type, "amp_dtype": amp_dtype_name(cfg, device),
+            "lr": cfg.scaled_lr(1)}
 
 
 class RunDir:

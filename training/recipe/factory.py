@@ -43,12 +43,14 @@ def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
 
 
-def resolved_config(cfg: TrainConfig, device: torch.device) -> TrainConfig:
-    """`cfg` as it runs on `device`, what config.yaml and the checkpoints keep: the device's type for "auto", the
-    dtype autocast uses (bfloat16 on the CPU), and the threads (DALI) or workers (torchvision) the loaders get for
-    0. A resume continues with these, wherever it runs."""
+def resolved_config(cfg: TrainConfig, device: torch.device, world_size: int = 1) -> TrainConfig:
+    """`cfg` as it runs on `device` with `world_size` processes, what config.yaml and the checkpoints keep: the
+    device's type for "auto", the dtype autocast uses (bfloat16 on the CPU), the threads (DALI) or workers
+    (torchvision) the loaders get for 0, and the peak LR (lr_base scaled to the global batch unless --lr was
+    given). A resume continues with these, wherever it runs."""
     threads = cfg.num_threads or (loader_threads(cfg, device) if cfg.backend == "dali" else cores_per_process())
-    return cfg.replace(device=device.type, amp_dtype=amp_dtype_name(cfg, device), num_threads=threads)
+    return cfg.replace(device=device.type, amp_dtype=amp_dtype_name(cfg, device), num_threads=threads,
+                       lr=cfg.scaled_lr(world_size))
 
 
 def amp_dtype_name(cfg: TrainConfig, device: torch.device) -> str:
@@ -58,8 +60,9 @@ def amp_dtype_name(cfg: TrainConfig, device: torch.device) -> str:
 
 
 def device_here(name: str) -> torch.device:
-    """The device `name` ("auto", "cuda", "cpu") means on this machine, without refusing CUDA where none is."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    """The device type `name` ("auto", "cuda", "cpu") means on this machine, for comparing configs: "auto" by the
+    one device rule, and "cuda" kept as asked where no CUDA device is (a comparison refuses nothing)."""
+    return torch.device(_resolve_device("auto").type) if name == "auto" else torch.device(torch.device(name).type)
 
 
 # cuBLAS picks its reduction order by workspace; one fixed configuration (4096 KiB x 8 buffers, NVIDIA's documented
@@ -197,8 +200,8 @@ def create_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Op
     the fastest (ResNet-18, 11.2M parameters, one core: SGD 5.4 ms per step fused, 17 ms foreach, 39 ms
     for-loop; AdamW 7.5 / 44 / 50 ms)."""
     if cfg.opt == "adamw":
-        return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr, fused=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.scaled_lr(), fused=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.scaled_lr(), momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, fused=True)
     if cfg.momentum:
         # Fused SGD allocates its momentum buffers uninitialised (empty_like) at its first step and leaves them so
@@ -228,6 +231,7 @@ def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, 
     runs (DDP- and compile-wrapped as asked).
     Seeds this rank's drop-path stream; the mixer has a generator of its own."""
     torch.manual_seed(derive_seed(cfg.seed, world.rank, 1))  # drop path: a stream of its own per rank
+    cfg = cfg.replace(lr=cfg.scaled_lr(world.size))  # a run resolved it already; a benchmark's step may not have
     optimizer = create_optimizer(cfg, model)
     amp_dtype = resolve_amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
