@@ -731,3 +731,32 @@ def test_more_dataloader_workers_than_cores_are_capped_with_a_printed_note(capsy
                            device="cpu", augment="none", num_workers=cores + 30)
     assert loader._backend.loader.num_workers == cores  # noqa: SLF001 — the DataLoader the backend runs
     assert f"num_workers={cores + 30} exceeds the {cores} core(s)" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains two one-epoch runs
+def test_a_val_split_missing_classes_or_smaller_than_the_classes_is_said(tmp_path) -> None:
+    # Weak case of #25: a val folder lacking a training class (or with fewer images than classes) trained and
+    # reported accuracy without a word. Now one note each, on the console and in train.log.
+    import shutil
+
+    from conftest import write_image_folder
+
+    root = tmp_path / "data"
+    write_image_folder(root, classes=("ant", "bee", "cat"), per_class=2, shape=(32, 32), ext="png")
+    shutil.rmtree(root / "val" / "cat")
+    (root / "val" / "bee" / "1.png").unlink()
+    out = tmp_path / "run"
+    code, text = invoke(["--dataset", "folder", "--data-dir", str(root), "--image-size", "32", "--model", "resnet20",
+                         "--batch-size", "2", "--num-threads", "1", "--epochs", "1", "--device", "cpu",
+                         "--output", str(out)])
+    assert code == 0, text
+    missing = "note: the val split has no image of 1 of the 3 training classes (cat)"
+    few = "note: the val split holds 3 images for 3 classes"
+    assert missing in text and few not in text
+    log = (out / "train.log").read_text()
+    assert missing in log
+    (root / "val" / "ant" / "1.png").unlink()
+    code, text = invoke(["--dataset", "folder", "--data-dir", str(root), "--image-size", "32", "--model", "resnet20",
+                         "--batch-size", "2", "--num-threads", "1", "--epochs", "1", "--device", "cpu",
+                         "--output", str(tmp_path / "run2")])
+    assert code == 0 and "note: the val split holds 2 images for 3 classes" in text, text

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dali_pipes import DaliTrainError
@@ -177,6 +178,23 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
                   train=verdict.kind == rundir.RESUME, stop=stop, build=build)
 
 
+def _validation_notes(run: Run) -> list[str]:
+    """What the validation split cannot measure: classes of the training split it has no image of, or fewer
+    images than classes (a typo'd or half-copied val folder trains without complaint otherwise)."""
+    classes = run.train_loader.classes
+    labels = np.asarray(run.val_loader.data.labels)
+    notes = []
+    missing = [classes[k] for k in sorted(set(range(len(classes))) - set(labels.tolist()))]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        notes.append(f"note: the val split has no image of {len(missing)} of the {len(classes)} training classes "
+                     f"({shown}): validation accuracy does not measure them")
+    if len(labels) < len(classes):
+        notes.append(f"note: the val split holds {len(labels)} images for {len(classes)} classes: its accuracy is "
+                      "a coarse estimate")
+    return notes
+
+
 def _announce(run: Run, log, *, asked: TrainConfig, resumed: bool = False) -> None:
     cfg = run.cfg
     where = (f"CUDA device {torch.cuda.get_device_name(run.device)}" if run.device.type == "cuda" else
@@ -192,6 +210,8 @@ def _announce(run: Run, log, *, asked: TrainConfig, resumed: bool = False) -> No
         f"({lr_rule}), run directory {run.run_dir}"
         + (f", {len(run.skipped)} files skipped (listed in {SKIPPED_FILE})" if run.skipped else ""))
     for note in run.notes:
+        log(note)
+    for note in _validation_notes(run):
         log(note)
     held = run.train_loader.shard_size
     if cfg.batch_size > held:  # the loaders size their buffers by the samples a batch can hold, not the option
