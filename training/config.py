@@ -138,7 +138,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    from .recipe import MIX_MODES, MODELS
+    from .choices import MIX_MODES, MODELS
 
     def label(option: str) -> str:
         return "--" + option.replace("_", "-")

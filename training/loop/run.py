@@ -22,8 +22,8 @@ from .. import distributed
 from ..config import TrainConfig, absolute_paths
 from ..outputs.run_log import LOG_FILE, RunLog
 from ..outputs.skipped import SKIPPED_FILE, SkippedData, to_stderr
-from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, resolved_config, \
-    step_context
+from ..recipe import build_model, create_loaders, kernel_settings, resolve_amp_dtype, resolve_device, \
+    resolved_config, step_context
 from . import rundir
 from .epochs import finish, train_epochs
 from .folder import clear_outputs

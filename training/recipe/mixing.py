@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_choice, check_int, check_number
-
-MIX_MODES = ("batch", "elem")
+from ..choices import MIX_MODES
 
 
 @dataclass(frozen=True)

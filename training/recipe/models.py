@@ -28,7 +28,8 @@ from torchvision.models.resnet import Bottleneck as _TVBottleneck
 
 from dali_pipes.errors import ConfigError
 
-MODELS = ("resnet18", "tv_resnet18", "resnet20", "resnet50")
+from ..choices import MODELS
+
 CIFAR_STEM_MODELS = ("resnet18", "resnet20")
 # Largest input side (pixels) a CIFAR-stem model accepts. Its first stage runs at the input's full resolution
 # (ImageNet stems divide it by 4), so activation memory and FLOPs grow with the side squared: at 224 px CIFAR
