@@ -200,3 +200,13 @@ def test_help_loads_neither_torch_nor_dali() -> None:
             "print(heavy)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_a_run_saved_on_cuda_continued_without_one_says_so_without_advising_an_option_resume_refuses(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = _tiny(out, device="cuda")  # config.yaml keeps the device a run resolved "auto" to
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    code, text = invoke_main(["--resume", str(out)])
+    assert code == 2 and text.startswith(f"error: {out}: its run uses a CUDA device") and "--device" not in text, text
