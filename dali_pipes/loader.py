@@ -19,14 +19,12 @@ import torch
 
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
+from .choices import BACKENDS, DATASETS, SPLITS
 from .errors import ConfigError
 from .plan import assign_files, derive_seed, file_shard_indices, num_batches, shard_indices, split_batches
 from .shards import ShardDataset
 from .sources import ArrayDataset, FolderDataset, fingerprint
 
-DATASETS = ("cifar10", "cifar100", "folder", "shards", "synthetic")
-BACKENDS = ("dali", "torchvision")
-SPLITS = ("train", "val")
 
 
 class _QuietRestoreFilter(logging.Filter):

@@ -64,8 +64,9 @@ def test_skipped_images_are_printed_whatever_the_warning_filters_and_listed_in_t
 
 
 def _tiny(out: Path, **changes) -> TrainConfig:
-    base = dict(dataset="synthetic", model="resnet20", batch_size=16, num_samples=64, epochs=2, lr=0.05,
-                augment="none", output=str(out), num_threads=1, device="cpu", channels_last=False)
+    base = {"dataset": "synthetic", "model": "resnet20", "batch_size": 16, "num_samples": 64, "epochs": 2,
+            "lr": 0.05, "augment": "none", "output": str(out), "num_threads": 1, "device": "cpu",
+            "channels_last": False}
     return TrainConfig(**(base | changes))
 
 
@@ -186,3 +187,26 @@ def test_the_lr_column_is_the_peak_lr_of_each_epoch(tmp_path) -> None:
     rows = read_metrics(tmp_path / "metrics.csv")
     peaks = [max(run.ctx.lr_at(s) for s in range(e * steps, (e + 1) * steps)) for e in (0, 1)]
     assert [r["lr"] for r in rows] == pytest.approx(peaks) and peaks[0] > 2 * run.ctx.lr_at(0), (rows, peaks)
+
+
+def test_help_loads_neither_torch_nor_dali() -> None:
+    """--help answers in a fraction of a second: the command line imports torch and DALI only once it runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom training.cli import eval_main, main\n"
+            "for command in (main, eval_main):\n    assert CliRunner().invoke(command, ['--help']).exit_code == 0\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'nvidia.dali', 'torchvision') if m in sys.modules)\n"
+            "print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_a_run_saved_on_cuda_continued_without_one_says_so_without_advising_an_option_resume_refuses(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = _tiny(out, device="cuda")  # config.yaml keeps the device a run resolved "auto" to
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    code, text = invoke_main(["--resume", str(out)])
+    assert code == 2 and text.startswith(f"error: {out}: its run uses a CUDA device") and "--device" not in text, text

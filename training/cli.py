@@ -13,10 +13,9 @@ import click
 from dali_pipes import BACKENDS, DATASETS, ConfigError, DaliTrainError
 from dali_pipes.config import parse_override
 
+from .choices import MIX_MODES, MODELS, PRUNE_METHODS, QUANT_MODES
 from .config import AMP_DTYPES, DEVICES, OPTIMIZERS, TrainConfig
 from .options import read_options
-from .recipe import MIX_MODES, MODELS
-from .tools import PRUNE_METHODS, QUANT_MODES
 
 _D = TrainConfig()  # defaults shown in --help come from the config itself
 

@@ -17,7 +17,6 @@ from .checks import check_bool, check_choice, check_int, check_number, invalid
 AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
 OPTIMIZERS = ("sgd", "adamw")
-MIX_MODES = ("batch", "elem")  # Mixup/CutMix: one lambda per batch, or one per sample (training.recipe.mixing)
 SEED_MAX = 2**64 - 1  # torch.manual_seed and torch.Generator take unsigned 64-bit seeds
 # What each optimizer's options resolve to when not given. SGD: the seed recipe (lr per 128 images, scaled linearly
 # with the global batch). AdamW: DeiT's and timm's decoupled weight decay 0.05, and Adam's customary lr 1e-3 per 128
@@ -157,6 +156,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
+    from .choices import MIX_MODES
     from .recipe.zoo import model_source
 
     def label(option: str) -> str:

@@ -18,8 +18,8 @@ import torch
 from dali_pipes import DataError
 
 from .. import distributed
-from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ResourceMonitor, \
-    ProgressDisplay, divergence, epoch_line, epoch_totals, open_event_log, plot_curves, read_metrics, reduced, \
+from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ProgressDisplay, \
+    ResourceMonitor, divergence, epoch_line, epoch_totals, open_event_log, plot_curves, read_metrics, reduced, \
     write_rows, write_summary
 from ..recipe import evaluate, evaluate_ema, train_one_epoch
 from .checkpoint import chosen_weights, load_checkpoint
@@ -81,7 +81,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
             log(f"resuming epoch {epoch + 1} at batch {state.batch + 1}/{len(run.train_loader)}")
         bar = display(len(run.train_loader), f"epoch {epoch + 1}/{cfg.epochs}") if main else None
 
-        def due(position: int) -> bool:  # a host read: the display's refresh, or a TensorBoard point
+        def due(position: int, bar: ProgressDisplay | None = bar) -> bool:  # a refresh, or a TensorBoard point
             shown = bar is not None and bar.due()
             return shown or (events.writes_steps and position % log_every == 0)
 
@@ -108,7 +108,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         val_bar = display(len(run.val_loader), f"epoch {epoch + 1}/{cfg.epochs} val") if main else None
         val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                        channels_last=cfg.channels_last,
-                       on_batch=(lambda done: val_bar.due() and val_bar.update(done)) if val_bar else None)
+                       on_batch=(lambda done, bar=val_bar: bar.due() and bar.update(done)) if val_bar else None)
         if val_bar is not None:
             val_bar.close()
         figures = reduced(totals, val, run.world, run.device)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dali_pipes import DaliTrainError
+from dali_pipes import ConfigError, DaliTrainError
 from dali_pipes.config import describe_augment
 from dali_pipes.notices import skipped_to
 
@@ -161,6 +161,10 @@ def carry_out(folder: RunDir, verdict: Verdict, *, log=print, stop: StopSignal |
     the run; DONE and REFUSED raise their error."""
     if verdict.error is not None:
         raise verdict.error
+    if verdict.kind != rundir.NEW and verdict.cfg.device == "cuda" and not torch.cuda.is_available():
+        # config.yaml keeps the device "auto" chose; --resume takes no --device to change it
+        raise ConfigError(f"{folder.path}: its run uses a CUDA device (device: cuda in its config) and none is "
+                          "visible here; continue it on a machine with one")
     if verdict.kind == rundir.NEW:
         folder.make()
         return _train(absolute_paths(verdict.cfg), resume_state=None, run_dir=folder.path, log=log, stop=stop,

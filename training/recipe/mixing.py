@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_choice, check_int, check_number
-from ..config import MIX_MODES
+from ..choices import MIX_MODES
 from .torch_private import standard_gamma
 
 

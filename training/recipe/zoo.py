@@ -4,14 +4,14 @@ the tools rebuild the same architecture. dali-train's own models are in training
 
 from __future__ import annotations
 
-from typing import Any
-
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dali_pipes.errors import ConfigError
 
-MODELS = ("resnet18", "tv_resnet18", "resnet20", "resnet50")  # dali-train's own (models.py), winning over timm's
+if TYPE_CHECKING:  # torch and torchvision load when a model is built, not when an option is checked
+    from torch import nn
+
+from ..choices import MODELS  # dali-train's own (models.py), winning over timm's
 TORCHVISION_PREFIX = "tv_"  # tv_<name>: torchvision.models.get_model(<name>) (a classification model)
 # Where a model's architecture comes from (model_spec's "source").
 SOURCES = ("dali-train", "timm", "torchvision")
@@ -20,6 +20,8 @@ FIND_MODELS = ("list timm's with python -c \"import timm; print(timm.list_models
 
 
 def _torchvision_names() -> list[str]:
+    import torchvision
+
     return torchvision.models.list_models(module=torchvision.models)  # classification models only
 
 
@@ -50,6 +52,8 @@ def model_spec(name: str, num_classes: int) -> dict[str, Any]:
 
         version = timm.__version__
     else:
+        import torchvision
+
         version = torchvision.__version__ if source == "torchvision" else None
     return {"name": name, "source": source, "version": version, "num_classes": int(num_classes)}
 
@@ -68,6 +72,8 @@ def timm_model(name: str, num_classes: int, drop_path: float) -> nn.Module:
 
 
 def torchvision_model(name: str, num_classes: int, drop_path: float) -> nn.Module:
+    import torchvision
+
     arch = name[len(TORCHVISION_PREFIX):]
     # Stochastic depth is stochastic_depth_prob in the torchvision models that have it (ConvNeXt, EfficientNet,
     # Swin...); the others refuse the keyword. weights=None: random init, nothing downloaded.

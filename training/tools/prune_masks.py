@@ -18,7 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-METHODS = ("l1-unstructured", "l1-global", "ln-structured")
+from ..choices import PRUNE_METHODS
+
+METHODS = PRUNE_METHODS
 
 
 def prunable(model: nn.Module, method: str) -> list[tuple[nn.Module, str]]:

@@ -29,12 +29,13 @@ from torch import nn
 
 from dali_pipes import ConfigError, DaliTrainError, DataError
 
+from ..choices import QUANT_MODES
 from ..config import TrainConfig
 from ..loop import checkpoint_config, load_checkpoint, save_checkpoint
 from ..recipe import create_model
 
 INT8_FORMAT = "dali-train-int8/1"
-MODES = ("static", "dynamic")
+MODES = QUANT_MODES
 QUANT_BACKENDS = ("x86",)
 CIFAR_SIDE = 32  # the input side of an int8 file that does not name one: CIFAR's
 _MAX_BATCH = 4096  # the exported graph takes any batch size from 1 to this
