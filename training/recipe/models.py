@@ -35,7 +35,8 @@ from torchvision.models.resnet import Bottleneck as _TVBottleneck
 
 from dali_pipes.errors import ConfigError
 
-from .zoo import MODELS, model_source, timm_model, torchvision_model  # noqa: F401  (MODELS: its builders are here)
+from ..model_names import MODELS, model_source  # noqa: F401  (MODELS: its builders are here)
+from .zoo import timm_model, torchvision_model
 
 CIFAR_STEM_MODELS = ("resnet18", "resnet20")
 # Largest input side (pixels) a CIFAR-stem model accepts. Its first stage runs at the input's full resolution
