@@ -21,7 +21,7 @@ from training.cli import eval_main, main
 from training.config import TrainConfig
 from training.loop.checkpoint import load_checkpoint
 from training.recipe.models import DropPath, create_model
-from training.model_names import model_spec
+from training.choices import model_spec
 from training.recipe.pretrained import classifier_name, load_pretrained
 
 # Two small timm models of different families (plain ResNet; inverted residuals with SE and hard-swish).

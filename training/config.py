@@ -157,7 +157,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 def _validate(c: TrainConfig) -> None:
     from .choices import MIX_MODES
-    from .model_names import model_source
+    from .choices import model_source
 
     def label(option: str) -> str:
         return "--" + option.replace("_", "-")

@@ -20,7 +20,7 @@ from dali_pipes import ConfigError, DaliTrainError, DataError
 from ..atomic import atomic_write
 from ..config import TrainConfig
 from ..recipe import create_model
-from ..model_names import model_spec
+from ..choices import model_spec
 from .progress import TrainState
 
 FORMAT = "dali-train/1"

@@ -21,7 +21,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..distributed import World
 from ..recipe import StepContext
-from ..model_names import model_spec
+from ..choices import model_spec
 from .checkpoint import save_checkpoint
 from .lock import RunDirLock
 from .progress import TrainState

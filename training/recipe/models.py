@@ -35,7 +35,7 @@ from torchvision.models.resnet import Bottleneck as _TVBottleneck
 
 from dali_pipes.errors import ConfigError
 
-from ..model_names import MODELS, model_source  # noqa: F401  (MODELS: its builders are here)
+from ..choices import MODELS, model_source  # noqa: F401  (MODELS: its builders are here)
 from .zoo import timm_model, torchvision_model
 
 CIFAR_STEM_MODELS = ("resnet18", "resnet20")

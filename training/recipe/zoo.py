@@ -1,6 +1,6 @@
 """Models of other libraries, built by name: any timm model, and torchvision's classification models as
 ``tv_<name>``, randomly initialised (nothing is downloaded). Which library a name belongs to, and the spec a
-checkpoint records, are in training/model_names.py (light enough for the options' checks). dali-train's own models
+checkpoint records, are in training/choices.py (light enough for the options' checks). dali-train's own models
 are in training/recipe/models.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from dali_pipes.errors import ConfigError
 
-from ..model_names import TORCHVISION_PREFIX
+from ..choices import TORCHVISION_PREFIX
 
 if TYPE_CHECKING:
     from torch import nn
