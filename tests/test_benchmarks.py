@@ -362,9 +362,9 @@ def test_gpu_check_cpu_smoke_runs_the_whole_plan(tmp_path) -> None:
     if not CUDA:  # the GPU tests were collected and skipped with their reason
         assert counts["skipped"] > 0 and counts["passed"] == 0
     augment = parts["augment"]["result"]
-    # DALI's CPU graph and its peer, the recipe as batched torch ops on the same cores
+    # DALI's CPU graph and its peers on the same cores: the recipe as batched torch ops, and kornia's
     assert {(r["batch_size"], r["row"]) for r in augment["results"]} == {
-        (b, row) for b in (8, 16) for row in ("dali-cpu", "torch-batched-cpu")}
+        (b, row) for b in (8, 16) for row in ("dali-cpu", "torch-batched-cpu", "kornia-cpu")}
     assert augment["complete"] and {q["preset"] for q in augment["batch_ratios"]} == {"none", "weak"}
     train = parts["train"]["result"]
     assert [r["row"] for r in train["results"]] == CPU_ROWS and any(q["kind"] == "loader" for q in train["ratios"])

@@ -33,7 +33,7 @@ def test_two_ranks_train_in_lockstep_and_rank0_alone_writes_the_run(tmp_path) ->
     events = {n for n in names if n.startswith("events.out.tfevents.")}
     assert len(events) == 1  # rank 0 alone writes TensorBoard events
     assert names - events == {"config.yaml", "metrics.csv", "last.pth", "best.pth", "curves.png", "summary.json",
-                              "first_batch.png"}
+                              "first_batch.png", "train.log"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["weights_identical_across_ranks"]
     assert proc.stdout.count("epoch 1/2") == 1  # rank 0 alone logs

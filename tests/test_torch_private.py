@@ -14,6 +14,10 @@ def test_the_privates_exist_on_the_installed_torch() -> None:
     version = ".".join(torch.__version__.split(".")[:2])
     assert version in torch_private.TORCH_READ, f"torch {torch.__version__}: re-check training/recipe/torch_private.py"
     assert callable(getattr(torch, "_foreach_lerp_", None)) and callable(getattr(torch, "_standard_gamma", None))
+    with torch_private.inductor_freezing():
+        import torch._inductor.config as inductor_config
+
+        assert inductor_config.freezing is True
 
 
 def test_foreach_lerp_fused_and_fallback_agree(monkeypatch) -> None:

@@ -8,7 +8,8 @@ from .factory import build_model, create_loaders, data_loader, kernel_settings, 
     resolve_device, resolved_config, step_context
 from .mixing import MIX_MODES, Mixer, dominant_labels
 from .models import MODELS, create_model
+from .torch_private import inductor_freezing
 
 __all__ = ["MIX_MODES", "MODELS", "Mixer", "ModelEma", "StepContext", "build_model", "create_loaders", "create_model",
-           "data_loader", "dominant_labels", "evaluate", "evaluate_ema", "kernel_settings", "lr_factor",
+           "data_loader", "dominant_labels", "evaluate", "evaluate_ema", "inductor_freezing", "kernel_settings", "lr_factor",
            "resolve_amp_dtype", "resolve_device", "resolved_config", "step_context", "train_one_epoch"]

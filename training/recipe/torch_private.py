@@ -1,10 +1,14 @@
-"""The two private torch functions the recipe uses, each behind a check, with a public fallback.
+"""The private torch APIs dali-train uses, each behind a check, with a public fallback where one exists.
 
 - ``torch._foreach_lerp_``: one fused lerp over the EMA's tensor list (timm's ModelEmaV3 does the same); without
   it, a lerp per tensor (same result, one kernel launch per tensor).
 - ``torch._standard_gamma``: Gamma(a) draws from a given generator (Mixup's Beta per sample, resumable); torch's
   public Gamma distribution takes no generator. Without it, Marsaglia and Tsang's method (a >= 1, which is how
   mixing calls it) from the same generator: the same distribution, other numbers.
+
+- ``torch._inductor.config.patch(freezing=True)``: inductor's freezing for dali-quantize's latency timing (it folds
+  weights and prepacks the int8 convolutions); ``torch.compile(options={"freezing": True})``, the public spelling,
+  does not reach the int8 prepacking in torch 2.14. No fallback: timing fails in one line if it moves.
 
 ``TORCH_READ`` says which torch versions these were checked on; tests/test_torch_private.py fails, naming the
 version found, when torch moves either of them.
@@ -52,3 +56,10 @@ def _marsaglia_tsang(a: Tensor, generator: torch.Generator) -> Tensor:
         out = torch.where(ok, d * v, out)
         todo &= ~ok
     return out
+
+
+def inductor_freezing():
+    """A context in which torch.compile freezes weights (inductor's ``freezing`` setting)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)

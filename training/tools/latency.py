@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..harness import Arm, Stats, interleaved, set_up
+from ..recipe import inductor_freezing
 from .quantize_int8 import quiet
 
 LATENCY_BATCHES = (1, 64)
@@ -37,10 +38,10 @@ def compiled_latencies(models: Mapping[str, nn.Module], repeats: int, *, image_s
     out: dict[str, dict[int, Stats]] = {name: {} for name in models}
     torch.compiler.reset()
     try:
-        with quiet(), torch.no_grad():
-            # options: inductor's settings for these compilations only (public torch.compile API)
-            compiled = {name: torch.compile(model, dynamic=False, options={"freezing": True})
-                        for name, model in models.items()}
+        # freezing through inductor's config for the whole block: torch.compile(options={"freezing": True}) does
+        # not reach the pass that prepacks int8 weights (onednn.qconv_prepack fails under fake tensors, torch 2.14)
+        with quiet(), inductor_freezing(), torch.no_grad():
+            compiled = {name: torch.compile(model, dynamic=False) for name, model in models.items()}
             for b in batches:
                 batch = torch.randn(b, 3, image_size, image_size)
 
