@@ -121,7 +121,7 @@ def test_ema_options_are_validated_in_one_line() -> None:
 # --- in a run ------------------------------------------------------------------------------------------------------
 
 def _cfg(out: Path, **changes) -> TrainConfig:
-    base = dict(dataset="synthetic", model="resnet20", batch_size=32, num_samples=256, epochs=2, opt="adamw",
+    base = dict(dataset="synthetic", model="resnet20", batch_size=32, num_samples=256, epochs=2, opt="adamw", lr=1e-3,
                 warmup_epochs=0.5, augment="none", mixup_alpha=0.0, cutmix_alpha=0.0, output=str(out),
                 num_threads=2, patience=0, device="cpu", amp=False, ema_decay=0.9, ema_every=2)
     return TrainConfig(**(base | changes))

@@ -110,7 +110,8 @@ def test_a_tiny_adamw_run_learns_and_saves_its_resolved_optimizer(tmp_path) -> N
                                        "--cutmix-alpha", "0", "--no-amp", "--output", str(out)])
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert (saved["opt"], saved["lr"], saved["weight_decay"], saved["momentum"]) == ("adamw", 1e-3, 0.05, None)
+    assert (saved["opt"], saved["lr_base"], saved["weight_decay"], saved["momentum"]) == ("adamw", 1e-3, 0.05, None)
+    assert saved["lr"] == pytest.approx(1e-3 * (saved["batch_size"] / 128) ** 0.5)  # AdamW: the square-root rule
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_reloaded_val_acc"] >= 0.5, summary  # 10 classes: chance is 0.1
 
