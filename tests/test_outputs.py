@@ -78,3 +78,24 @@ def test_interrupted_carries_where_the_run_stopped(tmp_path) -> None:
     assert e.where() == "stopped in epoch 2 after batch 3"
     assert Interrupted.at("x", run_dir=tmp_path, epoch=2, batch=None, signum=None).where() == "stopped after epoch 2"
     assert Interrupted.at("x", run_dir=tmp_path, epoch=None, batch=None, signum=None).exit_code == 128 + 2
+
+
+def test_curves_have_a_title_an_lr_panel_and_whole_epoch_ticks() -> None:
+    # #24: curves.png had no title, no LR panel and ticks at 1.5 epochs.
+    import matplotlib.pyplot as plt
+
+    rows = [{"epoch": e, "lr": lr, "train_loss": 2.0 / e, "val_loss": 2.1 / e, "train_acc": 0.2 * e,
+             "val_acc": 0.18 * e} for e, lr in ((1, 0.05), (2, 0.1), (3, 0.02))]
+    fig = outputs.curves_figure(rows, "resnet20 on synthetic — run-1")
+    try:
+        assert fig.get_suptitle() == "resnet20 on synthetic — run-1"
+        titles = [ax.get_title() for ax in fig.axes]
+        assert titles == ["loss", "accuracy", "learning rate"]
+        lr_axis = fig.axes[2]
+        assert list(lr_axis.lines[0].get_ydata()) == [0.05, 0.1, 0.02]
+        fig.canvas.draw()
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        plt.close(fig)

@@ -135,7 +135,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         checkpoint = run.checkpoint()
         if main:  # metrics before last.pth: a crash between the two must not leave an epoch without its row
             write_rows(metrics_path, rows, _metric_fields(run))
-            plot_curves(rows, run.run_dir / "curves.png")
+            plot_curves(rows, run.run_dir / "curves.png", title=curves_title(run))
             events.epoch(state.step, row)
         if improved:
             run.save("best.pth", checkpoint)
@@ -225,3 +225,12 @@ def finish(run: Run, log=print) -> dict:
     log(f"best model (epoch {run.state.best_epoch}){which} reloaded: val acc {100 * val['val_acc']:.2f}% — "
         f"run directory {run.run_dir}")
     return summary
+
+
+def curves_title(run) -> str:
+    """curves.png's title: what was trained on what, with which recipe, and where it is."""
+    from dali_pipes.config import describe_augment
+
+    cfg = run.cfg
+    return (f"{cfg.model} on {cfg.dataset}, augment {describe_augment(cfg.augment)}, {cfg.opt} peak lr {cfg.lr:g}, "
+            f"{cfg.epochs} epochs — {run.run_dir.name}")

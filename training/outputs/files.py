@@ -85,27 +85,42 @@ def read_metrics(path: Path, key: str = "epoch") -> list[dict]:
         raise DataError(f"{path}: unreadable ({reason})") from None
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
+def curves_figure(rows: list[dict], title: str = ""):
+    """The run's curves: loss, accuracy (%) and the epoch's peak LR against whole epochs, titled with `title`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train (mixed targets)")
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val")
-    ax_loss.set(xlabel="epoch", ylabel="loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], label="train (dominant label)")
     ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], label="val")
     if all("ema_val_acc" in r for r in rows):
         ax_loss.plot(epochs, [r["ema_val_loss"] for r in rows], label="val (EMA weights)")
         ax_acc.plot(epochs, [100 * r["ema_val_acc"] for r in rows], label="val (EMA weights)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
-    for ax in (ax_loss, ax_acc):
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_lr.plot(epochs, [r["lr"] for r in rows], marker="o", label="peak LR of the epoch")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 ticks
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """:func:`curves_figure` written to `path` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(rows, title)
     try:
         fig.savefig(path, dpi=100)
     except OSError as e:
