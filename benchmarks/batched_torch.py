@@ -106,7 +106,10 @@ def augment_batch(images: torch.Tensor, cfg: AugmentConfig, p: dict[str, np.ndar
 
 
 class BatchedTorchLoader:
-    """A loader-shaped peer over the synthetic training split: ``set_epoch``, ``shard_size``, iteration."""
+    """A loader-shaped peer over the synthetic training split: ``set_epoch``, ``shard_size``, iteration. Subclasses
+    (benchmarks.kornia_peer) replace :meth:`augment` and :meth:`start_epoch` and keep the split, plan and threads."""
+
+    name = "batched-torch"  # in the refusal of a recipe the peer does not implement
 
     def __init__(self, *, augment: str, batch_size: int, device: str, num_samples: int, seed: int = 0,
                  num_threads: int | None = None):
@@ -115,7 +118,7 @@ class BatchedTorchLoader:
         self.cfg = resolve_augment(augment, mean=mean, std=std)
         reason = supports(self.cfg)
         if reason:
-            raise ValueError(f"{augment}: {reason}")
+            raise ValueError(f"{augment}: {reason.replace('batched-torch', self.name)}")
         self.device = torch.device(device)
         self.images = torch.from_numpy(data.images.copy()).to(self.device)  # the source array is read-only
         self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(self.device)
@@ -135,14 +138,21 @@ class BatchedTorchLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def start_epoch(self) -> None:
+        """Called before an epoch's first batch (this peer's draws are functions of (seed, epoch, index))."""
+
+    def augment(self, images: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC `images` of dataset indices `index` -> the normalized float NCHW batch."""
+        return augment_batch(images, self.cfg, draw(self.cfg, self.size, self.seed, self.epoch, index))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = shard_indices(self.shard_size, shuffle=True, seed=self.seed, epoch=self.epoch, shard_id=0,
                               num_shards=1)
+        self.start_epoch()
         for index in split_batches(order, self.batch_size, False):
-            params = draw(self.cfg, self.size, self.seed, self.epoch, index)
             gather = torch.from_numpy(index).to(self.device)
-            with _intra_op_threads(self.num_threads):
-                images = augment_batch(self.images[gather], self.cfg, params)
+            with _intra_op_threads(self.num_threads), torch.no_grad():
+                images = self.augment(self.images[gather], index)
             yield images, self.labels[gather]
 
 

@@ -10,16 +10,9 @@ recipe's fill, its erasing draws torchvision's way; the recipe's ranges are the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import numpy as np
 import torch
 
-from dali_pipes import resolve_augment
-from dali_pipes.loader import dataset_stats, load_source
-from dali_pipes.plan import num_batches, shard_indices, split_batches
-
-from .batched_torch import _intra_op_threads, supports
+from .batched_torch import BatchedTorchLoader
 
 
 def available() -> bool:
@@ -51,39 +44,17 @@ def pipeline(cfg, size: tuple[int, int]):
     return K.AugmentationSequential(*steps)
 
 
-class KorniaLoader:
-    """A loader-shaped kornia peer over the synthetic training split: ``set_epoch``, ``shard_size``, iteration."""
+class KorniaLoader(BatchedTorchLoader):
+    """The kornia peer: the batched peer's split, plan and threads, with kornia's augmentation and its draws."""
 
-    def __init__(self, *, augment: str, batch_size: int, device: str, num_samples: int, seed: int = 0,
-                 num_threads: int | None = None):
-        data = load_source("synthetic", "unused", "train", num_samples=num_samples)
-        mean, std = dataset_stats("synthetic")
-        self.cfg = resolve_augment(augment, mean=mean, std=std)
-        reason = supports(self.cfg)
-        if reason:
-            raise ValueError(f"{augment}: {reason.replace('batched-torch', 'kornia')}")
-        self.device = torch.device(device)
-        self.images = torch.from_numpy(data.images.copy()).to(self.device)  # uint8 NHWC, the split on the device
-        self.labels = torch.from_numpy(np.array(data.labels, dtype=np.int64)).to(self.device)
-        self.augment = pipeline(self.cfg, tuple(data.images.shape[1:3])).to(self.device)
-        self.batch_size, self.seed, self.epoch, self.num_threads = batch_size, seed, 0, num_threads
+    name = "kornia"
 
-    @property
-    def shard_size(self) -> int:
-        return len(self.images)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pipeline = pipeline(self.cfg, self.size).to(self.device)
 
-    def __len__(self) -> int:
-        return num_batches(self.shard_size, self.batch_size, False)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = shard_indices(self.shard_size, shuffle=True, seed=self.seed, epoch=self.epoch, shard_id=0,
-                              num_shards=1)
+    def start_epoch(self) -> None:
         torch.manual_seed(self.seed * 1_000_003 + self.epoch)  # kornia draws from torch's default generators
-        for index in split_batches(order, self.batch_size, False):
-            gather = torch.from_numpy(index).to(self.device)
-            with _intra_op_threads(self.num_threads), torch.no_grad():
-                x = self.images[gather].permute(0, 3, 1, 2).float().div_(255.0)
-                yield self.augment(x), self.labels[gather]
+
+    def augment(self, images: torch.Tensor, index) -> torch.Tensor:
+        return self.pipeline(images.permute(0, 3, 1, 2).float().div_(255.0))

@@ -111,15 +111,39 @@ def _detach_from_terminal() -> None:
     os.close(devnull)
 
 
-class StopSignal:
+class _Handlers:
+    """While entered (main thread only), `_handle` receives the signals in `signals`; the handlers before are
+    restored on exit."""
+
+    signals: tuple[int, ...] = ()
+
+    def __init__(self) -> None:
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class StopSignal(_Handlers):
     """Turns the first SIGINT/SIGTERM/SIGHUP into a flag the loop polls after each step; a second one aborts at
     once."""
 
+    signals = STOP_SIGNALS
     note = "finishing the current step, then saving last.pth (send it again to abort without saving)"
 
     def __init__(self) -> None:
+        super().__init__()
         self.signum: int | None = None
-        self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
@@ -136,17 +160,6 @@ class StopSignal:
 
     def is_set(self) -> bool:
         return self.signum is not None
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for s in STOP_SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
-
 
 class FinalEvaluationSignal(StopSignal):
     """Around the final evaluation a first SIGINT/SIGTERM is noted, not obeyed: what is left is one validation
@@ -165,26 +178,14 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-class StopsRaise:
+class StopsRaise(_Handlers):
     """While entered (main thread only), SIGTERM and SIGHUP raise :class:`Stopped` as Ctrl-C raises
     KeyboardInterrupt, so a command without a safe stop of its own ends in one line instead of dying silently; a
     StopSignal entered inside takes them over and gives them back."""
 
-    def __init__(self) -> None:
-        self._old: dict[int, Any] = {}
+    signals = (signal.SIGTERM, signal.SIGHUP)
 
-    @staticmethod
-    def _raise(signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
             _detach_from_terminal()
         raise Stopped(signum)
-
-    def __enter__(self) -> StopsRaise:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGHUP):
-                self._old[s] = signal.signal(s, self._raise)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)

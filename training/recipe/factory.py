@@ -231,7 +231,8 @@ def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, 
     runs (DDP- and compile-wrapped as asked).
     Seeds this rank's drop-path stream; the mixer has a generator of its own."""
     torch.manual_seed(derive_seed(cfg.seed, world.rank, 1))  # drop path: a stream of its own per rank
-    cfg = cfg.replace(lr=cfg.scaled_lr(world.size))  # a run resolved it already; a benchmark's step may not have
+    if cfg.lr is None:  # a run resolved it already (resolved_config); a benchmark's step may not have
+        cfg = cfg.replace(lr=cfg.scaled_lr(world.size))
     optimizer = create_optimizer(cfg, model)
     amp_dtype = resolve_amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
