@@ -21,7 +21,7 @@ from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMA
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
 from .choices import BACKENDS, DATASETS, SPLITS
 from .errors import ConfigError
-from .plan import assign_files, derive_seed, file_shard_indices, num_batches, shard_indices, split_batches
+from .plan import derive_seed, file_shard_indices, num_batches, rank_sample_counts, shard_indices, split_batches
 from .shards import ShardDataset
 from .sources import ArrayDataset, FolderDataset, fingerprint
 
@@ -552,7 +552,7 @@ def load_source(dataset: str, data_dir: str | Path, split: str, *, num_samples: 
 
 def _note_even_shard_surplus(data: ShardDataset, num_shards: int) -> None:
     """Print what even tar shards per rank leave out: every rank stops at the smallest rank's sample count."""
-    held = [sum(data.counts[f] for f in files) for files in assign_files(data.counts, num_shards)]
+    held = rank_sample_counts(data.counts, num_shards)
     left_out = sum(held) - min(held) * num_shards
     if left_out:
         print(f"note: {data.root}: {num_shards} ranks read whole tar shards holding {min(held)}..{max(held)} training "

@@ -74,5 +74,10 @@ def file_shard_indices(counts: tuple[int, ...] | list[int], *, shuffle: bool, se
     parts = [starts[f] + (rng.permutation(counts[f]) if rng is not None else np.arange(counts[f])) for f in files]
     order = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
     if even:
-        order = order[:min(sum(counts[f] for f in r) for r in assignment)]
+        order = order[:min(rank_sample_counts(counts, num_shards))]
     return order
+
+
+def rank_sample_counts(counts: tuple[int, ...] | list[int], num_shards: int) -> list[int]:
+    """Samples each rank's tar shards (:func:`assign_files`) hold, by rank."""
+    return [sum(counts[f] for f in files) for files in assign_files(counts, num_shards)]
