@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
+from . import damage
 from .choices import BACKENDS, DATASETS, SPLITS
 from .errors import ConfigError
 from .plan import derive_seed, file_shard_indices, num_batches, rank_sample_counts, shard_indices, split_batches
@@ -254,6 +256,12 @@ class _DaliBackend:
         self.dali_batch_size = int(state.get("dali_batch_size") or self.batch_size)
         self._pipe = None
 
+    @property
+    def lookahead(self) -> int:
+        """Training batches the graph may decode ahead of the one handed out: its prefetch queue (2), the DALI batch
+        being decoded and the file reader's own, each of dali_batch_size // batch_size training batches."""
+        return 4 * max(1, self.dali_batch_size // self.batch_size)
+
     def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -388,6 +396,11 @@ class _TorchvisionBackend:
                                                   num_workers=num_workers, pin_memory=device.type == "cuda",
                                                   generator=torch.Generator().manual_seed(seed), **workers)
 
+    @property
+    def lookahead(self) -> int:
+        """Batches the workers may decode ahead of the one handed out (the DataLoader's prefetch_factor 2 each)."""
+        return 2 * self.loader.num_workers + 1
+
     def run(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from .errors import DataError
 
@@ -508,11 +521,20 @@ class Loader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         batches = split_batches(self.epoch_indices(), self.batch_size, self.drop_last)
+        # an image folder's JPEG damage, which decoders fill in and tell only on stderr, named after the epoch
+        folder = isinstance(self.data, FolderDataset) and damage.watching()
+        start, handed_out = time.monotonic(), []
         for images, index in self._backend.run(batches, self.epoch):
             images = images.to(self.device, non_blocking=True)
             index = index.to(self.device, non_blocking=True)
             labels = self._labels[index]
+            if folder:
+                handed_out.append(time.monotonic())
             yield (images, labels, index) if self.return_index else (images, labels)
+        if folder:
+            files = self.data.files
+            damage.attribute(self.data.name.rsplit("/", 1)[-1], [[files[i] for i in b] for b in batches],
+                             handed_out, start=start, lookahead=self._backend.lookahead, jobs=cores_per_process())
 
 
 def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:

@@ -20,15 +20,21 @@ from .errors import DataWarning
 @dataclass(frozen=True)
 class Skipped:
     """Entries of one kind that the listing of `split` left out: every path (a name that is not UTF-8 as the repr
-    of its bytes), what they are, and `detail` about the first one (its reason)."""
+    of its bytes), what they are, and `detail` about the first one (its reason).
+
+    `action` "decoded": files kept whose damage the decoder filled in (dali_pipes.damage); with no paths, `detail`
+    is the whole notice (damage a decoder reported in files nobody could name)."""
 
     split: str
     what: str
     paths: tuple[str, ...]
     detail: str = ""
+    action: str = "skipped"
 
     def message(self) -> str:
-        return f"{self.split}: skipped {len(self.paths)} {self.what}, e.g. {self.paths[0]}{self.detail}"
+        if not self.paths:
+            return f"{self.split}: {self.detail}"
+        return f"{self.split}: {self.action} {len(self.paths)} {self.what}, e.g. {self.paths[0]}{self.detail}"
 
 
 _handler: ContextVar[Callable[[Skipped], None] | None] = ContextVar("dali_pipes_skipped_handler", default=None)

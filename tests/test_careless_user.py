@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import shutil
+import sys
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -518,6 +521,51 @@ def test_damaged_image_data_in_the_dali_training_split_is_one_line_naming_the_fi
     (line,) = [t for t in text.splitlines() if t.startswith("error:")]
     assert line.startswith(f"error: cannot decode image {bad}: ") and "corrupt" in line, text
     assert "Traceback" not in text and "Current pipeline object" not in text, text
+
+
+# torchvision: decoding in this process (a forkserver an earlier test started writes to that test's stderr)
+@pytest.mark.parametrize("backend", [["--backend", "dali"], ["--backend", "torchvision", "--num-threads", "0"]])
+def test_a_jpeg_whose_scan_data_is_damaged_is_named_and_listed_in_the_run_directory(tmp_path, capfd,
+                                                                                     backend) -> None:
+    # libjpeg fills in the damage and says "Corrupt JPEG data: ..." on fd 2, naming no file: the run names it
+    # (printed whatever the warning filters, listed in damaged.txt and counted in summary.json) and trains on.
+    bad = _folder_with(tmp_path / "ds", "bad.jpg", _jpeg_with_damaged_scan())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # "none": the plain decoder reads the whole scan (the fused random crop of "weak" may stop before the damage)
+        code, text = invoke([*FOLDER, *backend, "--data-dir", str(tmp_path / "ds"), "--augment", "none",
+                             "--output", str(tmp_path / "run")])
+    err = capfd.readouterr().err
+    assert code == 0, text
+    lines = [t for t in (text + err).splitlines() if "damaged" in t]
+    assert lines == [f"warning: train: decoded 1 JPEG files whose compressed data is damaged (the decoder fills in "
+                     f"what it cannot read), e.g. {bad} (Corrupt JPEG data: 302 extraneous bytes before marker "
+                     "0xd9); re-encode or remove them"], text + err
+    assert "Corrupt JPEG data" not in err.replace(lines[0], "")  # libjpeg's own lines are not shown
+    assert (tmp_path / "run" / "damaged.txt").read_text() == f"{bad}\n"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["damaged_files"] == 1
+    assert lines[0] in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_damage_the_decoders_report_outside_an_epoch_is_still_said(tmp_path, capfd) -> None:
+    from dali_pipes.damage import decoder_warnings, find_damaged
+    from dali_pipes.notices import skipped_to
+
+    bad, good = tmp_path / "bad.jpg", tmp_path / "good.jpg"
+    bad.write_bytes(_jpeg_with_damaged_scan())
+    good.write_bytes(_encoded("JPEG"))
+    assert find_damaged([str(good), str(bad)]) == {str(bad): "Corrupt JPEG data: 302 extraneous bytes before "
+                                                              "marker 0xd9"}
+    said = []
+    with skipped_to(said.append), decoder_warnings():
+        import torch
+        from torchvision.io import decode_jpeg
+
+        decode_jpeg(torch.frombuffer(bytearray(bad.read_bytes()), dtype=torch.uint8))
+        print("python's own line", file=sys.stderr)
+    assert [n.message() for n in said] == ["images: a JPEG decoder reported damaged data 1 time(s) (Corrupt JPEG "
+                                           "data: 302 extraneous bytes before marker 0xd9) in files it did not name"]
+    assert "python's own line" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("seed", [str(2**64), "-1"])

@@ -130,6 +130,7 @@ def _run_guarded(fn: Callable[[], Any], *,
 
     `second_interrupt` is the line for a second signal while a StopSignal waits for a safe stop; `interrupt` the
     line for Ctrl-C where none is installed (start-up, or a tool that has no safe stop)."""
+    from dali_pipes.damage import decoder_warnings
     from dali_pipes.notices import skipped_to
 
     from .loop import Interrupted, SecondSignal
@@ -139,7 +140,8 @@ def _run_guarded(fn: Callable[[], Any], *,
     try:
         # skipped data: one warning line each, whatever the warning filters; SIGTERM/SIGHUP end a command without
         # a safe stop of its own in one line
-        with skipped_to(SkippedData()), StopsRaise():
+        # and JPEG damage that decoders tell only on stderr is named (dali_pipes.damage)
+        with skipped_to(SkippedData()), StopsRaise(), decoder_warnings():
             return fn()
     except Interrupted as e:
         click.echo(e.line(), err=True)

@@ -215,6 +215,7 @@ def finish(run: Run, log=print) -> dict:
         "amp_dtype": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype else None,
         "backend": run.cfg.backend,
         "skipped_files": len(run.skipped),  # listed in skipped.txt
+        "damaged_files": len(run.damaged),  # listed in damaged.txt
         "wall_time_s": run.wall_time_s(),  # every process of the run, resumes included
         "torch": torch.__version__,
     }

@@ -17,8 +17,9 @@ from .lock import LOCK_NAME
 
 # Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
 OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png",
-           "skipped.txt", "train.log")
-_TEMP = re.compile(r"^\.(metrics\.csv|last\.pth|best\.pth|config\.yaml|summary\.json|skipped\.txt)\..+\.tmp$")
+           "skipped.txt", "damaged.txt", "train.log")
+_TEMP = re.compile(r"^\.(metrics\.csv|last\.pth|best\.pth|config\.yaml|summary\.json|skipped\.txt|damaged\.txt)"
+                   r"\..+\.tmp$")
 # (the temp names of training.atomic)
 EVENTS = re.compile(r"^events\.out\.tfevents\..+$")  # TensorBoard's event files (tensorboard_log.py)
 # What only a finished epoch writes: a folder holding one of these holds results, whatever else is missing.

@@ -87,35 +87,34 @@ def _train_with(cfg: TrainConfig, *, resume_state: dict | None, run_dir: Path | 
     # skipped data is printed as the loaders list it (rank 0) and listed in the run directory
     skipped = SkippedData(say=to_stderr if distributed.launched_rank() == 0 else lambda line: None)
     try:
-        with skipped_to(skipped):
+        with skipped_to(skipped):  # the listing's notices, and JPEG damage found after an epoch (dali_pipes.damage)
             run = build(cfg, run_dir=run_dir, pretrained=resume_state is None)
-        run.skipped, run.started = skipped.paths, started
-        if resume_state is not None:
-            run.load_state(resume_state)
-        if run.world.is_main:
-            RunDir(run.run_dir).write_config(run.cfg)  # resolved: what runs
-            skipped.write(run.run_dir)
-            log = run_log = RunLog(run.run_dir / LOG_FILE, log)
-            for notice in skipped.notices:  # shown as the loaders listed the data, before the folder was known
-                run_log.record(f"warning: {notice.message()}")
-            if train:  # summary.json marks a finished run: one from before these epochs would be stale
-                (run.run_dir / "summary.json").unlink(missing_ok=True)
-            _announce(run, log, asked=cfg, resumed=resume_state is not None)
-        with (stop if stop is not None else StopSignal()) as flag:
-            if train:
-                train_epochs(run, flag, log)
-            with FinalEvaluationSignal() as final:
-                try:
-                    summary = finish(run, log)
-                except KeyboardInterrupt:
-                    raise Interrupted.at(f"aborted in the final evaluation; last.pth and best.pth hold the trained "
-                                         f"run, summary.json is not written. Finish it with: dali-train --resume "
-                                         f"{run.run_dir}", run_dir=run.run_dir, epoch=None, batch=None,
-                                         signum=final.signum) from None
-            if final.signum is not None:
-                log(f"{signal.Signals(final.signum).name} arrived during the final evaluation, which completed: "
-                    "the run is finished")
-            return summary
+            run.skipped, run.damaged, run.started = skipped.paths, skipped.damaged, started
+            if resume_state is not None:
+                run.load_state(resume_state)
+            if run.world.is_main:
+                RunDir(run.run_dir).write_config(run.cfg)  # resolved: what runs
+                log = run_log = RunLog(run.run_dir / LOG_FILE, log)
+                # shown as the loaders listed the data, before the folder was known; later notices as they come
+                skipped.keep_in(run.run_dir, run_log.record)
+                if train:  # summary.json marks a finished run: one from before these epochs would be stale
+                    (run.run_dir / "summary.json").unlink(missing_ok=True)
+                _announce(run, log, asked=cfg, resumed=resume_state is not None)
+            with (stop if stop is not None else StopSignal()) as flag:
+                if train:
+                    train_epochs(run, flag, log)
+                with FinalEvaluationSignal() as final:
+                    try:
+                        summary = finish(run, log)
+                    except KeyboardInterrupt:
+                        raise Interrupted.at(f"aborted in the final evaluation; last.pth and best.pth hold the trained "
+                                             f"run, summary.json is not written. Finish it with: dali-train --resume "
+                                             f"{run.run_dir}", run_dir=run.run_dir, epoch=None, batch=None,
+                                             signum=final.signum) from None
+                if final.signum is not None:
+                    log(f"{signal.Signals(final.signum).name} arrived during the final evaluation, which completed: "
+                        "the run is finished")
+                return summary
     except SecondSignal as e:
         e.run_dir = run.run_dir if run is not None and (run.run_dir / "last.pth").is_file() else None
         raise

@@ -47,6 +47,7 @@ class Run:
     history: list[dict[str, int | float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # lines rank 0 logs at the run's start (--pretrained's head note)
     skipped: list[str] = field(default_factory=list)  # the data files the listing left out (outputs/skipped.py)
+    damaged: list[str] = field(default_factory=list)  # JPEG files decoded with damage filled in (dali_pipes.damage)
     started: float = field(default_factory=time.time)  # when this process started the run (time.time())
 
     def rank_state(self) -> dict[str, Any]:

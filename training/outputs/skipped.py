@@ -1,5 +1,6 @@
 """Data the listing skipped (dali_pipes.notices): each notice printed at once as one ``warning:`` line, every path
 kept, so that a run lists them in its folder (skipped.txt, one path a line) and counts them (header, summary.json).
+JPEG files found damaged during an epoch (dali_pipes.damage) are kept the same way, in damaged.txt.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dali_pipes.notices import Skipped
 from .files import write_text
 
 SKIPPED_FILE = "skipped.txt"
+DAMAGED_FILE = "damaged.txt"
 
 
 def to_stderr(line: str) -> None:
@@ -24,24 +26,40 @@ def to_stderr(line: str) -> None:
 
 class SkippedData:
     """A dali_pipes.notices handler: says each notice through `say` (one ``warning: ...`` line; stderr by default)
-    and keeps its paths, in the order reported, each once."""
+    and keeps its paths, in the order reported, each once: `paths` those skipped, `damaged` those decoded with
+    damage (the same list objects all along: a run's summary reads them at its end). Once :meth:`keep_in` gave it a
+    run directory, a notice is also recorded there (`record`: the run's log) and the lists rewritten."""
 
     def __init__(self, say: Callable[[str], None] = to_stderr):
         self._say = say
         self.notices: list[Skipped] = []
+        self.paths: list[str] = []
+        self.damaged: list[str] = []
+        self._run_dir: Path | None = None
+        self._record: Callable[[str], None] | None = None
 
     def __call__(self, notice: Skipped) -> None:
         self.notices.append(notice)
+        kept = self.damaged if notice.action == "decoded" else self.paths
+        kept.extend(p for p in notice.paths if p not in kept)
         self._say(f"warning: {notice.message()}")
+        if self._record is not None:
+            self._record(f"warning: {notice.message()}")
+        if self._run_dir is not None:
+            self.write(self._run_dir)
 
-    @property
-    def paths(self) -> list[str]:
-        return list(dict.fromkeys(p for n in self.notices for p in n.paths))
+    def keep_in(self, run_dir: Path, record: Callable[[str], None]) -> None:
+        """Record the notices so far and every later one in `run_dir`: the lists written, the lines `record`ed."""
+        self._run_dir, self._record = run_dir, record
+        self.write(run_dir)
+        for notice in self.notices:
+            record(f"warning: {notice.message()}")
 
     def write(self, run_dir: Path) -> None:
-        """skipped.txt in `run_dir`, one path a line; none (an old one removed) when nothing was skipped."""
-        path = run_dir / SKIPPED_FILE
-        if self.paths:
-            write_text(path, "".join(f"{p}\n" for p in self.paths))
-        else:
-            path.unlink(missing_ok=True)
+        """skipped.txt and damaged.txt in `run_dir`, one path a line; none (an old one removed) when empty."""
+        for name, paths in ((SKIPPED_FILE, self.paths), (DAMAGED_FILE, self.damaged)):
+            path = run_dir / name
+            if paths:
+                write_text(path, "".join(f"{p}\n" for p in paths))
+            else:
+                path.unlink(missing_ok=True)
