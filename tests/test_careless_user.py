@@ -283,16 +283,18 @@ def test_a_run_whose_last_pth_was_removed_continues_from_best_or_is_refused(two_
 @pytest.mark.slow
 def test_a_damaged_or_deleted_metrics_csv_is_rebuilt_from_the_checkpoint(two_epochs, tmp_path) -> None:
     out = copy_run(two_epochs, tmp_path)
+    code, text = invoke(["--resume", str(out), "--epochs", "3"])  # intact: nothing to say (the history has more keys)
+    assert code == 0 and "metrics.csv" not in text, text
     original = (out / "metrics.csv").read_text()
     (out / "metrics.csv").write_bytes(b"epoch,lr\n1,\xff\xfe garbage\n")
-    code, text = invoke(["--resume", str(out), "--epochs", "3"])
-    assert code == 0 and "rewritten from the checkpoint's history (2 epochs)" in text, text
-    rebuilt = (out / "metrics.csv").read_text().splitlines()
-    assert rebuilt[:3] == original.splitlines()  # the first two epochs character for character, empty cells kept
-    (out / "metrics.csv").unlink()  # deleted: the history is not silently shortened to the epochs trained now
     code, text = invoke(["--resume", str(out), "--epochs", "4"])
+    assert code == 0 and "rewritten from the checkpoint's history (3 epochs)" in text, text
+    rebuilt = (out / "metrics.csv").read_text().splitlines()
+    assert rebuilt[:4] == original.splitlines()  # the first three epochs character for character, empty cells kept
+    (out / "metrics.csv").unlink()  # deleted: the history is not silently shortened to the epochs trained now
+    code, text = invoke(["--resume", str(out), "--epochs", "5"])
     assert code == 0 and "was missing; rewritten" in text, text
-    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

@@ -162,8 +162,9 @@ def _reconcile_metrics(run: Run, log) -> None:
         return
     try:
         found = [r for r in read_metrics(path) if r["epoch"] <= run.state.epoch]
-        why = None if _same_rows(found, run.history) else \
-            "missing" if not path.exists() else f"holds {len(found)} of its {len(run.history)} epochs or other values"
+        why = None if _same_rows(found, run.history, _metric_fields(run)) else \
+            "missing" if not path.exists() else \
+            f"found holding {len(found)} of its {len(run.history)} epochs or other values"
     except DataError as e:
         why = str(e).split(": ", 1)[-1]
     if why is None:
@@ -172,12 +173,14 @@ def _reconcile_metrics(run: Run, log) -> None:
     log(f"note: {path} was {why}; rewritten from the checkpoint's history ({len(run.history)} epochs)")
 
 
-def _same_rows(found: list[dict], history: list[dict]) -> bool:
+def _same_rows(found: list[dict], history: list[dict], columns: tuple[str, ...]) -> bool:
+    """metrics.csv's rows say what the history says, in the columns it has (the history keeps more: the counts
+    that weigh the epoch's figures across ranks)."""
     def same(a, b) -> bool:
         return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # nan == nan
 
-    return len(found) == len(history) and all(same(f.get(k), v) for f, h in zip(found, history)
-                                              for k, v in h.items())
+    return len(found) == len(history) and all(same(f.get(k), h[k]) for f, h in zip(found, history)
+                                              for k in columns if k in h)
 
 
 def finish(run: Run, log=print) -> dict:
