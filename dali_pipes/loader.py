@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -374,6 +376,33 @@ def _worker_leaves_stops_to_the_trainer(worker_id: int) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {getattr(signal, name) for name in _STOP_SIGNALS})  # the server's mask
 
 
+@contextlib.contextmanager
+def _stop_signals_after() -> Iterator[None]:
+    """Within the block, a stop signal is held and handed to the handler the process had when the block ends.
+
+    A DataLoader starts each worker by writing the worker's pickled state (the dataset with it: megabytes for
+    array datasets) to a pipe the new process reads; a handler that raises (a second Ctrl-C or SIGTERM aborting the
+    run) in the middle of that write leaves the worker a truncated pickle, which it prints as a traceback. Python
+    runs handlers in the main thread only, so the handlers are swapped there (other threads: nothing to do)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name)
+        handler = signal.getsignal(signum)
+        if handler is not None and handler is not signal.SIG_IGN:  # None: not installed from Python, left alone
+            previous[signum] = signal.signal(signum, lambda s, _frame: held.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
 class _TorchvisionBackend:
     """The reference: torchvision v2 transforms per sample in DataLoader workers.
 
@@ -407,10 +436,12 @@ class _TorchvisionBackend:
         if not batches:
             return
         self.sampler.batches = [[(epoch, int(i)) for i in b] for b in batches]
-        if self.loader.num_workers > 0:
-            _start_worker_server()  # a no-op once it runs
+        with _stop_signals_after():  # starting the workers (the first epoch) is not cut in the middle
+            if self.loader.num_workers > 0:
+                _start_worker_server()  # a no-op once it runs
+            epoch_batches = iter(self.loader)
         try:
-            yield from self.loader
+            yield from epoch_batches
         except DataError as exc:
             from .reference import worker_error  # a worker's DataError arrives with its traceback as the message
 

@@ -423,6 +423,56 @@ def test_ctrl_c_while_a_command_imports_is_one_line(tmp_path, monkeypatch, capsy
     assert exited.value.code == 130 and err.strip() == "error: interrupted while starting; nothing was written"
 
 
+class _SignalsWhenPickled(str):
+    """A class name whose pickling (a DataLoader worker being started: the dataset goes to it pickled) sends this
+    process SIGTERM: a stop signal that lands while a worker is being started."""
+
+    def __reduce__(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return str, (str(self),)
+
+
+def test_a_stop_signal_while_workers_start_is_handled_once_they_have_started(capfd) -> None:
+    # Case 13: a second SIGTERM aborted the run while a worker was being started; the worker read a truncated
+    # pickle and printed its traceback. The signal now waits for the start, then goes to the handler as it was.
+    import multiprocessing
+    import signal
+
+    import numpy as np
+
+    from dali_pipes.config import resolve_augment
+    from dali_pipes.loader import Loader
+    from dali_pipes.sources import ArrayDataset
+
+    class Abort(Exception):
+        pass
+
+    workers_then = []
+
+    def abort(signum, frame):
+        workers_then.append(len(multiprocessing.active_children()))
+        raise Abort
+
+    data = ArrayDataset("tiny", np.zeros((8, 32, 32, 3), np.uint8), np.array([0, 1] * 4),
+                        (_SignalsWhenPickled("a"), "b"))
+    loader = Loader(data, train=True, cfg=resolve_augment("none"), backend="torchvision", device=torch.device("cpu"),
+                    batch_size=4, seed=0, shard_id=0, num_shards=1, drop_last=False, return_index=False,
+                    num_threads=1, num_workers=2, size=(32, 32))
+    previous = signal.signal(signal.SIGTERM, abort)
+    try:
+        with pytest.raises(Abort):
+            next(iter(loader))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert workers_then == [2]  # once, with both workers started (before: during the first one's start)
+    assert signal.getsignal(signal.SIGTERM) is previous
+    images, labels = next(iter(loader))  # the workers are whole
+    assert images.shape == (4, 3, 32, 32) and "Traceback" not in capfd.readouterr().err
+
+
 def test_a_second_signal_says_what_last_pth_holds_and_how_to_continue(tmp_path, capsys) -> None:
     import signal as signals
 
