@@ -37,9 +37,9 @@ Defined behaviour of :func:`list_image_folder`:
 
   Not checked: the compressed image data itself (JPEG entropy-coded scans, PNG IDAT contents and CRCs, RLE BMP
   data), since that means decoding every file. Damage there either decodes to wrong pixels (JPEG decoders conceal
-  it and say so on stderr only: dali_pipes.damage names the file after the epoch) or fails in the middle of an epoch, as a one-line :class:`DataError` on both backends that names the file
-  (with DALI: whenever DALI's own report names it, as its decoder and file reader do; otherwise it names the root
-  and how to find the file).
+  it and say so on stderr only: dali_pipes.damage names the file after the epoch) or fails in the middle of an
+  epoch, as a one-line :class:`DataError` on both backends that names the file (with DALI: whenever DALI's own
+  report names it, as its decoder and file reader do; otherwise it names the root and how to find the file).
 * Files whose name is not valid UTF-8 (a byte name such as ``b"bad\\xff.jpg"``) are skipped with ONE
   ``UserWarning`` per split giving the name's bytes with ``repr`` and asking to rename them: DALI's file reader takes
   text paths only, and the torchvision backend skips them too so that both backends see the same dataset. A root
