@@ -105,3 +105,15 @@ def test_check_with_a_device_refuses_a_misfit() -> None:
         check(usable=True, read=lambda: dict(dali=DALI12, **TORCH13, driver="580.65.06", driver_cuda=13000),
               driver_loaded=_never)
     check(usable=True, read=lambda: dict(dali=DALI13, **TORCH13, driver="580.65.06", driver_cuda=13000))
+
+
+@pytest.mark.gpu
+def test_the_installed_stack_fits_the_driver_of_a_machine_with_a_gpu() -> None:
+    # Where a GPU is lent: the stack under test and the driver fit, and the driver is read (NVML or /proc).
+    from dali_pipes.cuda_fit import installed
+    from dali_pipes.loader import resolve_device
+
+    versions = installed()
+    assert versions["driver"] is not None and versions["torch_cuda"] is not None, versions
+    assert misfit(**versions) is None, versions
+    assert resolve_device("auto").type == "cuda"
