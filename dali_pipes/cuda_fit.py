@@ -150,10 +150,10 @@ def check(*, usable: bool, read: Callable[[], dict[str, Any]] = installed,
         raise ConfigError(f"CUDA builds that do not fit: {line}")
 
 
-def require_dali() -> None:
+def require_dali(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> None:
     """The DALI backend's precondition: a DALI build installed (it comes with the cuda13 or cuda12 extra)."""
     try:
-        found = importlib.util.find_spec("nvidia.dali") is not None
+        found = find_spec("nvidia.dali") is not None
     except ModuleNotFoundError:  # no `nvidia` package at all
         found = False
     if not found:

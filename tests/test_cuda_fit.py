@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dali_pipes import ConfigError
-from dali_pipes.cuda_fit import INSTALL, check, driver_from_file, driver_major, misfit
+from dali_pipes.cuda_fit import INSTALL, check, driver_from_file, driver_major, misfit, require_dali
 
 DALI13 = {"nvidia-dali-cuda130": "2.4.0"}
 DALI12 = {"nvidia-dali-cuda120": "2.4.0"}
@@ -105,6 +105,19 @@ def test_check_with_a_device_refuses_a_misfit() -> None:
         check(usable=True, read=lambda: dict(dali=DALI12, **TORCH13, driver="580.65.06", driver_cuda=13000),
               driver_loaded=_never)
     check(usable=True, read=lambda: dict(dali=DALI13, **TORCH13, driver="580.65.06", driver_cuda=13000))
+
+
+def _no_nvidia(name: str):
+    raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+
+@pytest.mark.parametrize("find_spec", [lambda name: None, _no_nvidia])
+def test_the_dali_backend_without_dali_installed_names_both_installs(find_spec) -> None:
+    with pytest.raises(ConfigError) as e:
+        require_dali(find_spec)
+    assert str(e.value).startswith("backend dali needs NVIDIA DALI, which is not installed: ")
+    assert INSTALL[13] in str(e.value) and INSTALL[12] in str(e.value) and "--backend torchvision" in str(e.value)
+    require_dali()  # installed here
 
 
 @pytest.mark.gpu
