@@ -22,7 +22,7 @@ import torch
 
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
-from . import damage
+from . import cuda_fit, damage
 from .choices import BACKENDS, DATASETS, SPLITS
 from .errors import ConfigError
 from .plan import derive_seed, file_shard_indices, num_batches, rank_sample_counts, shard_indices, split_batches
@@ -91,11 +91,16 @@ def default_num_threads(device: torch.device, cores: int | None = None) -> int:
 def resolve_device(device: str | torch.device, *, option: str = "device") -> torch.device:
     """'auto', 'cuda', 'cuda:N' or 'cpu' -> torch.device: the one device rule of the loaders, the training job and
     the tools. "auto": CUDA when a device is visible, else the CPU. CUDA asked for on a machine without it is a
-    user error, named as `option` ("device" for the API, "--device" on the command line)."""
+    user error, named as `option` ("device" for the API, "--device" on the command line). Where CUDA would be used,
+    or an NVIDIA driver is loaded but torch sees no device, DALI's, torch's and the driver's CUDA builds must fit
+    (:mod:`dali_pipes.cuda_fit`: one line with the fix where they do not); "cpu" checks nothing."""
     flag = option.startswith("--")
     shown = f"{option}={device}" if flag else f"{option}={device!r}"
     if device == "auto":
-        return resolve_device("cuda" if torch.cuda.is_available() else "cpu", option=option)
+        if torch.cuda.is_available():
+            return resolve_device("cuda", option=option)
+        cuda_fit.check(usable=False)  # a driver too old for torch's CUDA hides the GPUs: said, not run on the CPU
+        return torch.device("cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -104,8 +109,10 @@ def resolve_device(device: str | torch.device, *, option: str = "device") -> tor
         raise ConfigError(f"{shown} is invalid: use auto, cuda, cuda:N or cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
+            cuda_fit.check(usable=False)
             fix = f"use {option} cpu (or auto)" if flag else f"use {option}='cpu' (or 'auto')"
             raise ConfigError(f"{shown} but no CUDA device is visible; {fix}")
+        cuda_fit.check(usable=True)  # DALI's, torch's and the driver's CUDA builds (read once per process)
         dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
     return dev
 
@@ -640,6 +647,8 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     dataset = _choice("dataset", dataset, DATASETS)
     split = _choice("split", split, SPLITS)
     backend = _choice("backend", backend, BACKENDS)
+    if backend == "dali":
+        cuda_fit.require_dali()
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's seeds are unsigned 64-bit
     num_shards = _check_int("num_shards", num_shards, 1)

@@ -1,4 +1,5 @@
-"""The Docker image ships the stack CI tests (requirements/stack.txt), and the SLURM launcher's torchrun command."""
+"""The pinned stacks (requirements/stack.txt, CUDA 13, what CI tests; requirements/stack-cuda12.txt), the Docker image
+that installs either, and the SLURM launcher's torchrun command."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from dali_pipes.cuda_fit import DALI_BUILDS, INSTALL, MIN_DRIVER
 
 try:
     import tomllib
@@ -21,29 +25,38 @@ except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK = "requirements/stack.txt"
+STACK = "requirements/stack.txt"  # CUDA 13: CI's, and the image's default
+# The pinned stack of each CUDA major, written by docker/pin-stack.sh cudaNN, and the extra each installs.
+STACKS = {13: STACK, 12: "requirements/stack-cuda12.txt"}
 SBATCH = ROOT / "docker" / "slurm-torchrun.sbatch"
-# The oldest driver branch each CUDA major runs on (minor-version compatibility within a major).
-MIN_DRIVER = {12: 525, 13: 580}
+# The one package source a stack file may name: torch's index of CUDA 12.x builds (PyPI's torch is CUDA 13's).
+TORCH_INDEX = re.compile(r"--extra-index-url https://download\.pytorch\.org/whl/cu(\d{2})\d")
 
 
-def read_stack(text: str) -> dict[str, str]:
-    """Canonical name -> version; every line must be an exact pin, each distribution once."""
+def read_stack(text: str, file: str = STACK) -> dict[str, str]:
+    """Canonical name -> version; every line must be an exact pin (or torch's CUDA index), each distribution once."""
     pins: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or line.startswith("#") or TORCH_INDEX.fullmatch(line):
             continue
         m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s=;@]+)", line)
-        assert m, f"{STACK}: not an exact pin: {line!r}"
+        assert m, f"{file}: not an exact pin: {line!r}"
         name = canonicalize_name(m.group(1))
-        assert name not in pins, f"{STACK}: {name} pinned twice"
+        assert name not in pins, f"{file}: {name} pinned twice"
         pins[name] = m.group(2)
     return pins
 
 
-def stack_pins() -> dict[str, str]:
-    return read_stack((ROOT / STACK).read_text())
+def stack_pins(major: int = 13) -> dict[str, str]:
+    return read_stack((ROOT / STACKS[major]).read_text(), STACKS[major])
+
+
+def written(major: int) -> None:
+    """Skip where docker/pin-stack.sh has not written this major's stack (it needs torch's CUDA 12 index)."""
+    if not (ROOT / STACKS[major]).exists():
+        pytest.skip(f"{STACKS[major]} is not written: docker/pin-stack.sh cuda{major} resolves it where "
+                    "https://download.pytorch.org/whl/cu126 can be reached")
 
 
 def pyproject() -> dict:
@@ -87,8 +100,13 @@ def pip_install_args(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     return options, positional
 
 
-def stack_problems(dockerfile: str, pins: dict[str, str]) -> list[str]:
-    """Why the Dockerfile's pip installs would not give exactly the pinned stack ([] when they do)."""
+def with_stack(dockerfile: str, stack: str) -> str:
+    """The Dockerfile as built with --build-arg STACK=`stack`."""
+    return re.sub(r"\$\{STACK\}|\$STACK\b", stack, dockerfile)
+
+
+def stack_problems(dockerfile: str, pins: dict[str, str], stack: str = STACK) -> list[str]:
+    """Why the Dockerfile's pip installs would not give exactly the pinned `stack` ([] when they do)."""
     problems = []
     installs_stack = False
     for words in shell_commands(dockerfile):
@@ -102,45 +120,130 @@ def stack_problems(dockerfile: str, pins: dict[str, str]) -> list[str]:
                 problems.append(f"`{' '.join(words)}` adds a package source ({value}): another build of a pinned "
                                 f"version could come from it; package sources are build arguments")
         for file in requirement_files:
-            if file != STACK:
-                problems.append(f"`{' '.join(words)}` installs from {file}, not {STACK}")
+            if file != stack:
+                problems.append(f"`{' '.join(words)}` installs from {file}, not {stack}")
             elif "--no-deps" not in options:
-                problems.append(f"`{' '.join(words)}` lets pip add dependencies beyond {STACK} (needs --no-deps)")
+                problems.append(f"`{' '.join(words)}` lets pip add dependencies beyond {stack} (needs --no-deps)")
             else:
                 installs_stack = True
         for spec in positional:
             if spec == ".":
-                if "--no-deps" not in options and STACK not in constraints:
-                    problems.append(f"`{' '.join(words)}` resolves the project's dependencies without {STACK}")
+                if "--no-deps" not in options and stack not in constraints:
+                    problems.append(f"`{' '.join(words)}` resolves the project's dependencies without {stack}")
                 continue
             req = Requirement(spec)
             pinned = pins.get(canonicalize_name(req.name))
             if pinned is None:
-                problems.append(f"`{' '.join(words)}` installs {req.name}, which {STACK} does not pin")
+                problems.append(f"`{' '.join(words)}` installs {req.name}, which {stack} does not pin")
             elif req.specifier and str(req.specifier) != f"=={pinned}":
-                problems.append(f"`{' '.join(words)}` installs {spec}; {STACK} pins {req.name}=={pinned}")
-            elif not req.specifier and STACK not in constraints:
-                problems.append(f"`{' '.join(words)}` installs {req.name} unpinned (no -c {STACK})")
+                problems.append(f"`{' '.join(words)}` installs {spec}; {stack} pins {req.name}=={pinned}")
+            elif not req.specifier and stack not in constraints:
+                problems.append(f"`{' '.join(words)}` installs {req.name} unpinned (no -c {stack})")
     # a default package source in the Dockerfile itself (a build argument without a value is only a hook)
     for m in re.finditer(r"^(?:ENV|ARG)\s+(PIP_(?:INDEX_URL|EXTRA_INDEX_URL|FIND_LINKS))[= ]\s*(\S+)", dockerfile,
                          re.MULTILINE):
         problems.append(f"{m.group(1)} defaults to {m.group(2)} in the Dockerfile: package sources are build arguments")
     if not installs_stack:
-        problems.append(f"no `pip install --no-deps -r {STACK}`: the image does not install the pinned stack")
+        problems.append(f"no `pip install --no-deps -r {stack}`: the image does not install the pinned stack")
     return problems
 
 
-def test_stack_pins_every_runtime_dependency_at_a_version_pyproject_allows() -> None:
-    pins = stack_pins()
+@pytest.mark.parametrize("major", sorted(STACKS))
+def test_stack_pins_every_runtime_dependency_at_a_version_pyproject_allows(major) -> None:
+    written(major)
+    pins, file = stack_pins(major), STACKS[major]
     project = pyproject()["project"]
-    for dep in project["dependencies"]:
+    extras = project["optional-dependencies"]
+    for dep in project["dependencies"] + extras[f"cuda{major}"]:
         req = Requirement(dep)
         name = canonicalize_name(req.name)
-        assert name in pins, f"{STACK} lacks {req.name}: rerun docker/pin-stack.sh"
+        assert name in pins, f"{file} lacks {req.name}: rerun docker/pin-stack.sh cuda{major}"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} breaks {dep!r}"
-    # the runtime stack only: test tools are not shipped in the image
-    for dep in project["optional-dependencies"]["test"]:
-        assert canonicalize_name(Requirement(dep).name) not in pins, f"{STACK} pins the test tool {dep}"
+    # the runtime stack only: test tools are not shipped in the image, and the other major's DALI is not in it
+    for dep in extras["test"] + [d for m in STACKS if m != major for d in extras[f"cuda{m}"]]:
+        assert canonicalize_name(Requirement(dep).name) not in pins, f"{file} pins {dep}"
+
+
+def cuda_problems(pins: dict[str, str], major: int, index: int | None) -> list[str]:
+    """Why a stack's CUDA builds are not all of CUDA `major` ([] when they are): its DALI build, torch's build (the
+    local label, and the index of CUDA 12 builds it names, `index`: cu126 -> 12), the nvidia-*-cuNN libraries and
+    the CUDA 13 wheels without a suffix, cuda-toolkit and cuda-bindings."""
+    problems = []
+    dali = sorted(name for name in pins if name.startswith("nvidia-dali-"))
+    if dali != [name for name, m in DALI_BUILDS.items() if m == major]:
+        problems.append(f"DALI builds {dali}, not CUDA {major}'s")
+    label = Version(pins.get("torch", "0")).local or ""
+    cu = re.fullmatch(r"cu(\d{2})\d", label)
+    # PyPI's torch carries no label (its CUDA is PyPI's default, 13); a labelled build names its CUDA
+    if (int(cu.group(1)) if cu else 13 if not label else None) != major:
+        problems.append(f"torch=={pins.get('torch')} is not a CUDA {major} build")
+    if major != 13 and index != major:
+        problems.append(f"torch's CUDA {major} builds need their index (--extra-index-url ...cu{major}x), not {index}")
+    if major == 13 and index is not None:
+        problems.append("the CUDA 13 stack names another package source; PyPI holds it")
+    for name, version in pins.items():
+        suffix = re.search(r"-cu(\d{2})$", name)
+        if suffix and int(suffix.group(1)) != major:
+            problems.append(f"{name} is a CUDA {suffix.group(1)} library")
+        # CUDA 13's libraries dropped the suffix (nvidia-cublas); CUDA 12's have it (nvidia-cublas-cu12)
+        if major == 12 and re.fullmatch(r"nvidia-(cu|nv|nccl|libnv)[a-z0-9-]*", name) and not suffix \
+                and name not in DALI_BUILDS:
+            problems.append(f"{name} is a CUDA 13 library")
+        if name in ("cuda-toolkit", "cuda-bindings") and Version(version).major != major:
+            problems.append(f"{name}=={version} is CUDA {Version(version).major}'s")
+    return problems
+
+
+def shared_disagreements(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The distributions two stacks both pin at other public versions, CUDA libraries aside (+cu126 and PyPI's build
+    of one torch release agree)."""
+    cuda = re.compile(r"nvidia-(dali|cu|nv|nccl|libnv)[a-z0-9-]*|cuda-[a-z0-9-]+")
+    return [f"{name}: {a[name]} / {b[name]}" for name in sorted(a.keys() & b.keys())
+            if not cuda.fullmatch(name) and Version(a[name]).public != Version(b[name]).public]
+
+
+def stack_index(major: int) -> int | None:
+    m = TORCH_INDEX.search((ROOT / STACKS[major]).read_text())
+    return int(m.group(1)) if m else None
+
+
+@pytest.mark.parametrize("major", sorted(STACKS))
+def test_each_stack_holds_the_cuda_builds_of_its_major(major) -> None:
+    written(major)
+    assert cuda_problems(stack_pins(major), major, stack_index(major)) == []
+
+
+def test_the_two_stacks_agree_on_everything_but_cuda() -> None:
+    written(12)
+    assert shared_disagreements(stack_pins(13), stack_pins(12)) == []
+
+
+def test_the_drift_checks_catch_a_stack_of_the_wrong_major() -> None:
+    cu13 = {"torch": "2.14.1", "nvidia-dali-cuda130": "2.4.0", "nvidia-cublas": "13.1.1.3",
+            "nvidia-cudnn-cu13": "9.24.0.43", "cuda-toolkit": "13.0.3.0", "numpy": "2.4.6", "timm": "1.0.31"}
+    cu12 = {"torch": "2.14.1+cu126", "nvidia-dali-cuda120": "2.4.0", "nvidia-cublas-cu12": "12.6.4.1",
+            "nvidia-cudnn-cu12": "9.10.2.21", "numpy": "2.4.6", "timm": "1.0.31", "torchao": "0.18.0+cu126"}
+    assert cuda_problems(cu13, 13, None) == [] and cuda_problems(cu12, 12, 12) == []
+    assert shared_disagreements(cu13, {**cu12, "torchao": "0.18.0"}) == []
+    problems = "\n".join(cuda_problems({**cu12, "nvidia-dali-cuda130": "2.4.0", "nvidia-cublas": "13.1.1.3"}, 12, 12))
+    assert "DALI builds ['nvidia-dali-cuda120', 'nvidia-dali-cuda130']" in problems
+    assert "nvidia-cublas is a CUDA 13 library" in problems
+    assert "torch==2.14.1 is not a CUDA 12 build" in "\n".join(cuda_problems({**cu12, "torch": "2.14.1"}, 12, 12))
+    assert "need their index" in "\n".join(cuda_problems(cu12, 12, None))
+    assert "nvidia-cudnn-cu12 is a CUDA 12 library" in "\n".join(cuda_problems({**cu13, "nvidia-cudnn-cu12": "9"}, 13, None))
+    assert shared_disagreements(cu13, {**cu12, "numpy": "2.4.5"}) == ["numpy: 2.4.6 / 2.4.5"]
+
+
+def test_the_extras_install_one_dali_build_each_and_the_fix_commands_name_them() -> None:
+    # dali_pipes.cuda_fit's fixes install `.[cudaNN]` under STACKS[NN]; the README gives the same commands
+    extras = pyproject()["project"]["optional-dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    for major, stack in STACKS.items():
+        assert [canonicalize_name(Requirement(d).name) for d in extras[f"cuda{major}"]] == \
+            [name for name, m in DALI_BUILDS.items() if m == major]
+        assert INSTALL[major] == f'pip install -c {stack} ".[cuda{major}]"'
+        assert INSTALL[major].replace('".', '-e ".') in readme or INSTALL[major] in readme, INSTALL[major]
+    assert not any("dali" in d for d in pyproject()["project"]["dependencies"]), "DALI's build is the extras' choice"
 
 
 def test_stack_holds_the_dependencies_of_what_it_pins() -> None:
@@ -190,16 +293,21 @@ def test_the_environment_under_test_is_the_pinned_stack() -> None:
             installed = None
         if installed != version:
             wrong[name] = (version, installed)
-    assert not wrong, (f"(pinned, installed) {wrong}: reinstall with pip install -c {STACK} -e '.[test]', or "
+    assert not wrong, (f"(pinned, installed) {wrong}: reinstall with pip install -c {STACK} -e '.[test,cuda13]', or "
                        f"rerun docker/pin-stack.sh if pyproject.toml changed")
 
 
-def test_dockerfile_installs_exactly_the_stack() -> None:
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    assert stack_problems(dockerfile, stack_pins()) == []
+@pytest.mark.parametrize("major", sorted(STACKS))
+def test_dockerfile_installs_exactly_the_stack(major) -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    # the build argument STACK picks the stack; CI's is the default
+    assert re.search(rf"^ARG STACK={re.escape(STACK)}$", text, re.MULTILINE)
+    written(major)
+    dockerfile = with_stack(text, STACKS[major])
+    assert stack_problems(dockerfile, stack_pins(major), STACKS[major]) == []
     # the stack file is in the image before it is installed from
-    copy = re.search(rf"^COPY\s+{re.escape(STACK)}\s", dockerfile, re.MULTILINE)
-    install = re.search(rf"-r {re.escape(STACK)}", dockerfile)
+    copy = re.search(rf"^COPY\s+{re.escape(STACKS[major])}\s", dockerfile, re.MULTILINE)
+    install = re.search(rf'-r "?{re.escape(STACKS[major])}', dockerfile)
     assert copy and install and copy.start() < install.start()
     # `pip check` after the installs: an incomplete list fails the build instead of running half-installed
     assert dockerfile.count("pip check") >= 2
@@ -231,22 +339,17 @@ def test_dockerfile_base_has_the_python_the_stack_was_resolved_for() -> None:
     assert base.group(1) == header.group(1)
 
 
-def test_dockerfile_states_the_driver_the_stacks_cuda_needs() -> None:
-    # The newest CUDA major among the pinned builds (torch's nvidia-*-cuNN libraries, nvidia-dali-cudaNNN) sets the
-    # driver the host needs; the Dockerfile's header says which.
-    majors = set()
-    for name in stack_pins():
-        m = re.search(r"-cu(\d{2})$", name) or re.fullmatch(r"nvidia-dali-cuda(\d{2})\d", name)
-        if m:
-            majors.add(int(m.group(1)))
-    assert majors, "no CUDA build in the stack"
-    driver = MIN_DRIVER[max(majors)]
-    assert f"driver >= {driver}" in (ROOT / "docker" / "Dockerfile").read_text()
+@pytest.mark.parametrize("major", sorted(STACKS))
+def test_dockerfile_states_the_driver_each_stacks_cuda_needs(major) -> None:
+    # The header names each stack file with the driver its CUDA major needs.
+    header = (ROOT / "docker" / "Dockerfile").read_text().split("\nFROM ")[0]
+    said = re.search(rf"{re.escape(STACKS[major])}[^\n]*\n(#[^\n]*\n)*?#[^\n]*driver >= (\d+)", header)
+    assert said and int(said.group(2)) == MIN_DRIVER[major]
 
 
 def test_ci_installs_under_the_stack_and_runs_the_readme_test_command() -> None:
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert f'pip install -c {STACK} -e ".[test]" && python -m pytest -q' in lines
+    assert f'pip install -c {STACK} -e ".[test,cuda13]" && python -m pytest -q' in lines
     assert any(f"-c {STACK}" in line and line.rstrip().endswith(" pip") for line in lines), \
         "CI's pip is not the pinned one"
 
@@ -255,7 +358,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
                 if p.strip() and not p.startswith("#")]
     sources = []
-    for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines():
+    for line in with_stack((ROOT / "docker" / "Dockerfile").read_text(), STACK).splitlines():
         if line.startswith("COPY "):
             sources += line.split()[1:-1]
     assert STACK in sources and "pyproject.toml" in sources

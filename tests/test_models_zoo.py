@@ -51,6 +51,21 @@ def test_timm_and_torchvision_models_take_any_size_cifar_stems_stay_refused() ->
         create_model("resnet20", image_size=224)
 
 
+@pytest.mark.parametrize("side", [32, 64])
+def test_a_vit_is_built_for_the_image_size_it_is_given(side: int) -> None:
+    # timm sizes a ViT's position embeddings for img_size (224 by default); built without it, 32 px fails to run
+    with pytest.raises(AssertionError, match=f"Input height \\({side}\\) doesn't match model \\(224\\)"):
+        timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3).eval()(_images(1, side))
+    model = create_model("vit_tiny_patch16_224", num_classes=3, drop_path=0.1, image_size=side).eval()
+    assert model.patch_embed.img_size == (side, side)
+    assert model.pos_embed.shape[1] == 1 + (side // 16) ** 2  # the class token and one per 16x16 patch
+    with torch.inference_mode():
+        assert model(_images(2, side)).shape == (2, 3)
+    # at its own size, and with no size known (a bare create_model), it is timm's model as timm defines it
+    for size in (224, None):
+        assert create_model("vit_tiny_patch16_224", num_classes=3, image_size=size).patch_embed.img_size == (224, 224)
+
+
 def test_a_torchvision_model_builds_by_name_and_the_old_names_are_unchanged() -> None:
     model = create_model("tv_mobilenet_v3_small", num_classes=3, drop_path=0.0)
     assert model.__class__.__module__.startswith("torchvision.models")

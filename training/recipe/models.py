@@ -231,7 +231,8 @@ def create_model(name: str, *, num_classes: int = 10, drop_path: float = 0.0,
     """Build model ``name`` (one of MODELS, a timm model name, or ``tv_<torchvision name>``) with ``num_classes``
     outputs and stochastic depth up to ``drop_path``, randomly initialised.
 
-    ``image_size`` (the input side in pixels, when known) refuses a CIFAR-stem model above CIFAR_STEM_MAX_SIZE.
+    ``image_size`` (the input side in pixels, when known) refuses a CIFAR-stem model above CIFAR_STEM_MAX_SIZE, and
+    sizes a timm model built for one input size (a ViT's position embeddings) to it.
     """
     source = model_source(name)
     if image_size is not None and name in CIFAR_STEM_MODELS and image_size > CIFAR_STEM_MAX_SIZE:
@@ -242,7 +243,7 @@ def create_model(name: str, *, num_classes: int = 10, drop_path: float = 0.0,
         raise ConfigError(f"num_classes={num_classes!r} is invalid: a classifier needs an integer >= 2")
     _check_drop_path(drop_path)
     if source == "timm":
-        return timm_model(name, num_classes, float(drop_path))
+        return timm_model(name, num_classes, float(drop_path), image_size)
     if source == "torchvision":
         return torchvision_model(name, num_classes, float(drop_path))
     model = _BUILDERS[name](num_classes, float(drop_path))

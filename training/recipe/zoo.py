@@ -15,10 +15,19 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def timm_model(name: str, num_classes: int, drop_path: float) -> nn.Module:
+def timm_model(name: str, num_classes: int, drop_path: float, image_size: int | None = None) -> nn.Module:
+    """timm's `name`; `image_size` (pixels) reaches the models built for one input size (ViT, DeiT, Swin, ...:
+    timm's ``fixed_input_size``), whose position embeddings or windows are sized by ``img_size`` (the first model of
+    each of the 56 such families in timm 1.0.31 takes it). The others take any size and are built as timm defines
+    them: a ResNet refuses the keyword."""
     import timm
+    from timm.models import get_pretrained_cfg
 
     options: dict[str, Any] = {"drop_path_rate": drop_path} if drop_path else {}
+    default = get_pretrained_cfg(name)
+    if image_size is not None and default is not None and default.fixed_input_size \
+            and tuple(default.input_size[1:]) != (image_size, image_size):
+        options["img_size"] = image_size
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **options)
     except TypeError as e:
