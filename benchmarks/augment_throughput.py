@@ -66,7 +66,7 @@ import torch  # noqa: E402
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
 from dali_pipes import BACKENDS, ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader, default_num_threads  # noqa: E402
-from training.checks import check_choice  # noqa: E402
+from dali_pipes.checks import check_choice  # noqa: E402
 from training.harness import Arm, Stats, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
 from training.machine import machine_info  # noqa: E402
 

@@ -53,7 +53,7 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
 from benchmarks.augment_throughput import DEVICES, NO_CUDA  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
-from training.checks import check_choice, check_int  # noqa: E402
+from dali_pipes.checks import check_choice, check_int  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.distributed import World  # noqa: E402
 from training.recipe.engine import StepContext, train_one_epoch  # noqa: E402

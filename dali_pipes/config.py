@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from collections.abc import Mapping
 from typing import Any
 
+from .checks import invalid
 from .errors import ConfigError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -127,7 +128,7 @@ class AugmentConfig:
 
 
 def _fail(field: str, value: Any, rule: str) -> None:
-    raise ConfigError(f"augment.{field}={value!r} is invalid: {rule}")
+    raise invalid(f"augment.{field}", value, rule)
 
 
 def _validate(c: AugmentConfig) -> None:

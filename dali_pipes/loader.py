@@ -23,6 +23,7 @@ import torch
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
 from . import cuda_fit, damage
+from .checks import check_choice, check_int
 from .choices import BACKENDS, DATASETS, SPLITS
 from .errors import ConfigError
 from .plan import derive_seed, file_shard_indices, num_batches, rank_sample_counts, shard_indices, split_batches
@@ -55,7 +56,7 @@ _STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CI
 
 def dataset_stats(dataset: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """The per-channel (mean, std) in [0, 1] units a dataset's recipes normalize with by default."""
-    return _STATS[_choice("dataset", dataset, DATASETS)]
+    return _STATS[check_choice("dataset", dataset, DATASETS)]
 
 
 def cpu_count() -> int:
@@ -575,20 +576,6 @@ class Loader:
                              handed_out, start=start, lookahead=self._backend.lookahead, jobs=cores_per_process())
 
 
-def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not is_int or value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ConfigError(f"{name}={value!r} is invalid: expected an integer {bound}")
-    return int(value)
-
-
-def _choice(name: str, value: object, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise ConfigError(f"{name}={value!r} is invalid: choose one of {', '.join(options)}")
-    return str(value)
-
-
 def load_source(dataset: str, data_dir: str | Path, split: str, *, num_samples: int | None = None,
                 download: bool = True) -> ArrayDataset | FolderDataset | ShardDataset:
     """The dataset split as host arrays (CIFAR, synthetic) or a validated file list (folder)."""
@@ -644,18 +631,18 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
     `even_shards` (training split: leave out the n % num_shards surplus of each epoch's permutation so that every
     shard has the same size, as data-parallel ranks need).
     """
-    dataset = _choice("dataset", dataset, DATASETS)
-    split = _choice("split", split, SPLITS)
-    backend = _choice("backend", backend, BACKENDS)
+    dataset = check_choice("dataset", dataset, DATASETS)
+    split = check_choice("split", split, SPLITS)
+    backend = check_choice("backend", backend, BACKENDS)
     if backend == "dali":
         cuda_fit.require_dali()
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's seeds are unsigned 64-bit
-    num_shards = _check_int("num_shards", num_shards, 1)
-    shard_id = _check_int("shard_id", shard_id, 0, num_shards - 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0, 2**64 - 1)  # torch.Generator's seeds are unsigned 64-bit
+    num_shards = check_int("num_shards", num_shards, 1)
+    shard_id = check_int("shard_id", shard_id, 0, num_shards - 1)
     cores = cores_per_process()
-    threads = None if num_threads is None else _check_int("num_threads", num_threads, 1)
-    workers = cores if num_workers is None else _check_int("num_workers", num_workers, 0)
+    threads = None if num_threads is None else check_int("num_threads", num_threads, 1)
+    workers = cores if num_workers is None else check_int("num_workers", num_workers, 0)
     if workers > cores and backend == "torchvision":
         # each worker is a process that imports torch and decodes on a core of its own: more workers than cores
         # only queue for them (32 on 2 cores took minutes to start and never finished an epoch)
@@ -664,11 +651,11 @@ def create_loader(dataset: str = "cifar10", data_dir: str | Path = "./data", spl
                   "workers are used", file=sys.stderr, flush=True)
         workers = cores
     if dali_batch_size is not None:
-        _check_int("dali_batch_size", dali_batch_size, 1)
+        check_int("dali_batch_size", dali_batch_size, 1)
     if num_samples is not None:
-        _check_int("num_samples", num_samples, 1)
+        check_int("num_samples", num_samples, 1)
     if image_size is not None:
-        _check_int("image_size", image_size, 8, 4096)
+        check_int("image_size", image_size, 8, 4096)
     dev = resolve_device(device)
     mean, std = _STATS[dataset]
     # The crop is checked against the dataset before any data is read or downloaded.

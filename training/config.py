@@ -12,7 +12,7 @@ from typing import Any
 from dali_pipes import BACKENDS, DATASETS, ConfigError, resolve_augment
 from dali_pipes.config import recipe_fields
 
-from .checks import check_bool, check_choice, check_int, check_number, invalid
+from dali_pipes.checks import check_bool, check_choice, check_int, check_number, invalid
 
 AMP_DTYPES = ("float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checks import check_choice, check_int, check_number
+from dali_pipes.checks import check_choice, check_int, check_number
 from ..choices import MIX_MODES
 from .torch_private import standard_gamma
 

@@ -29,7 +29,7 @@ from torch import nn
 from dali_pipes import ConfigError, DataError
 
 from ..atomic import write_json
-from ..checks import check_choice, check_int, check_number
+from dali_pipes.checks import check_choice, check_int, check_number
 from ..loop import Interrupted, StopSignal, TrainState, build_run, chosen_weights, load_checkpoint, load_weights, \
     save_checkpoint, train_epochs
 from ..outputs import read_metrics, write_rows

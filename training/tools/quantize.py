@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..atomic import write_json
-from ..checks import check_choice, check_int
+from dali_pipes.checks import check_choice, check_int
 from ..harness import table
 from ..loop import TrainState, chosen_weights, save_checkpoint
 from ..machine import cpu_model, machine_info, package_version

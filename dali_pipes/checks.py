@@ -1,5 +1,6 @@
-"""Value checks for training's configs and CLIs (TrainConfig, MixConfig, PruneConfig, QuantizeConfig, the
-benchmarks): one wording for every refusal, ``<label>=<value> is invalid: <rule>``, as a ConfigError.
+"""Value checks: one wording for every refusal, ``<label>=<value> is invalid: <rule>``, as a ConfigError, for the
+loader's arguments and the recipe's fields here, and for training's configs and CLIs (TrainConfig, MixConfig,
+PruneConfig, QuantizeConfig) and the benchmarks, which import them from here.
 
 `label` is what the user typed: ``--lr`` for an option, ``mixup_alpha`` for a field of a Python-only config.
 """
@@ -7,11 +8,12 @@ benchmarks): one wording for every refusal, ``<label>=<value> is invalid: <rule>
 from __future__ import annotations
 
 import math
+import numbers
 import reprlib
 from collections.abc import Iterable
 from typing import Any
 
-from dali_pipes import ConfigError
+from .errors import ConfigError
 
 
 def _bounded_repr() -> reprlib.Repr:
@@ -29,11 +31,14 @@ def invalid(label: str, value: Any, rule: str) -> ConfigError:
     return ConfigError(f"{label}={_SHOWN.repr(value)} is invalid: {rule}")
 
 
-def check_int(label: str, value: Any, lo: int, hi: int | None = None, *, note: str = "") -> None:
-    """An int (not a bool) >= `lo` (and <= `hi` when given); `note` follows the rule ("(0: prune only)")."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+def check_int(label: str, value: Any, lo: int, hi: int | None = None, *, note: str = "") -> int:
+    """An int or numpy integer (not a bool) >= `lo` (and <= `hi` when given), returned as an int; `note` follows
+    the rule ("(0: prune only)")."""
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's integers are Integral
+    if not is_int or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise invalid(label, value, f"expected an integer {bound}" + (f" {note}" if note else ""))
+    return int(value)
 
 
 def check_number(label: str, value: Any, lo: float, hi: float = math.inf, *, lo_open: bool = False,
@@ -51,10 +56,11 @@ def check_number(label: str, value: Any, lo: float, hi: float = math.inf, *, lo_
         raise invalid(label, value, rule)
 
 
-def check_choice(label: str, value: Any, options: Iterable[str]) -> None:
+def check_choice(label: str, value: Any, options: Iterable[str]) -> str:
     options = tuple(options)
     if value not in options:
         raise invalid(label, value, f"choose one of {', '.join(options)}")
+    return str(value)
 
 
 def check_bool(label: str, value: Any) -> None:
