@@ -182,8 +182,11 @@ def find_damaged(paths: Sequence[str], *, jobs: int = 1) -> dict[str, str]:
         return {}
     parts = max(1, min(jobs, -(-len(jpegs) // 256)))
     groups = [jpegs[i::parts] for i in range(parts)]
+    # the child imports this module from where this process did (a source checkout as well as an installation)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     children = [subprocess.Popen([sys.executable, "-m", "dali_pipes.damage"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in groups]
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in groups]
     found: dict[str, str] = {}
     for child, group in zip(children, groups):
         _, err = child.communicate(json.dumps(group).encode())
