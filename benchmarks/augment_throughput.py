@@ -551,4 +551,7 @@ def main(device: str, full: bool, presets: list[str] | None, batch_sizes: list[i
 
 
 if __name__ == "__main__":
+    from benchmarks.torchvision_peer import preload_worker_imports
+
+    preload_worker_imports()  # the script's process only: not where main() is called as a function (tests)
     main()

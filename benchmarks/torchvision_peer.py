@@ -78,6 +78,20 @@ class _Samples(torch.utils.data.Dataset):
         return self.pipeline(image), int(self.labels[index])
 
 
+# What a DataLoader worker of this module and of the reference backend imports before its first batch: torch and
+# torchvision take 5-10 s to import on a busy 2-core machine, paid by every worker of every loader a benchmark builds.
+WORKER_IMPORTS = ("torch", "torchvision.transforms.v2", "benchmarks.torchvision_peer", "dali_pipes.reference")
+
+
+def preload_worker_imports() -> None:
+    """Have the forkserver import WORKER_IMPORTS once, so that each worker it forks starts with them: a benchmark
+    process's setting (the benchmark scripts call it when run as scripts), which shortens untimed set-up only. Without effect once
+    the forkserver runs."""
+    import multiprocessing
+
+    multiprocessing.set_forkserver_preload(list(WORKER_IMPORTS))
+
+
 def _one_torch_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 

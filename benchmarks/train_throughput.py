@@ -688,4 +688,7 @@ def command(measure_fn: Callable[..., dict] | None = None) -> click.Command:
 main = command()
 
 if __name__ == "__main__":
+    from benchmarks.torchvision_peer import preload_worker_imports
+
+    preload_worker_imports()  # the script's process only: not where main() is called as a function (tests)
     main()
