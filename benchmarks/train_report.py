@@ -100,13 +100,14 @@ def plot_figure(report: dict):
     hi = [max(0.0, (r["max"] or 0) - (r["median_images_per_s"] or 0)) for r in res]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(res)))
     colors = [{"dali": "tab:orange", "torchvision": "tab:green"}.get(r["feed"], "tab:blue") for r in res]
-    ax.barh(range(len(res)), meds, xerr=[lo, hi], color=colors, capsize=2)
+    bars = ax.barh(range(len(res)), meds, xerr=[lo, hi], color=colors, capsize=2)
+    ax.bar_label(bars, labels=[f"{m:,.0f}" for m in meds], fontsize=7, padding=3)
     ax.set_yticks(range(len(res)))
     ax.set_yticklabels(labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("linear")
-    ax.set_xlim(left=0)
-    ax.set_xlabel("images / s (median, min..max); fed by: orange the DALI loader, green torchvision")
+    ax.set_xlim(0, 1.12 * max([m + h for m, h in zip(meds, hi)], default=1.0))  # room for the labels
+    ax.set_xlabel("images / s (median, min..max); orange: DALI-fed, green: torchvision-fed")
     m, c = report["machine"], report["config"]
     ax.set_title(f"training step throughput, batch {c['batch_size']}, {m['cores_available']} cores"
                  + (f", {m['gpus'][0]}" if m.get("gpus") else ""), fontsize=10)
