@@ -81,7 +81,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 RECIPE_PRECISION = {"cuda": "fp16", "cpu": "bf16"}  # what TrainConfig's amp=True, amp_dtype=float16 runs as
 FP16_CPU = "fp16 needs CUDA (on the CPU, autocast runs bfloat16: that is the bf16 row)"
 # What the command line measures unless told otherwise: under 5 minutes on 2 cores. --full: the long grid.
-QUICK = {"steps": 10, "warmup_steps": 3}
+QUICK = {"steps": 5, "warmup_steps": 2}
 FULL = {"steps": 20, "warmup_steps": 5}
 COMPILE_CPU_NOTE = ("--compile on the CPU: inductor builds C++ kernels for every row, which takes minutes on a few "
                     "cores; the compile row's warm-up includes it")

@@ -700,4 +700,4 @@ def test_train_defaults_are_the_short_grid_and_full_the_long_one(train_report) -
     for args in ([], ["--full"], ["--full", "--steps", "7"]):
         result = CliRunner().invoke(tt.command(measured), ["--device", "cpu", "-q", *args])
         assert result.exit_code == 0, result.output
-    assert [(c["steps"], c["warmup_steps"]) for c in calls] == [(10, 3), (20, 5), (7, 5)]
+    assert [(c["steps"], c["warmup_steps"]) for c in calls] == [(5, 2), (20, 5), (7, 5)]
