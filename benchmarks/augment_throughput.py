@@ -1,7 +1,15 @@
 """Augmentation throughput: torchvision DataLoader workers vs DALI on CPU (and GPU) over the synthetic CIFAR split.
 
-    python benchmarks/augment_throughput.py --device cpu --presets standard --json bench.json
+    python benchmarks/augment_throughput.py --device cpu --json bench.json
+    python benchmarks/augment_throughput.py --device cpu --full --json bench.json
+
+The defaults (presets none, standard, weak+autoaugment; 2,048 images; the reference at as many workers as cores)
+finish in a few minutes on 2 cores; ``--full`` is the long grid (every preset, 10,000 images, the reference at
+0..cores workers: over an hour on 2 cores).
     python benchmarks/augment_throughput.py --device all --workers none --batch-sizes 128,1024 --json bench.json
+
+``--json`` also writes the rows as CSV beside it (same name, ``.csv``); ``--plot`` draws bars on a linear axis from
+zero.
 
 How it measures (the numbers decide which backend users pick, so every row is measured the same way, through
 training.harness):
@@ -12,9 +20,18 @@ training.harness):
   synchronize before the clock is read); images/s = images delivered / seconds;
 - rows of a preset are measured interleaved (each repeat runs every row once, starting at a rotating row), so
   machine noise hits all rows alike; median and min..max are over repeats;
-- every row runs at each ``--batch-sizes`` training batch size (rows of all sizes interleaved as above);
-  ratio = row median / best torchvision median of the same preset and batch size; with several sizes,
-  ``vs batch L`` = row median / the same row's median at the largest size L (batch 128 / batch 1024 shows what
+- a row whose repeats spread more than 1.5x (max / min) is warned about after the table and marked in the JSON
+  (``spread``, ``spread_warning``, ``warnings``): its median and the ratios built on it may not repeat;
+- torchvision, two ways: ``torchvision-tuned``, the plain v2 pipeline a user writes (benchmarks/torchvision_peer.py:
+  torchvision draws its own parameters, no per-sample re-seeding), in a DataLoader with one torch thread per
+  worker, at the fastest of ``--tuned-workers`` worker counts (each tried for one untimed and one timed epoch
+  while the rows are set up; the table states what it picked); and ``torchvision-ref w=<k>``, the deterministic
+  reference backend (dali_pipes.reference: the DALI graph's draws, torch re-seeded per sample) at each
+  ``--workers`` count. Every row reports ``vs tuned tv`` (row median / the tuned row's) and ``vs reference``
+  (row median / the best reference row's), both of the same preset and batch size, and each DALI row's two
+  ratios are printed side by side below the table;
+- every row runs at each ``--batch-sizes`` training batch size (rows of all sizes interleaved as above); with
+  several sizes, ``vs batch L`` = row median / the same row's median at the largest size L (batch 128 / batch 1024 shows what
   small training batches cost each backend). ``--dali-batch-size`` sets the batch the DALI graph runs on
   (split into training batches by the loader); unset, the loader chooses;
 - peers, for the presets they implement (crop, flip, colour jitter, erasing): ``torch-batched-<device>``, the
@@ -64,17 +81,22 @@ import click  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
+from benchmarks.augment_folder import format_decode, make_jpeg_folder, measure_folder  # noqa: E402
+from benchmarks.augment_report import format_header, format_table, plot, plot_figure  # noqa: E402
 from dali_pipes import BACKENDS, ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader, default_num_threads  # noqa: E402
 from dali_pipes.checks import check_choice  # noqa: E402
-from training.harness import Arm, Stats, interleaved, machine_lines, ratio, set_up, table, to_json  # noqa: E402
+from training.harness import Arm, Stats, interleaved, ratio, set_up, spread_warnings, to_json  # noqa: E402
 from training.machine import machine_info  # noqa: E402
 
-__all__ = ["NO_CUDA", "format_table", "json_updater", "machine_info", "main", "measure", "measure_folder", "plot",
-           "to_json"]
+__all__ = ["NO_CUDA", "format_decode", "format_header", "format_table", "json_updater", "machine_info", "main",
+           "make_jpeg_folder", "measure", "measure_folder", "plot", "plot_figure", "to_json"]
 
 DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "weak+randaugment",
                    "weak+trivialaugment")
+# What the command line measures unless told otherwise: under 5 minutes on 2 cores. --full: the long grid.
+QUICK = {"presets": ("none", "standard", "weak+autoaugment"), "num_samples": 2048, "reference_workers": "cores"}
+FULL = {"presets": DEFAULT_PRESETS, "num_samples": 10_000, "reference_workers": "0..cores"}
 NO_CUDA = "no CUDA device visible"
 DEVICES = ("cpu", "cuda", "all")  # which rows: CPU-delivering, GPU-delivering, or both
 BENCH_DATASETS = ("synthetic", "folder", "shards")
@@ -82,11 +104,13 @@ BENCH_DATASETS = ("synthetic", "folder", "shards")
 
 # ------------------------------------------------------------------------------------------------------ rows
 def plan_rows(device: str, workers: Sequence[int], dali_threads: int | None, cuda: bool,
-              cores: int | None = None) -> tuple[list[dict], list[dict]]:
+              cores: int | None = None, tuned_workers: Sequence[int] = ()) -> tuple[list[dict], list[dict]]:
     """The rows of every preset, and the skipped rows with their reason.
 
     ``cpu``: torchvision rows and dali-cpu, all delivering CPU tensors. ``cuda``: torchvision rows delivering to the
-    GPU (pinned memory) and dali-gpu. ``all``: the cpu rows plus dali-gpu (when CUDA is visible).
+    GPU (pinned memory) and dali-gpu. ``all``: the cpu rows plus dali-gpu (when CUDA is visible). The torchvision
+    rows: the deterministic reference at each of `workers` (``torchvision-ref w=<k>``), and the plain pipeline
+    tuned over `tuned_workers` (``torchvision-tuned``, when any are given).
 
     Threads: `dali_threads` for every DALI row when given, else training's rule per device
     (``dali_pipes.loader.default_num_threads``: a GPU graph leaves one core to the step). Each batched-torch peer
@@ -106,7 +130,10 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int | None, cud
             rows.append(row)
 
     for k in workers:
-        add({"row": f"torchvision w={k}", "backend": "torchvision", "device": tv_device, "workers_or_threads": k})
+        add({"row": f"torchvision-ref w={k}", "backend": "torchvision", "device": tv_device, "workers_or_threads": k})
+    if tuned_workers:
+        add({"row": "torchvision-tuned", "backend": TUNED, "device": tv_device, "workers_or_threads": None,
+             "grid": [int(k) for k in tuned_workers]})
     if device in ("cpu", "all"):
         add({"row": "dali-cpu", "backend": "dali", "device": "cpu", "workers_or_threads": threads("cpu")})
     if device in ("cuda", "all"):
@@ -130,10 +157,23 @@ def plan_rows(device: str, workers: Sequence[int], dali_threads: int | None, cud
 LOADER_BACKENDS = BACKENDS
 PEER = "torch-batched"  # benchmarks.batched_torch: the recipe as whole-batch torch ops, not a loader backend
 KORNIA = "kornia"  # benchmarks.kornia_peer: kornia.augmentation over whole batches (optional)
+TUNED = "torchvision-tuned"  # benchmarks.torchvision_peer: plain torchvision v2 in a DataLoader, best worker count
+SYNTHETIC_ONLY = (PEER, KORNIA, TUNED)  # peers that read the synthetic arrays, not folders or shards
 
 
 def _build(row: dict, preset: str, batch_size: int, num_samples: int, options: Mapping[str, Any],
-           make_loader: Callable[..., Any]):
+           make_loader: Callable[..., Any], say: Callable[[str], None] = lambda _m: None):
+    if row["backend"] == TUNED:
+        from benchmarks.torchvision_peer import PlainTorchvisionLoader, tune
+
+        def make(k: int) -> PlainTorchvisionLoader:
+            return PlainTorchvisionLoader(augment=preset, batch_size=batch_size, device=row["device"],
+                                          num_samples=num_samples, num_workers=k)
+
+        loader, trials = tune(make, row["grid"], on_result=lambda k, ips: say(
+            f"[{preset}] torchvision-tuned b{batch_size}: tuning w={k}: {ips:,.0f} img/s"))
+        loader.trials = trials
+        return loader
     if row["backend"] in (PEER, KORNIA):
         from benchmarks.batched_torch import BatchedTorchLoader
         from benchmarks.kornia_peer import KorniaLoader
@@ -182,9 +222,14 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
             loader_options: Mapping[str, Mapping[str, Any]] | None = None,
             make_loader: Callable[..., Any] = create_loader, progress: Callable[[str], None] | None = None,
             on_update: Callable[[dict[str, Any]], None] | None = None, peers: bool = True,
-            open_counter: Any | None = None) -> dict[str, Any]:
+            open_counter: Any | None = None, tuned_workers: Sequence[int] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "batch_ratios",
-    "skipped", "complete"}.
+    "torchvision_ratios", "warnings", "skipped", "complete"}.
+
+    Torchvision rows: the deterministic reference at each of `workers` (None: 0..cores), and the plain pipeline
+    tuned over `tuned_workers` (None: 0..cores; empty: no tuned row). ``torchvision_ratios``: each DALI row over
+    the tuned row and over the best reference row of its preset and batch size. ``warnings``: the rows whose
+    repeats spread more than ``training.harness.SPREAD_LIMIT`` (max / min), also marked on the rows.
 
     Every row is measured at every training batch size in `batch_sizes`, interleaved with the preset's other rows.
     `dali_batch_size` (when given) and `loader_options` (``{"dali"|"torchvision": {keyword: value}}``) are passed to
@@ -197,6 +242,9 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
     """
     ncores = cpu_count()
     workers = list(range(ncores + 1)) if workers is None else [int(w) for w in workers]
+    tuned_workers = list(range(ncores + 1)) if tuned_workers is None else [int(w) for w in tuned_workers]
+    if any(w < 0 for w in [*workers, *tuned_workers]):
+        raise ConfigError(f"worker counts must be >= 0: {workers}, {tuned_workers}")
     dali_threads = None if dali_threads is None else int(dali_threads)
     check_choice("--device", device, DEVICES)
     batch_sizes = _check_sizes("batch_sizes", batch_sizes)
@@ -213,15 +261,16 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
         resolve_augment(preset)  # ConfigError (a DaliTrainError) now, not after minutes of measuring
     say = progress or (lambda _msg: None)
     cuda = bool(torch.cuda.is_available())
-    rows, skipped_rows = plan_rows(device, workers, dali_threads, cuda)
-    used = {r["row"]: r["workers_or_threads"] for r in rows if r["backend"] != "torchvision"}
-    config = {"presets": list(presets), "device": device, "workers": workers,
+    rows, skipped_rows = plan_rows(device, workers, dali_threads, cuda, tuned_workers=tuned_workers)
+    used = {r["row"]: r["workers_or_threads"] for r in rows if r["backend"] not in ("torchvision", TUNED)}
+    config = {"presets": list(presets), "device": device, "workers": workers, "tuned_workers": tuned_workers,
               "dali_threads": dali_threads if dali_threads is not None else "default_num_threads", "threads": used,
               "batch_sizes": batch_sizes, "dali_batch_size": dali_batch_size, "repeats": repeats,
               "epochs_per_repeat": epochs_per_repeat, "num_samples": num_samples, "dataset": "synthetic",
               "split": "train", "warmup_epochs": 1,
               "loader_options": {b: {k: repr(v) for k, v in o.items()} for b, o in options.items() if o}}
     report: dict[str, Any] = {"machine": machine_info(), "config": config, "results": [], "batch_ratios": [],
+                              "torchvision_ratios": [], "warnings": [],
                               "skipped": [{**s, "preset": p} for p in presets for s in skipped_rows],
                               "complete": False}
 
@@ -236,6 +285,9 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
         report["results"] += _measure_preset(preset, preset_rows, batch_sizes, repeats, epochs_per_repeat,
                                              num_samples, options, make_loader, say, open_counter)
         report["batch_ratios"] = _batch_ratios(report["results"], batch_sizes)
+        report["torchvision_ratios"] = _torchvision_ratios(report["results"])
+        report["warnings"] = spread_warnings(
+            report["results"], lambda r: f"{r['preset']} batch {r['batch_size']} {r['row']}")
         if on_update is not None:
             on_update(report)
     report["complete"] = True
@@ -244,10 +296,12 @@ def measure(presets: Sequence[str] = DEFAULT_PRESETS, *, device: str = "all", wo
 
 def _peer_gap(row: dict, preset: str, peers: bool) -> str | None:
     """Why a peer row is not measured for `preset` (None: it is, or the row is not a peer)."""
-    if row["backend"] not in (PEER, KORNIA):
+    if row["backend"] not in SYNTHETIC_ONLY:
         return None
     if not peers:
         return f"the {row['backend']} peer runs on the synthetic arrays only"
+    if row["backend"] == TUNED:
+        return None  # torchvision has every op of the recipe
     from benchmarks.batched_torch import supports
 
     why = supports(resolve_augment(preset))
@@ -264,9 +318,11 @@ def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int
 
     def build(arm: Arm) -> Any:
         row, bs = arm.spec
-        say(f"[{preset}] {arm.name}: build + warm-up epoch")
-        loader = _build(row, preset, bs, num_samples, options.get(row["backend"], {}), make_loader)
-        _run_epochs(loader, [0], row["device"] == "cuda")
+        say(f"[{preset}] {arm.name}: build + warm-up epoch" + (" per worker count" if row["backend"] == TUNED
+                                                                else ""))
+        loader = _build(row, preset, bs, num_samples, options.get(row["backend"], {}), make_loader, say)
+        if row["backend"] != TUNED:  # the tuned row's loader has run its untimed epoch while tuning
+            _run_epochs(loader, [0], row["device"] == "cuda")
         return loader
 
     def timed(arm: Arm, r: int) -> float:
@@ -282,12 +338,17 @@ def _measure_preset(preset: str, rows: Sequence[dict], batch_sizes: Sequence[int
         say(f"[{preset}] {arm.name}: failed: {arm.error}")
 
     set_up(arms, build, on_fail=failed)
+    # what tuning picked, kept with the row (its loader goes below)
+    tuned = {arm.name: {"workers_or_threads": arm.state.num_workers, "setting": arm.state.setting,
+                        "tuning": arm.state.trials} for arm in arms if arm.ok and arm.spec[0]["backend"] == TUNED}
     interleaved(arms, repeats, timed, on_fail=failed,
                 on_result=lambda arm, r, ips: say(f"[{preset}] repeat {r + 1}/{repeats} {arm.name}: {ips:,.0f} img/s"))
     for arm in arms:  # free this preset's DALI pipelines and worker processes before the next preset runs
         arm.state = None
     gc.collect()
     results = _preset_results(preset, arms)
+    for arm, res in zip(arms, results):
+        res.update(tuned.get(arm.name, {}))
     if open_counter is not None:
         for arm, res in zip(arms, results):
             res["files_opened_per_epoch"] = Stats.of(opens[arm.name]).median if opens[arm.name] else None
@@ -305,15 +366,37 @@ def _preset_results(preset: str, arms: Sequence[Arm]) -> list[dict]:
                         "median_images_per_s": stats.median if arm.ok else None,
                         "min": stats.min if arm.ok else None, "max": stats.max if arm.ok else None,
                         "runs": stats.runs})
-    for res in results:  # torchvision's best at the same batch size
-        tv = [r["median_images_per_s"] for r in results if r["backend"] == "torchvision"
-              and r["batch_size"] == res["batch_size"] and r["median_images_per_s"]]
-        res["ratio_vs_best_torchvision"] = ratio(res["median_images_per_s"], max(tv) if tv else None)
+    for res in results:  # the best reference row and the tuned row at the same batch size
+        res["ratio_vs_reference"] = ratio(res["median_images_per_s"], _best(results, "torchvision", res)[1])
+        res["ratio_vs_tuned_torchvision"] = ratio(res["median_images_per_s"], _best(results, TUNED, res)[1])
     largest = max(r["batch_size"] for r in results) if results else None
     for res in results:
         twin = next((r for r in results if r["row"] == res["row"] and r["batch_size"] == largest), None)
         res["ratio_vs_largest_batch"] = ratio(res["median_images_per_s"], (twin or {}).get("median_images_per_s"))
     return results
+
+
+def _best(results: Sequence[dict], backend: str, like: dict) -> tuple[dict | None, float | None]:
+    """The fastest measured row of `backend` at `like`'s preset and batch size, and its median (None, None)."""
+    rows = [r for r in results if r["backend"] == backend and r["preset"] == like["preset"]
+            and r["batch_size"] == like["batch_size"] and r["median_images_per_s"]]
+    best = max(rows, key=lambda r: r["median_images_per_s"], default=None)
+    return best, best["median_images_per_s"] if best else None
+
+
+def _torchvision_ratios(results: Sequence[dict]) -> list[dict]:
+    """Each DALI row over the tuned plain torchvision row and over the best reference row (same preset and batch
+    size, measured interleaved in the same run)."""
+    out = []
+    for r in results:
+        if r["backend"] != "dali":
+            continue
+        tuned, _ = _best(results, TUNED, r)
+        reference, _ = _best(results, "torchvision", r)
+        out.append({"preset": r["preset"], "batch_size": r["batch_size"], "row": r["row"],
+                    "vs_tuned": r["ratio_vs_tuned_torchvision"], "tuned_setting": (tuned or {}).get("setting"),
+                    "vs_reference": r["ratio_vs_reference"], "reference_row": (reference or {}).get("row")})
+    return out
 
 
 def _batch_ratios(results: Sequence[dict], batch_sizes: Sequence[int]) -> list[dict]:
@@ -333,256 +416,7 @@ def _batch_ratios(results: Sequence[dict], batch_sizes: Sequence[int]) -> list[d
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ output
-def format_header(report: dict) -> str:
-    c = report["config"]
-    batches = ", ".join(map(str, c["batch_sizes"]))
-    dali_batch = "" if c.get("dali_batch_size") is None else f", DALI graph batch {c['dali_batch_size']}"
-    lines = ["augment throughput benchmark", *machine_lines(report["machine"]),
-             f"  config      {_dataset_line(c)} train split, {c['num_samples']} samples, training batch "
-             f"{batches}{dali_batch}, {c['repeats']} repeat(s) x {c['epochs_per_repeat']} epoch(s) after 1 warm-up "
-             f"epoch, device {c['device']}",
-             f"  threads     {_threads_line(c)}"]
-    return "\n".join(lines)
-
-
-def _threads_line(c: dict) -> str:
-    """The threads each DALI row and peer ran on, and by which rule."""
-    rule = ("dali_pipes.loader.default_num_threads" if c["dali_threads"] == "default_num_threads"
-            else f"--dali-threads {c['dali_threads']}")
-    used = ", ".join(f"{row} {n}" for row, n in (c.get("threads") or {}).items())
-    return f"{used or 'no DALI rows'} ({rule}; torch-batched peers: torch.set_num_threads as their device's DALI row)"
-
-
-def _dataset_line(c: dict) -> str:
-    if c.get("dataset") not in ("folder", "shards"):
-        return "synthetic"
-    w, h = c["image_shape"]
-    packed = f" packed in {c['shards']} train tar shards" if c["dataset"] == "shards" else ""
-    return f"{c['dataset']} ({w}x{h} JPEGs{packed} -> {c['image_size']} px)"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
-
-
-def _x(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
-
-
-def format_table(report: dict) -> str:
-    sizes = report["config"]["batch_sizes"]
-    by_batch = len(sizes) > 1
-    head = ["preset", "batch", "row", "median img/s", "min..max", "ratio vs best tv"]
-    if by_batch:
-        head.append(f"vs batch {max(sizes)}")
-    opens = any("files_opened_per_epoch" in r for r in report["results"])
-    if opens:
-        head.append("files opened/epoch")
-    body = []
-    for r in report["results"]:
-        if r["status"] != "ok":
-            cells = [r["preset"], str(r["batch_size"]), r["row"], "failed", "-", "-"] + (["-"] if by_batch else [])
-        else:
-            cells = [r["preset"], str(r["batch_size"]), r["row"], _num(r["median_images_per_s"]),
-                     f"{_num(r['min'])}..{_num(r['max'])}", _x(r["ratio_vs_best_torchvision"])]
-            if by_batch:
-                cells.append(_x(r["ratio_vs_largest_batch"]))
-        if opens:
-            n = r.get("files_opened_per_epoch")
-            cells.append("-" if n is None else f"{n:,.0f}")
-        body.append(cells)
-    lines = table(head, body, align="<><>>>>>", group=1)
-    for r in report["results"]:
-        if r["status"] != "ok":
-            lines.append(f"failed {r['preset']} batch {r['batch_size']} {r['row']}: {r['error']}")
-    ratios = [q for q in report.get("batch_ratios", []) if q["ratio"] is not None]
-    if ratios:
-        q0 = ratios[0]
-        lines.append(f"images/s at batch {q0['small_batch']} / at batch {q0['large_batch']}: "
-                     + ", ".join(f"{q['preset']} {q['row']} {q['ratio']:.2f}x" for q in ratios))
-    seen: set[tuple[str, str]] = set()
-    for s in report["skipped"]:
-        if (s["row"], s["reason"]) not in seen:
-            seen.add((s["row"], s["reason"]))
-            lines.append(f"skipped {s['row']}: {s['reason']}")
-    if not report.get("complete", True):
-        lines.append("incomplete: the run stopped before every preset was measured")
-    return "\n".join(lines)
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """Grouped bars: x = preset, one bar per row (median, min..max whiskers), log-scale images/s."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    measured = [r for r in report["results"] if r["median_images_per_s"]]
-    by_batch = len(report["config"]["batch_sizes"]) > 1
-
-    def label_of(r: dict) -> str:
-        return f"{r['row']} b{r['batch_size']}" if by_batch else r["row"]
-
-    presets = list(dict.fromkeys(r["preset"] for r in measured))
-    labels = list(dict.fromkeys(label_of(r) for r in measured))
-    by_key = {(r["preset"], label_of(r)): r for r in measured}
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(presets) * max(1, len(labels)) / 3 + 2), 4.8))
-    width = 0.8 / max(1, len(labels))
-    for j, label in enumerate(labels):
-        xs, ys, lo, hi = [], [], [], []
-        for i, preset in enumerate(presets):
-            r = by_key.get((preset, label))
-            if r is None:
-                continue
-            xs.append(i - 0.4 + width * (j + 0.5))
-            ys.append(r["median_images_per_s"])
-            lo.append(r["median_images_per_s"] - (r["min"] or r["median_images_per_s"]))
-            hi.append((r["max"] or r["median_images_per_s"]) - r["median_images_per_s"])
-        ax.bar(xs, ys, width, label=label, yerr=[lo, hi], capsize=2)
-    ax.set_yscale("log")
-    ax.set_xticks(range(len(presets)))
-    ax.set_xticklabels(presets, rotation=20, ha="right")
-    ax.set_ylabel("images / s (median, min..max)")
-    m, c = report["machine"], report["config"]
-    ax.set_title(f"augmentation throughput, training batch {', '.join(map(str, c['batch_sizes']))}, "
-                 f"{m['cores_available']} cores"
-                 + (f", {m['gpus'][0]}" if m.get("gpus") else ""), fontsize=10)
-    ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------ image folders
-def make_jpeg_folder(root: str | Path, *, num_images: int, shape: tuple[int, int] = (500, 375),
-                     classes: int = 2, seed: int = 0) -> Path:
-    """`num_images` JPEGs of `shape` (width, height) under root/{train,val}/<class>/ (val: one per class).
-
-    Pixels are smooth noise (random values on a grid 1/16 of the size, upsampled), which JPEG compresses about as
-    well as photos (~40-80 KB at 500x375, quality 90): decode time depends on the entropy-coded data.
-    """
-    import numpy as np
-    from PIL import Image
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    w, h = shape
-    for split, count in (("train", num_images), ("val", classes)):
-        for k in range(count):
-            folder = root / split / f"c{k % classes}"
-            folder.mkdir(parents=True, exist_ok=True)
-            small = rng.integers(0, 256, (max(1, h // 16), max(1, w // 16), 3), dtype=np.uint8)
-            image = Image.fromarray(small).resize((w, h), Image.BILINEAR)
-            image.save(folder / f"{k:06d}.jpg", quality=90)
-    return root
-
-
-def measure_decode(files: Sequence[str], *, dali_threads: int, repeats: int = 3) -> list[dict]:
-    """Decode-only rows: images/s decoding `files` (median over `repeats` interleaved, after one untimed pass)."""
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-    from nvidia.dali import pipeline_def
-
-    from dali_pipes.folder import decode_image_rgb
-
-    batch = min(64, len(files))
-
-    @pipeline_def
-    def decode_only():
-        encoded, _ = fn.readers.file(files=list(files), pad_last_batch=True)
-        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
-
-    pipe = decode_only(batch_size=batch, num_threads=dali_threads, device_id=None)
-    pipe.build()
-    steps = -(-len(files) // batch)
-
-    def dali_pass() -> None:
-        for _ in range(steps):
-            pipe.run()
-
-    def reference_pass() -> None:
-        for f in files:
-            decode_image_rgb(f)
-
-    # DALI's last batch is padded with repeats of the last file: those are decoded too, so they count
-    arms = [Arm("decode-only dali-cpu", spec=(dali_threads, steps * batch, dali_pass)),
-            Arm("decode-only torchvision (1 process)", spec=(1, len(files), reference_pass))]
-
-    def timed(arm: Arm, _r: int) -> float:
-        _, images, run_pass = arm.spec
-        start = time.perf_counter()
-        run_pass()
-        return images / (time.perf_counter() - start)
-
-    set_up(arms, lambda arm: arm.spec[2](), keep_going=False)  # one untimed pass each
-    interleaved(arms, repeats, timed, keep_going=False)
-    rows = []
-    for arm in arms:
-        stats = Stats.of(arm.runs)
-        rows.append({"row": arm.name, "workers_or_threads": arm.spec[0], "median_images_per_s": stats.median,
-                     "min": stats.min, "max": stats.max})
-    return rows
-
-
-def measure_folder(presets: Sequence[str], *, num_images: int = 512, image_shape: tuple[int, int] = (500, 375),
-                   image_size: int = 224, root: str | Path | None = None,
-                   on_update: Callable[[dict[str, Any]], None] | None = None, dataset: str = "folder",
-                   shard_size: int = 4 << 20, **kwargs: Any) -> dict[str, Any]:
-    """:func:`measure` over a generated JPEG folder at `image_size` (kwargs as measure's), plus decode-only rows.
-
-    `dataset="shards"`: the same images packed by dali-shard (tar shards of about `shard_size` bytes) and read
-    from the shards. Either way each row reports the files it opened per epoch under the data folder, counted by
-    the kernel (:mod:`benchmarks.open_count`) where the machine has inotify.
-    """
-    import contextlib
-    import tempfile
-
-    from benchmarks import open_count
-
-    with tempfile.TemporaryDirectory(prefix="folder-bench-") as tmp:
-        folder = make_jpeg_folder(root or tmp, num_images=num_images, shape=image_shape)
-        data_dir = folder
-        extra = {"dataset": dataset, "num_samples": num_images, "image_shape": list(image_shape),
-                 "image_size": image_size}
-        if dataset == "shards":
-            from dali_pipes.shard_cli import pack
-
-            data_dir = Path(tmp) / "shards"
-            pack(folder, data_dir, shard_size=shard_size, seed=0, progress=False)
-            extra["shards"] = len(list(data_dir.glob("train-*.tar")))
-            extra["shard_size"] = shard_size
-
-        def make_loader(**kw: Any):
-            kw.pop("num_samples", None)
-            return create_loader(**{**kw, "dataset": dataset, "data_dir": data_dir, "image_size": image_size})
-
-        def updated(report: dict[str, Any]) -> None:
-            report["config"].update(extra)
-            if on_update is not None:
-                on_update(report)
-
-        counting = open_count.OpenCounter(data_dir) if open_count.available() else contextlib.nullcontext()
-        with counting as opens:
-            report = measure(presets, make_loader=make_loader, num_samples=num_images, on_update=updated,
-                             peers=False, open_counter=opens, **kwargs)
-        report["config"].update(extra)
-        from dali_pipes.folder import list_image_folder
-
-        files = list(list_image_folder(folder, "train").files)
-        threads = report["config"]["threads"].get("dali-cpu") or default_num_threads(torch.device("cpu"))
-        report["decode_only"] = measure_decode(files, dali_threads=threads,
-                                               repeats=kwargs.get("repeats", 3))
-    return report
-
-
-def format_decode(report: dict) -> str:
-    rows = report.get("decode_only") or []
-    return "\n".join(f"{r['row']:<40} {r['median_images_per_s']:>10,.0f} img/s  (threads/processes "
-                     f"{r['workers_or_threads']}, min {r['min']:,.0f}, max {r['max']:,.0f})" for r in rows)
-
-
+# ------------------------------------------------------------------------------------------------------ CLI
 def _parse_shape(ctx, param, value: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in value.lower().split("x"))
@@ -593,8 +427,9 @@ def _parse_shape(ctx, param, value: str) -> tuple[int, int]:
     return w, h
 
 
-# ------------------------------------------------------------------------------------------------------ CLI
-def _parse_presets(ctx, param, value: str) -> list[str]:
+def _parse_presets(ctx, param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
     presets = [p.strip() for p in value.split(",") if p.strip()]
     if not presets:
         raise click.BadParameter("give at least one preset")
@@ -619,7 +454,7 @@ def _parse_batch_sizes(ctx, param, value: str) -> list[int]:
 def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
     if value is None:
         return None
-    if value.strip().lower() == "none":
+    if value.strip().lower() in ("none", ""):
         return []
     try:
         workers = [int(w) for w in value.split(",") if w.strip()]
@@ -630,11 +465,25 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
     return list(dict.fromkeys(workers))
 
 
+def _profile(full: bool, presets: list[str] | None, num_samples: int | None, workers: list[int] | None
+             ) -> tuple[list[str], int, list[int]]:
+    """The presets, samples and reference worker counts the command measures: those given, else QUICK's (FULL's
+    with --full)."""
+    base, cores = (FULL if full else QUICK), cpu_count()
+    ref = list(range(cores + 1)) if base["reference_workers"] == "0..cores" else [cores]
+    return (list(base["presets"]) if presets is None else presets,
+            base["num_samples"] if num_samples is None else num_samples, ref if workers is None else workers)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", type=click.Choice(DEVICES), default="all", show_default=True,
               help="Which rows: cpu (torchvision + dali-cpu), cuda (torchvision to GPU + dali-gpu), all.")
-@click.option("--presets", default=",".join(DEFAULT_PRESETS), show_default=True, callback=_parse_presets,
-              help="Comma list of augmentation presets ('<preset>' or '<preset>+<policy>').")
+@click.option("--full", is_flag=True,
+              help=f"The long grid: presets, --num-samples and --workers not given take {', '.join(FULL['presets'])}; "
+                   f"{FULL['num_samples']:,}; 0..cores (hours on 2 cores) instead of the defaults below.")
+@click.option("--presets", default=None, callback=_parse_presets,
+              help="Comma list of augmentation presets ('<preset>' or '<preset>+<policy>') [default: "
+                   f"{','.join(QUICK['presets'])}].")
 @click.option("--batch-sizes", default="256", show_default=True, callback=_parse_batch_sizes,
               help="Comma list of training batch sizes; every row is measured at each (e.g. 128,1024), and the "
                    "smallest is compared with the largest.")
@@ -648,10 +497,14 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
               help="Timed repeats per row (median and min..max over these).")
 @click.option("--epochs-per-repeat", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--workers", default=None, callback=_parse_workers,
-              help="Comma list of torchvision DataLoader worker counts, or 'none' for DALI rows only "
-                   "[default: 0..cores available].")
-@click.option("--num-samples", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Size of the synthetic training split (one epoch).")
+              help="Comma list of DataLoader worker counts of the deterministic reference rows, or 'none' "
+                   "[default: the cores available; --full: 0..cores].")
+@click.option("--tuned-workers", default=None, callback=_parse_workers,
+              help="Worker counts the plain torchvision row is tuned over (1 torch thread each; the fastest is "
+                   "measured), or 'none' for no tuned row [default: 0..cores available].")
+@click.option("--num-samples", type=click.IntRange(min=1), default=None,
+              help=f"Size of the synthetic training split (one epoch) [default: {QUICK['num_samples']:,}; --full: "
+                   f"{FULL['num_samples']:,}].")
 @click.option("--dataset", type=click.Choice(BENCH_DATASETS), default="synthetic", show_default=True,
               help="synthetic CIFAR arrays, or a generated folder of JPEGs (--folder-images, --image-shape).")
 @click.option("--image-size", type=click.IntRange(min=8), default=224, show_default=True,
@@ -661,16 +514,19 @@ def _parse_workers(ctx, param, value: str | None) -> list[int] | None:
 @click.option("--folder-images", type=click.IntRange(min=1), default=512, show_default=True,
               help="--dataset folder: generated training images (one epoch).")
 @output_options
-def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_size: int | None,
-         dali_threads: int | None, repeats: int,
-         epochs_per_repeat: int, workers: list[int] | None, num_samples: int, dataset: str, image_size: int,
+def main(device: str, full: bool, presets: list[str] | None, batch_sizes: list[int], dali_batch_size: int | None,
+         dali_threads: int | None, repeats: int, epochs_per_repeat: int, workers: list[int] | None,
+         tuned_workers: list[int] | None, num_samples: int | None, dataset: str, image_size: int,
          image_shape: tuple[int, int], folder_images: int, json_path: str | None, plot_path: str | None,
          quiet: bool) -> None:
-    """Measure augmentation throughput (images/s) of torchvision workers vs DALI CPU/GPU per preset."""
+    """Measure augmentation throughput (images/s) per preset: DALI CPU/GPU against torchvision (a plain pipeline
+    tuned over worker counts, and the deterministic reference) and the batched peers."""
     progress = None if quiet else (lambda msg: click.echo(msg, err=True))
-    common = dict(device=device, workers=workers, batch_sizes=batch_sizes, repeats=repeats,
-                  epochs_per_repeat=epochs_per_repeat, progress=progress, dali_batch_size=dali_batch_size,
-                  dali_threads=dali_threads,
+    presets, num_samples, workers = _profile(full, presets, num_samples, workers)
+    started = time.perf_counter()
+    common = dict(device=device, workers=workers, tuned_workers=tuned_workers, batch_sizes=batch_sizes,
+                  repeats=repeats, epochs_per_repeat=epochs_per_repeat, progress=progress,
+                  dali_batch_size=dali_batch_size, dali_threads=dali_threads,
                   on_update=json_updater(json_path, to_json))
     try:
         if dataset in ("folder", "shards"):
@@ -687,10 +543,15 @@ def main(device: str, presets: list[str], batch_sizes: list[int], dali_batch_siz
     if report.get("decode_only"):
         click.echo("")
         click.echo(format_decode(report))
+    report["wall_time_s"] = round(time.perf_counter() - started, 1)
+    click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
     if json_path or plot_path:
         click.echo("")
     write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
 
 
 if __name__ == "__main__":
+    from benchmarks.torchvision_peer import preload_worker_imports
+
+    preload_worker_imports()  # the script's process only: not where main() is called as a function (tests)
     main()

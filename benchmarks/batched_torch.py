@@ -121,7 +121,7 @@ class BatchedTorchLoader:
             raise ValueError(f"{augment}: {reason.replace('batched-torch', self.name)}")
         self.device = torch.device(device)
         self.images = torch.from_numpy(data.images.copy()).to(self.device)  # the source array is read-only
-        self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64)).to(self.device)
+        self.labels = torch.from_numpy(np.array(data.labels, dtype=np.int64)).to(self.device)  # a writable copy
         self.size = tuple(data.images.shape[1:3])
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
         # torch's intra-op threads while a batch is augmented (None: as set): the benchmark gives the peer the

@@ -134,7 +134,9 @@ def part_augment(sizes: dict, out: Path) -> None:
     from benchmarks import augment_throughput as aug
 
     write = _writer(out)
-    report = aug.measure(sizes["presets"], device=sizes["device"], workers=[], batch_sizes=sizes["batch_sizes"],
+    # DALI rows and the batched peers only: the torchvision rows (tuning included) would not fit the part's budget
+    report = aug.measure(sizes["presets"], device=sizes["device"], workers=[], tuned_workers=[],
+                         batch_sizes=sizes["batch_sizes"],
                          repeats=sizes["repeats"], num_samples=sizes["num_samples"], progress=_say, on_update=write)
     write(report)
     print(aug.format_table(report), flush=True)

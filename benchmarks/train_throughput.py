@@ -1,7 +1,11 @@
 """Training-step cost: images/s, step time and memory per precision / memory format / compile / mixing, and how
-much the real DALI loader costs next to a batch that is already on the device.
+much the real DALI loader, and a plain torchvision one, cost next to a batch that is already on the device.
 
-    python benchmarks/train_throughput.py --device cpu --json train-bench.json
+    python benchmarks/train_throughput.py --device cpu --json train-bench.json          # minutes on 2 cores
+    python benchmarks/train_throughput.py --device cpu --full --json train-bench.json   # 20 steps, 5 warm-up
+
+``--json`` also writes the rows as CSV beside it (same name, ``.csv``); ``--plot`` draws bars on a linear axis from
+zero.
 
 Rows per (device, model), all built with ``training.recipe.factory`` (the loader, model and step of ``dali-train``,
 every other option at its ``TrainConfig`` default: SGD + Nesterov, drop path 0.05, label smoothing 0.1, cosine
@@ -13,7 +17,10 @@ schedule):
 - ``<recipe> +cl +mix +compile`` with ``--compile`` only (compiling takes minutes, on the CPU even more);
 - ``<recipe> +cl +mix, DALI loader``: the same step fed by the real loader (synthetic dataset, ``--augment``).
   Loader overhead = 1 - (DALI-fed img/s) / (synthetic-fed img/s), both measured side by side. The row states the
-  DALI threads it ran with (``dali_threads``): training's rule, ``training.recipe.factory.loader_threads``.
+  DALI threads it ran with (``dali_threads``): training's rule, ``training.recipe.factory.loader_threads``;
+- ``<recipe> +cl +mix, torchvision loader``: the same step fed by the plain torchvision v2 pipeline a user writes
+  (benchmarks/torchvision_peer.py, same ``--augment`` recipe) in a DataLoader with as many workers as the DALI row
+  has threads, one torch thread each (``torchvision_workers``); its loader overhead is reported the same way.
 
 How it measures (same rules as ``augment_throughput.py``):
 
@@ -21,7 +28,8 @@ How it measures (same rules as ``augment_throughput.py``):
   the DALI pipeline build);
 - a repeat times ``--steps`` steps through ``training.recipe.engine.train_one_epoch`` (CUDA is synchronized before the
   clock is read); rows of a (device, model) are interleaved, each repeat starting at a rotating row; median and
-  min..max are over repeats; every ratio is between two rows of the same run (ratio of their medians);
+  min..max are over repeats; every ratio is between two rows of the same run (ratio of their medians); a row
+  whose repeats spread more than 1.5x (max / min) is warned about (``spread``, ``spread_warning``, ``warnings``);
 - memory, per row: on CUDA the row's own peak allocated (window peak minus what the other, idle rows hold), the
   process-wide peak reserved, the process's NVML peak (PyTorch, DALI's pipelines and the CUDA context: what the
   allocator figures miss) and the device-wide NVML peak; on the CPU the host RSS peak, which is process-wide (all
@@ -51,6 +59,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
+from benchmarks.train_report import format_header, format_table, plot, plot_figure  # noqa: E402
 from benchmarks.augment_throughput import DEVICES, NO_CUDA  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.checks import check_choice, check_int  # noqa: E402
@@ -60,17 +69,20 @@ from training.recipe.engine import StepContext, train_one_epoch  # noqa: E402
 from training.recipe.factory import (build_model, data_loader, kernel_settings, loader_threads,  # noqa: E402
                               step_context)
 from training.atomic import to_json  # noqa: E402
-from training.harness import Arm, Stats, finite, interleaved, machine_lines, ratio, set_up, table  # noqa: E402
+from training.harness import Arm, Stats, finite, interleaved, ratio, set_up, spread_warnings  # noqa: E402
 from training.machine import machine_info  # noqa: E402
 from training.recipe.models import MODELS  # noqa: E402
 from training.outputs.monitor import MIB, ResourceMonitor  # noqa: E402
 
-__all__ = ["format_table", "main", "measure", "plan_rows", "plot", "to_json"]
+__all__ = ["format_header", "format_table", "main", "measure", "plan_rows", "plot", "plot_figure", "to_json"]
 
 DEFAULT_MODELS = {"cuda": ("resnet18", "resnet20"), "cpu": ("resnet20",)}
 PRECISIONS = ("fp32", "fp16", "bf16")
 RECIPE_PRECISION = {"cuda": "fp16", "cpu": "bf16"}  # what TrainConfig's amp=True, amp_dtype=float16 runs as
 FP16_CPU = "fp16 needs CUDA (on the CPU, autocast runs bfloat16: that is the bf16 row)"
+# What the command line measures unless told otherwise: under 5 minutes on 2 cores. --full: the long grid.
+QUICK = {"steps": 5, "warmup_steps": 2}
+FULL = {"steps": 20, "warmup_steps": 5}
 COMPILE_CPU_NOTE = ("--compile on the CPU: inductor builds C++ kernels for every row, which takes minutes on a few "
                     "cores; the compile row's warm-up includes it")
 
@@ -78,12 +90,14 @@ COMPILE_CPU_NOTE = ("--compile on the CPU: inductor builds C++ kernels for every
 # ------------------------------------------------------------------------------------------------------ rows
 def _label(precision: str, cl: bool, mix: bool, compile_: bool, feed: str) -> str:
     return (precision + (" +cl" if cl else "") + (" +mix" if mix else "") + (" +compile" if compile_ else "")
-            + (", DALI loader" if feed == "dali" else ""))
+            + {"dali": ", DALI loader", "torchvision": ", torchvision loader"}.get(feed, ""))
 
 
-def plan_rows(device: str, model: str, cuda: bool, compile_: bool) -> tuple[list[dict], list[dict]]:
+def plan_rows(device: str, model: str, cuda: bool, compile_: bool, torchvision_workers: int | None = None
+              ) -> tuple[list[dict], list[dict]]:
     """The rows of one (device, model) and the skipped ones with their reason. Each row names the row it is
-    compared with (``vs``) and what the comparison measures (``kind``)."""
+    compared with (``vs``) and what the comparison measures (``kind``). The torchvision-fed row runs
+    `torchvision_workers` DataLoader workers (None: as many as the DALI-fed row has threads)."""
     rows: list[dict] = []
     skipped: list[dict] = []
 
@@ -113,6 +127,10 @@ def plan_rows(device: str, model: str, cuda: bool, compile_: bool) -> tuple[list
     if compile_:
         add(rp, True, mix=True, compile_row=True, vs=recipe, kind="compile")
     add(rp, True, mix=True, feed="dali", vs=recipe, kind="loader")
+    add(rp, True, mix=True, feed="torchvision", vs=recipe, kind="loader")
+    for row in rows:
+        if row["feed"] == "torchvision":
+            row["workers"] = torchvision_workers
     return rows, skipped
 
 
@@ -227,9 +245,20 @@ class _Row:
         self.batch = (torch.randn(batch_size, 3, side, side, device=self.device, generator=gen),
                       torch.randint(0, len(self.run.train_loader.classes), (batch_size,), device=self.device,
                                     generator=gen))
-        self.stream = _endless(self.run.train_loader) if spec["feed"] == "dali" else None
-        # the threads training's rule gives this loader (training.recipe.factory.loader_threads): stated with the row
-        self.dali_threads = loader_threads(cfg, self.device) if spec["feed"] == "dali" else None
+        # the threads training's rule gives the DALI loader (training.recipe.factory.loader_threads): stated with
+        # the row; the torchvision loader gets as many workers, one torch thread each
+        threads = loader_threads(cfg, self.device)
+        self.dali_threads = threads if spec["feed"] == "dali" else None
+        workers = threads if spec.get("workers") is None else spec["workers"]
+        self.torchvision_workers = workers if spec["feed"] == "torchvision" else None
+        if spec["feed"] == "dali":
+            self.stream = _endless(self.run.train_loader)
+        elif spec["feed"] == "torchvision":
+            from benchmarks.torchvision_peer import PlainTorchvisionLoader
+
+            self.stream = _endless(PlainTorchvisionLoader(augment=augment, batch_size=batch_size,
+                                                          device=spec["device"], num_samples=num_samples,
+                                                          num_workers=workers, seed=cfg.seed))
         self.train(warmup_steps)  # untimed
         self.saved_mib = None if spec["compile"] else _saved_for_backward_mib(self.run, self.batch)
         _sync(self.device)
@@ -284,7 +313,7 @@ def _failed(spec: dict, error: str) -> dict:
     return {**{k: spec[k] for k in SPEC_KEYS}, "status": "failed", "error": error, "median_images_per_s": None,
             "min": None, "max": None, "runs": [], "median_step_ms": None, "step_ms_min": None, "step_ms_max": None,
             "median_data_wait_s": None, "nonfinite_losses": 0, "skipped_steps": 0, "memory": None,
-            "vs": spec["vs"], "kind": spec["kind"], "dali_threads": None}
+            "vs": spec["vs"], "kind": spec["kind"], "dali_threads": None, "torchvision_workers": None}
 
 
 def _summarize(arm: Arm) -> dict:
@@ -310,7 +339,8 @@ def _summarize(arm: Arm) -> dict:
             "median_data_wait_s": Stats.of(r["data_wait_s"] for r in runs).median,
             "nonfinite_losses": sum(r["nonfinite_losses"] for r in runs),
             "skipped_steps": sum(r["skipped_steps"] for r in runs),
-            "memory": memory, "vs": arm.spec["vs"], "kind": arm.spec["kind"], "dali_threads": row.dali_threads}
+            "memory": memory, "vs": arm.spec["vs"], "kind": arm.spec["kind"], "dali_threads": row.dali_threads,
+            "torchvision_workers": row.torchvision_workers}
 
 
 def _memory_basis(result: dict) -> tuple[str, float | None]:
@@ -337,7 +367,9 @@ def _compare(results: list[dict]) -> list[dict]:
                  "speedup": r["speedup_vs"], "memory_ratio": r["memory_ratio_vs"],
                  "memory_basis": basis if r["memory_ratio_vs"] is not None else None}
         if r["kind"] == "loader":
+            entry["feed"] = r["feed"]
             entry["dali_threads"] = r["dali_threads"]
+            entry["torchvision_workers"] = r["torchvision_workers"]
             entry["loader_overhead_pct"] = (finite(100 * (1 - r["speedup_vs"])) if r["speedup_vs"] is not None
                                             else None)
         ratios.append(entry)
@@ -347,10 +379,11 @@ def _compare(results: list[dict]) -> list[dict]:
 def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_size: int = 128, steps: int = 20,
             warmup_steps: int = 5, repeats: int = 3, num_samples: int = 4096, augment: str | None = None,
             compile: bool = False, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-            progress: Callable[[str], None] | None = None,
+            torchvision_workers: int | None = None, progress: Callable[[str], None] | None = None,
             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "ratios", "skipped",
-    "notes", "complete"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
+    """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "ratios", "warnings",
+    "skipped", "notes", "complete"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
+    `torchvision_workers`: the torchvision-fed row's DataLoader workers (None: the DALI-fed row's threads).
 
     `overrides` maps a row label (e.g. ``"bf16 +cl"``) to ``TrainConfig`` fields that row is built with instead.
     A row that fails (build, warm-up or a timed repeat) is reported with ``status: "failed"`` and its one-line
@@ -364,6 +397,8 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
     for name, value, lo in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup_steps", warmup_steps, 0),
                             ("repeats", repeats, 1), ("num_samples", num_samples, 1)):
         check_int("--" + name.replace("_", "-"), value, lo)
+    if torchvision_workers is not None:
+        check_int("--torchvision-workers", torchvision_workers, 0)
     if models is not None:
         models = list(dict.fromkeys(models))
         bad = [m for m in models if m not in MODELS]
@@ -395,15 +430,16 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
               "warmup_steps": warmup_steps, "repeats": repeats, "dataset": "synthetic", "num_samples": num_samples,
               "augment": augment, "compile": compile, "recipe_precision": {d: RECIPE_PRECISION[d] for d in devices},
               "synthetic_feed": "torch.randn images + random labels, made once on the device and reused",
-              "overrides": {label: {k: repr(v) for k, v in f.items()} for label, f in (overrides or {}).items()}}
+              "overrides": {label: {k: repr(v) for k, v in f.items()} for label, f in (overrides or {}).items()},
+              "torchvision_workers": "the DALI row's threads" if torchvision_workers is None else torchvision_workers}
     report: dict[str, Any] = {"machine": machine_info(), "config": config, "results": [], "ratios": [],
-                              "skipped": [], "notes": notes, "complete": False}
+                              "warnings": [], "skipped": [], "notes": notes, "complete": False}
     for dev in devices:
         if dev == "cpu":
             notes.append("cpu memory: host RSS is process-wide (every row of the run is resident); the memory ratio "
                          "uses the bytes saved for backward")
         for model in per_device[dev]:
-            specs, skip = plan_rows(dev, model, cuda, compile)
+            specs, skip = plan_rows(dev, model, cuda, compile, torchvision_workers)
             report["skipped"] += skip
             if specs:
                 with kernel_settings(deterministic=False):  # what training runs with: cudnn.benchmark on
@@ -412,6 +448,8 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
                                                         repeats=repeats, overrides=overrides or {}, say=say,
                                                         cuda=cuda)
                 report["ratios"] = _compare(report["results"])
+                report["warnings"] = spread_warnings(report["results"],
+                                                     lambda r: f"{r['device']} {r['model']} {r['row']}")
                 if on_update is not None:
                     on_update(report)
     report["ratios"] = _compare(report["results"])
@@ -455,108 +493,6 @@ def _measure_group(specs: list[dict], dev: str, *, batch_size: int, num_samples:
             torch.cuda.empty_cache()
 
 
-# ------------------------------------------------------------------------------------------------------ output
-def format_header(report: dict) -> str:
-    c = report["config"]
-    models = "; ".join(f"{d}: {', '.join(ms)}" for d, ms in c["models"].items())
-    lines = ["training throughput benchmark", *machine_lines(report["machine"]),
-             (f"  config      {models}; batch {c['batch_size']}, {c['repeats']} repeat(s) x {c['steps']} steps "
-              f"after {c['warmup_steps']} warm-up steps; DALI loader: synthetic {c['num_samples']} samples, augment "
-              f"{c['augment']}")]
-    return "\n".join(lines)
-
-
-def _num(x: float | None, fmt: str = ",.0f") -> str:
-    return "-" if x is None else f"{x:{fmt}}"
-
-
-def _mem_cell(r: dict) -> str:
-    m = r["memory"]
-    if r["device"] == "cuda":
-        return (f"{_num(m['cuda_peak_allocated_mib'])} / {_num(m['cuda_peak_reserved_mib'])} / "
-                f"{_num(m['nvml_process_max_mib'])}")
-    return _num(m["host_rss_peak_mib"])
-
-
-def format_table(report: dict) -> str:
-    head = ("device", "model", "row", "median img/s", "min..max", "ms/step", "peak mem MiB", "saved act MiB",
-            "vs", "speed", "mem")
-    body = []
-    for r in report["results"]:
-        if r["status"] != "ok":
-            body.append((r["device"], r["model"], r["row"], "failed", "-", "-", "-", "-", r["vs"] or "", "", ""))
-            continue
-        body.append((r["device"], r["model"], r["row"], _num(r["median_images_per_s"]),
-                     f"{_num(r['min'])}..{_num(r['max'])}", _num(r["median_step_ms"], ",.1f"), _mem_cell(r),
-                     _num(r["memory"]["saved_for_backward_mib"], ",.1f"), r["vs"] or "",
-                     "" if r["speedup_vs"] is None else f"{r['speedup_vs']:.2f}x",
-                     "" if r["memory_ratio_vs"] is None else f"{r['memory_ratio_vs']:.2f}x"))
-    lines = table(head, body, align="<<<>>>>><>>", group=2)
-    if any(r["device"] == "cuda" and r["status"] == "ok" for r in report["results"]):
-        lines.append("peak mem: cuda = own peak allocated / process peak reserved / process NVML peak (DALI and the "
-                     "CUDA context included); cpu = host RSS peak (process)")
-    elif body:
-        lines.append("peak mem: host RSS peak of the process; mem ratio: bytes saved for backward")
-    for r in report["results"]:
-        if r["status"] != "ok":
-            lines.append(f"failed {r['device']} {r['model']} {r['row']}: {r['error']}")
-    summary = _summary_lines(report)
-    if summary:
-        lines += [""] + summary
-    groups: dict[tuple[str, str, str], list[str]] = {}
-    for s in report["skipped"]:
-        groups.setdefault((s["device"], s["model"], s["reason"]), []).append(s["row"])
-    for (dev, model, reason), names in groups.items():
-        lines.append(f"skipped {dev} {model} {', '.join(names)}: {reason}")
-    for note in report.get("notes", []):
-        lines.append(f"note: {note}")
-    if not report.get("complete", True):
-        lines.append("incomplete: the run stopped before every row was measured")
-    return "\n".join(lines)
-
-
-def _summary_lines(report: dict) -> list[str]:
-    out = []
-    for q in report["ratios"]:
-        if q["kind"] == "amp_vs_fp32" and "+cl" in q["row"]:
-            mem = "" if q["memory_ratio"] is None else f", memory {q['memory_ratio']:.2f}x ({q['memory_basis']})"
-            out.append(f"{q['device']} {q['model']}: AMP {q['row']} vs {q['vs']}: "
-                       f"{_num(q['speedup'], '.2f')}x images/s{mem}")
-        elif q["kind"] == "loader":
-            out.append(f"{q['device']} {q['model']}: loader overhead {_num(q['loader_overhead_pct'], '.0f')}% "
-                       f"({q['row']}, {q['dali_threads']} DALI threads, vs the same step on a synthetic batch on "
-                       "the device)")
-    return out
-
-
-def plot(report: dict, path: str | Path) -> None:
-    """Horizontal bars: one per row (median images/s, min..max whiskers), grouped by device and model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = [r for r in report["results"] if r["status"] == "ok"]
-    labels = [f"{r['device']} {r['model']} {r['row']}" for r in res]
-    meds = [r["median_images_per_s"] or 0.0 for r in res]
-    lo = [max(0.0, (r["median_images_per_s"] or 0) - (r["min"] or 0)) for r in res]
-    hi = [max(0.0, (r["max"] or 0) - (r["median_images_per_s"] or 0)) for r in res]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(res)))
-    colors = ["tab:orange" if r["feed"] == "dali" else "tab:blue" for r in res]
-    ax.barh(range(len(res)), meds, xerr=[lo, hi], color=colors, capsize=2)
-    ax.set_yticks(range(len(res)))
-    ax.set_yticklabels(labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("images / s (median, min..max); orange: fed by the DALI loader")
-    m, c = report["machine"], report["config"]
-    ax.set_title(f"training step throughput, batch {c['batch_size']}, {m['cores_available']} cores"
-                 + (f", {m['gpus'][0]}" if m.get("gpus") else ""), fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------------------------ CLI
 def _parse_models(ctx, param, value: str | None) -> list[str] | None:
     if value is None:
@@ -584,31 +520,42 @@ def command(measure_fn: Callable[..., dict] | None = None) -> click.Command:
                   help="Which rows: cpu, cuda, or both (cuda rows are skipped with a reason when no GPU is visible).")
     @click.option("--models", default=None, callback=_parse_models,
                   help="Comma list of models [default: resnet18,resnet20 on cuda; resnet20 on cpu].")
+    @click.option("--full", is_flag=True,
+                  help=f"The long grid: --steps and --warmup-steps not given take {FULL['steps']} and "
+                       f"{FULL['warmup_steps']} instead of the defaults below.")
     @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-    @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True,
-                  help="Timed steps per repeat.")
-    @click.option("--warmup-steps", type=click.IntRange(min=0), default=5, show_default=True,
-                  help="Untimed steps per row before the first repeat.")
+    @click.option("--steps", type=click.IntRange(min=1), default=None,
+                  help=f"Timed steps per repeat [default: {QUICK['steps']}; --full: {FULL['steps']}].")
+    @click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+                  help=f"Untimed steps per row before the first repeat [default: {QUICK['warmup_steps']}; --full: "
+                       f"{FULL['warmup_steps']}].")
     @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
                   help="Timed repeats per row (median and min..max over these).")
     @click.option("--num-samples", type=click.IntRange(min=1), default=4096, show_default=True,
-                  help="Size of the synthetic training split the DALI-fed row reads.")
+                  help="Size of the synthetic training split the loader-fed rows read.")
     @click.option("--augment", default=TrainConfig().augment, show_default=True, callback=_parse_augment,
-                  help="Augmentation of the DALI-fed row.")
+                  help="Augmentation of the loader-fed rows (DALI and torchvision).")
+    @click.option("--torchvision-workers", type=click.IntRange(min=0), default=None,
+                  help="DataLoader workers of the torchvision-fed row, 1 torch thread each [default: the DALI-fed "
+                       "row's threads].")
     @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
                   help="Add a torch.compile row per model (slow to compile, on the CPU especially).")
     @output_options
-    def main(device: str, models: list[str] | None, batch_size: int, steps: int, warmup_steps: int, repeats: int,
-             num_samples: int, augment: str, compile_: bool, json_path: str | None, plot_path: str | None,
-             quiet: bool) -> None:
+    def main(device: str, full: bool, models: list[str] | None, batch_size: int, steps: int | None,
+             warmup_steps: int | None, repeats: int, num_samples: int, augment: str, torchvision_workers: int | None,
+             compile_: bool, json_path: str | None, plot_path: str | None, quiet: bool) -> None:
         """Measure training-step throughput and memory per precision, memory format, compile and mixing, and the
-        loader overhead (DALI-fed vs a synthetic batch on the device)."""
+        loader overhead (DALI-fed and torchvision-fed vs a synthetic batch on the device)."""
         progress = None if quiet else (lambda msg: click.echo(msg, err=True))
+        base = FULL if full else QUICK
+        steps = base["steps"] if steps is None else steps
+        warmup_steps = base["warmup_steps"] if warmup_steps is None else warmup_steps
         started = time.perf_counter()
         try:
-            report = (measure if measure_fn is None else measure_fn)(device=device, models=models, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
-                             repeats=repeats, num_samples=num_samples, augment=augment, compile=compile_,
-                             progress=progress, on_update=json_updater(json_path, to_json))
+            report = (measure if measure_fn is None else measure_fn)(
+                device=device, models=models, batch_size=batch_size, steps=steps, warmup_steps=warmup_steps,
+                repeats=repeats, num_samples=num_samples, augment=augment, compile=compile_, progress=progress,
+                torchvision_workers=torchvision_workers, on_update=json_updater(json_path, to_json))
         except DaliTrainError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
@@ -626,4 +573,7 @@ def command(measure_fn: Callable[..., dict] | None = None) -> click.Command:
 main = command()
 
 if __name__ == "__main__":
+    from benchmarks.torchvision_peer import preload_worker_imports
+
+    preload_worker_imports()  # the script's process only: not where main() is called as a function (tests)
     main()

@@ -19,9 +19,11 @@ from benchmarks import train_throughput as tt
 from dali_pipes import ConfigError
 
 CUDA = torch.cuda.is_available()
+# torchvision_workers 0: the torchvision-fed row augments in the process (a worker start takes 10-20 s here)
 TINY_TRAIN = {"models": ["resnet20"], "batch_size": 4, "steps": 1, "warmup_steps": 1, "repeats": 2,
-              "num_samples": 8, "augment": "none"}
-CPU_ROWS = ["fp32", "fp32 +cl", "bf16", "bf16 +cl", "bf16 +cl +mix", "bf16 +cl +mix, DALI loader"]
+              "num_samples": 8, "augment": "none", "torchvision_workers": 0}
+CPU_ROWS = ["fp32", "fp32 +cl", "bf16", "bf16 +cl", "bf16 +cl +mix", "bf16 +cl +mix, DALI loader",
+            "bf16 +cl +mix, torchvision loader"]
 
 
 def walk_numbers(obj):
@@ -33,6 +35,32 @@ def walk_numbers(obj):
             yield from walk_numbers(v)
     elif isinstance(obj, float):
         yield obj
+
+
+def assert_csv_matches_json_rows(json_path: Path) -> None:
+    """The CSV beside a JSON report holds its rows: one line each, a column per field (nested fields as
+    ``parent.key``), the same values."""
+    import csv
+
+    rows = json.loads(json_path.read_text())["results"]
+    with open(json_path.with_suffix(".csv"), newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == len(rows) > 0
+    for row, line in zip(rows, lines):
+        cells = {}
+        for key, value in row.items():
+            for name, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+                cells[f"{key}.{name}" if name else key] = v
+        assert set(cells) <= set(line) and all(line[k] == "" for k in set(line) - set(cells)), set(cells) ^ set(line)
+        for name, v in cells.items():
+            if isinstance(v, list) and any(isinstance(x, dict) for x in v):
+                assert json.loads(line[name]) == v, name
+            elif isinstance(v, list):
+                assert [float(x) for x in line[name].split()] == [float(x) for x in v if x is not None], name
+            elif isinstance(v, float):
+                assert float(line[name]) == pytest.approx(v, rel=1e-12), name
+            else:
+                assert line[name] == ("" if v is None else str(v)), name
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +78,15 @@ def test_train_rows_cover_the_grid_and_are_finite(train_report) -> None:
         assert r["median_step_ms"] > 0 and r["memory"]["host_rss_peak_mib"] > 0
     by_row = {r["row"]: r for r in cpu}
     assert by_row["bf16 +cl +mix, DALI loader"]["feed"] == "dali" and by_row["bf16"]["feed"] == "synthetic"
-    # the loader row states its threads, by training's rule; rows without a loader state none
+    assert by_row["bf16 +cl +mix, torchvision loader"]["feed"] == "torchvision"
+    # the loader rows state their threads (DALI, by training's rule) and workers (torchvision, as asked); rows
+    # without a loader state none
     from dali_pipes.loader import default_num_threads
 
     for r in train_report["results"]:
-        want = default_num_threads(torch.device(r["device"])) if r["feed"] == "dali" else None
-        assert r["dali_threads"] == want, r["row"]
+        threads = default_num_threads(torch.device(r["device"]))
+        assert r["dali_threads"] == (threads if r["feed"] == "dali" else None), r["row"]
+        assert r["torchvision_workers"] == (0 if r["feed"] == "torchvision" else None), r["row"]
     # bf16 autocast keeps (about) half the activation bytes of fp32
     assert by_row["bf16"]["memory"]["saved_for_backward_mib"] < 0.8 * by_row["fp32"]["memory"]["saved_for_backward_mib"]
     assert json.loads(json.dumps(train_report, allow_nan=False)) == train_report
@@ -75,6 +106,9 @@ def test_train_ratios_are_the_ratios_of_the_medians(train_report) -> None:
             assert q["memory_ratio"] > 0
     amp = [q for q in train_report["ratios"] if q["kind"] == "amp_vs_fp32" and q["device"] == "cpu"]
     assert {(q["row"], q["vs"]) for q in amp} == {("bf16", "fp32"), ("bf16 +cl", "fp32 +cl")}
+    loaders = {q["feed"]: q for q in train_report["ratios"] if q["kind"] == "loader" and q["device"] == "cpu"}
+    assert set(loaders) == {"dali", "torchvision"} and loaders["torchvision"]["vs"] == "bf16 +cl +mix"
+    assert "torchvision loader, plain torchvision v2" in tt.format_table(train_report)
 
 
 def test_train_skipped_rows_have_reasons(train_report) -> None:
@@ -113,7 +147,8 @@ def test_train_cli_writes_json_and_plot(tmp_path, train_report) -> None:
     out, png = tmp_path / "train.json", tmp_path / "train.png"
     result = CliRunner().invoke(tt.command(measured), ["--device", "cpu", "--models", "resnet20", "--batch-size", "4", "--steps",
                                           "1", "--warmup-steps", "1", "--repeats", "2", "--num-samples", "8",
-                                          "--augment", "none", "--json", str(out), "--plot", str(png), "-q"])
+                                          "--augment", "none", "--torchvision-workers", "0", "--json", str(out),
+                                          "--plot", str(png), "-q"])
     assert result.exit_code == 0, result.output
     assert len(calls) == 1 and callable(calls[0].pop("on_update"))  # --json: rewritten as groups finish
     assert calls == [{"device": "cpu", "compile": False, "progress": None, **TINY_TRAIN}]
@@ -121,6 +156,7 @@ def test_train_cli_writes_json_and_plot(tmp_path, train_report) -> None:
     assert [r["row"] for r in report["results"] if r["device"] == "cpu"] == CPU_ROWS
     assert report["wall_time_s"] >= 0 and png.stat().st_size > 0
     assert "training throughput benchmark" in result.output and "loader overhead" in result.output
+    assert_csv_matches_json_rows(out)
 
 
 @pytest.mark.parametrize("args, option", [(["--models", "resnet20,bogus"], "--models"),
@@ -140,16 +176,31 @@ def test_train_cli_reports_dali_train_errors_with_exit_2() -> None:
 
 
 def test_augment_measure_rows_ratios_and_json() -> None:
-    report = aug.measure(["standard"], device="all", workers=[0], batch_sizes=[16], repeats=2, num_samples=32)
+    report = aug.measure(["standard"], device="all", workers=[0], tuned_workers=[0], batch_sizes=[16], repeats=2,
+                         num_samples=32)
     rows = [r["row"] for r in report["results"]]
-    assert rows[:2] == ["torchvision w=0", "dali-cpu"] and {"torch-batched-cpu", "kornia-cpu"} <= set(rows)
-    assert len(rows) == (7 if CUDA else 4)
+    assert rows[:3] == ["torchvision-ref w=0", "torchvision-tuned", "dali-cpu"]
+    assert {"torch-batched-cpu", "kornia-cpu"} <= set(rows) and len(rows) == (8 if CUDA else 5)
     for r in report["results"]:
         assert r["median_images_per_s"] > 0 and math.isfinite(r["median_images_per_s"])
         assert r["min"] <= r["median_images_per_s"] <= r["max"]
-    tv = report["results"][0]["median_images_per_s"]
+        assert r["spread"] == pytest.approx(r["max"] / r["min"]) and r["spread_warning"] == (r["spread"] > 1.5)
+    med = {r["row"]: r["median_images_per_s"] for r in report["results"]}
     for r in report["results"]:
-        assert r["ratio_vs_best_torchvision"] == pytest.approx(r["median_images_per_s"] / tv)
+        assert r["ratio_vs_reference"] == pytest.approx(r["median_images_per_s"] / med["torchvision-ref w=0"])
+        assert r["ratio_vs_tuned_torchvision"] == pytest.approx(r["median_images_per_s"] / med["torchvision-tuned"])
+    # each DALI row's two ratios side by side: over the tuned plain pipeline, and over the reference
+    (q,) = [q for q in report["torchvision_ratios"] if q["row"] == "dali-cpu"]
+    assert q["vs_tuned"] == pytest.approx(med["dali-cpu"] / med["torchvision-tuned"])
+    assert q["vs_reference"] == pytest.approx(med["dali-cpu"] / med["torchvision-ref w=0"])
+    assert q["reference_row"] == "torchvision-ref w=0" and q["tuned_setting"].startswith("0 workers")
+    (tuned,) = [r for r in report["results"] if r["row"] == "torchvision-tuned"]
+    assert tuned["backend"] == "torchvision-tuned" and tuned["workers_or_threads"] == 0
+    assert [t["workers"] for t in tuned["tuning"]] == [0] and tuned["setting"] == q["tuned_setting"]
+    assert len(report["warnings"]) == sum(r["spread_warning"] for r in report["results"])
+    text = aug.format_table(report)
+    assert f"standard batch 16 dali-cpu: {q['vs_tuned']:.2f}x the tuned torchvision pipeline" in text
+    assert f"; {q['vs_reference']:.2f}x the reference (torchvision-ref w=0)" in text
     if not CUDA:
         skipped = {s["row"]: s["reason"] for s in report["skipped"]}
         assert skipped["dali-gpu"] == aug.NO_CUDA and skipped["torch-batched-cuda"] == aug.NO_CUDA
@@ -159,12 +210,16 @@ def test_augment_measure_rows_ratios_and_json() -> None:
 
 def test_augment_cli_json_and_bad_preset(tmp_path) -> None:
     out = tmp_path / "aug.json"
-    result = CliRunner().invoke(aug.main, ["--device", "cpu", "--presets", "none", "--workers", "0", "--batch-sizes",
-                                           "16", "--repeats", "1", "--num-samples", "32", "--json", str(out), "-q"])
+    result = CliRunner().invoke(aug.main, ["--device", "cpu", "--presets", "none", "--workers", "0", "--tuned-workers",
+                                           "0", "--batch-sizes", "16", "--repeats", "1", "--num-samples", "32",
+                                           "--json", str(out), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    assert [r["row"] for r in report["results"]] == ["torchvision w=0", "dali-cpu", "torch-batched-cpu", "kornia-cpu"]
+    assert [r["row"] for r in report["results"]] == ["torchvision-ref w=0", "torchvision-tuned", "dali-cpu",
+                                                     "torch-batched-cpu", "kornia-cpu"]
     assert report["complete"] and all(r["status"] == "ok" for r in report["results"])
+    assert f"csv: {out.with_suffix('.csv')}" in result.output
+    assert_csv_matches_json_rows(out)
     result = CliRunner().invoke(aug.main, ["--presets", "standard,bogus"])
     assert result.exit_code == 2 and "--presets" in result.output, result.output
 
@@ -181,7 +236,8 @@ def test_augment_cli_bad_option_exits_2_naming_it(args, option) -> None:
 def test_augment_batched_torch_peer_applies_the_dali_graphs_parameters() -> None:
     from benchmarks.batched_torch import BatchedTorchLoader
 
-    report = aug.measure(["weak+autoaugment"], device="cpu", workers=[], batch_sizes=[16], repeats=1, num_samples=32)
+    report = aug.measure(["weak+autoaugment"], device="cpu", workers=[], tuned_workers=[], batch_sizes=[16], repeats=1,
+                         num_samples=32)
     assert [r["row"] for r in report["results"]] == ["dali-cpu"]  # the peer has no policies: skipped, with why
     assert any(s["row"] == "torch-batched-cpu" and "implements" in s["reason"] for s in report["skipped"])
     for preset, levels in (("weak", 1e-3), ("standard", 2.01)):  # standard: rounding of the colour matrices
@@ -209,7 +265,7 @@ def test_augment_failing_row_is_reported_and_the_others_run(tmp_path) -> None:
                          loader_options={"dali": {"num_threads": 0}}, on_update=update, peers=False)
     by_row = {(r["preset"], r["row"]): r for r in report["results"]}
     for preset in ("none", "weak"):
-        failed, ok = by_row[(preset, "dali-cpu")], by_row[(preset, "torchvision w=0")]
+        failed, ok = by_row[(preset, "dali-cpu")], by_row[(preset, "torchvision-ref w=0")]
         assert failed["status"] == "failed" and failed["median_images_per_s"] is None
         assert failed["error"].startswith("ConfigError: ") and "num_threads" in failed["error"]
         assert "\n" not in failed["error"]
@@ -251,14 +307,14 @@ def test_augment_batch_sizes_give_rows_per_size_and_side_by_side_ratios() -> Non
     report = aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[8, 32], repeats=2, num_samples=64,
                          make_loader=recording_factory(calls), peers=False)
     assert [(r["batch_size"], r["row"]) for r in report["results"]] == [
-        (8, "torchvision w=0"), (8, "dali-cpu"), (32, "torchvision w=0"), (32, "dali-cpu")]
+        (8, "torchvision-ref w=0"), (8, "dali-cpu"), (32, "torchvision-ref w=0"), (32, "dali-cpu")]
     assert sorted({c["batch_size"] for c in calls}) == [8, 32]
     assert all("dali_batch_size" not in c for c in calls)  # not given: not passed
     med = {(r["row"], r["batch_size"]): r["median_images_per_s"] for r in report["results"]}
     for r in report["results"]:
         assert r["ratio_vs_largest_batch"] == pytest.approx(med[(r["row"], r["batch_size"])] / med[(r["row"], 32)])
     assert {(q["row"], q["small_batch"], q["large_batch"]) for q in report["batch_ratios"]} == {
-        ("torchvision w=0", 8, 32), ("dali-cpu", 8, 32)}
+        ("torchvision-ref w=0", 8, 32), ("dali-cpu", 8, 32)}
     for q in report["batch_ratios"]:
         assert q["ratio"] == pytest.approx(med[(q["row"], 8)] / med[(q["row"], 32)])
     text = aug.format_table(report)
@@ -267,8 +323,8 @@ def test_augment_batch_sizes_give_rows_per_size_and_side_by_side_ratios() -> Non
 
 def test_augment_dali_batch_size_goes_to_dali_rows_only() -> None:
     calls: list[dict] = []
-    report = aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[8], repeats=1, num_samples=16,
-                         dali_batch_size=64, make_loader=recording_factory(calls))
+    report = aug.measure(["none"], device="cpu", workers=[0], tuned_workers=[], batch_sizes=[8], repeats=1,
+                         num_samples=16, dali_batch_size=64, make_loader=recording_factory(calls))
     by_backend = {c["backend"]: c for c in calls}
     assert by_backend["dali"]["dali_batch_size"] == 64 and "dali_batch_size" not in by_backend["torchvision"]
     assert report["config"]["dali_batch_size"] == 64
@@ -500,7 +556,8 @@ def test_the_batched_peer_runs_on_its_threads_and_restores_torchs() -> None:
     for _ in peer:
         seen.append(torch.get_num_threads())  # between batches: the caller's setting
     assert seen == [before, before] and torch.get_num_threads() == before
-    report = aug.measure(["weak"], device="cpu", workers=[], batch_sizes=[8], repeats=1, num_samples=16,
+    report = aug.measure(["weak"], device="cpu", workers=[], tuned_workers=[], batch_sizes=[8], repeats=1,
+                         num_samples=16,
                          dali_threads=1)
     assert report["config"]["threads"] == {"dali-cpu": 1, "torch-batched-cpu": 1, "kornia-cpu": 1}
     assert "dali-cpu 1, torch-batched-cpu 1, kornia-cpu 1" in aug.format_header(report)
@@ -517,7 +574,7 @@ def test_augment_files_rows_count_the_files_each_epoch_opens(dataset: str) -> No
     report = aug.measure_folder(["none"], num_images=24, image_shape=(64, 48), image_size=32, dataset=dataset,
                                 shard_size=16 << 10, device="cpu", workers=[1], batch_sizes=[8], repeats=1)
     opened = {r["row"]: r["files_opened_per_epoch"] for r in report["results"]}
-    assert set(opened) == {"torchvision w=1", "dali-cpu"}
+    assert set(opened) == {"torchvision-ref w=1", "dali-cpu"}
     if dataset == "folder":
         assert all(n >= 24 for n in opened.values()), opened  # every training image at least once
     else:
@@ -544,3 +601,103 @@ def test_the_kornia_peer_applies_the_recipe_in_the_loaders_contract() -> None:
     assert abs(x.mean() - xb.mean()) < 0.1 and abs(x.std() - xb.std()) / xb.std() < 0.1
     with pytest.raises(ValueError, match="kornia peer implements"):
         KorniaLoader(augment="weak+autoaugment", batch_size=8, device="cpu", num_samples=16)
+
+
+# ---------------------------------------------------------------------------------------------- the tuned torchvision row
+def test_the_tuned_torchvision_row_draws_from_torchs_generator_without_reseeding_per_sample() -> None:
+    # The reference re-seeds torch per sample under fork_rng: the caller's generator is untouched and an epoch
+    # repeats exactly. The plain pipeline draws from torch's running generator, as a user's does: the generator
+    # advances, the same epoch comes out differently, and only the generator's state decides its draws.
+    from benchmarks.torchvision_peer import PlainTorchvisionLoader
+
+    plain = PlainTorchvisionLoader(augment="standard", batch_size=16, device="cpu", num_samples=32, num_workers=0)
+    reference = create_loader("synthetic", split="train", batch_size=16, backend="torchvision", device="cpu",
+                              augment="standard", num_samples=32, num_workers=0)
+
+    def epoch(loader) -> torch.Tensor:
+        loader.set_epoch(1)
+        return torch.cat([batch[0] for batch in loader])
+
+    state = torch.get_rng_state()
+    assert torch.equal(epoch(reference), epoch(reference)) and torch.equal(state, torch.get_rng_state())
+    first, second = epoch(plain), epoch(plain)
+    assert first.shape == (32, 3, 32, 32) and not torch.equal(first, second)
+    assert not torch.equal(state, torch.get_rng_state())
+    torch.manual_seed(5)
+    first = epoch(plain)
+    torch.manual_seed(5)
+    assert torch.equal(first, epoch(plain))
+
+
+def test_tuning_measures_every_worker_count_and_keeps_the_fastest() -> None:
+    from benchmarks.torchvision_peer import tune
+
+    class Built:
+        def __init__(self, k: int):
+            self.num_workers = k
+
+    speeds = {0: 100.0, 1: 300.0, 2: 250.0}
+    said = []
+    loader, trials = tune(Built, [0, 1, 2], rate=lambda b: speeds[b.num_workers],
+                          on_result=lambda k, ips: said.append(k))
+    assert loader.num_workers == 1 and said == [0, 1, 2]
+    assert trials == [{"workers": k, "images_per_s": v} for k, v in speeds.items()]
+    with pytest.raises(ValueError, match="no worker counts"):
+        tune(Built, [], rate=lambda b: 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- spreads, plots, defaults
+def test_spread_warning_marks_rows_whose_repeats_spread_over_1_5x(train_report) -> None:
+    from training.harness import spread_warnings
+
+    rows = [{"row": "steady", "min": 100.0, "max": 150.0}, {"row": "noisy", "min": 47.0, "max": 280.0},
+            {"row": "failed", "min": None, "max": None}]
+    lines = spread_warnings(rows, lambda r: r["row"])
+    assert [r["spread_warning"] for r in rows] == [False, True, False]
+    assert rows[1]["spread"] == pytest.approx(280 / 47) and rows[2]["spread"] is None
+    assert len(lines) == 1 and lines[0].startswith("warning: noisy: repeats spread 5.96x (max/min > 1.5)")
+    # both scripts set the fields on every row and print the warnings with the table
+    assert all("spread" in r and "spread_warning" in r for r in train_report["results"])
+    report = json.loads(json.dumps(train_report))
+    report["results"][0].update(min=47.0, max=280.0)
+    report["warnings"] = spread_warnings(report["results"], lambda r: f"{r['device']} {r['model']} {r['row']}")
+    assert "warning: cpu resnet20 fp32: repeats spread 5.96x" in tt.format_table(report)
+    aug_report = aug.measure(["none"], device="cpu", workers=[0], batch_sizes=[8], repeats=1, num_samples=16,
+                             make_loader=recording_factory([]), peers=False)
+    aug_report["results"][1].update(min=47.0, max=280.0)
+    aug_report["warnings"] = spread_warnings(aug_report["results"], lambda r: r["row"])
+    text = aug.format_table(aug_report)
+    assert "warning: dali-cpu: repeats spread 5.96x" in text and "5.96x!" in text
+
+
+def test_plots_are_linear_and_start_at_zero(train_report) -> None:
+    ax = tt.plot_figure(train_report).axes[0]
+    assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0
+    report = aug.measure(["none", "weak"], device="cpu", workers=[0], batch_sizes=[8, 16], repeats=1,
+                         num_samples=16, make_loader=recording_factory([]), peers=False)
+    ax = aug.plot_figure(report).axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    heights = sorted(p.get_height() for p in ax.patches)
+    assert heights == pytest.approx(sorted(r["median_images_per_s"] for r in report["results"]))
+
+
+def test_augment_defaults_are_the_short_grid_and_full_the_long_one() -> None:
+    from dali_pipes.loader import cpu_count
+
+    cores = cpu_count()
+    assert aug._profile(False, None, None, None) == (["none", "standard", "weak+autoaugment"], 2048, [cores])
+    assert aug._profile(True, None, None, None) == (list(aug.DEFAULT_PRESETS), 10_000, list(range(cores + 1)))
+    assert aug._profile(True, ["weak"], 64, [1]) == (["weak"], 64, [1])  # what is given wins
+
+
+def test_train_defaults_are_the_short_grid_and_full_the_long_one(train_report) -> None:
+    calls = []
+
+    def measured(**kwargs):
+        calls.append(kwargs)
+        return json.loads(json.dumps(train_report))
+
+    for args in ([], ["--full"], ["--full", "--steps", "7"]):
+        result = CliRunner().invoke(tt.command(measured), ["--device", "cpu", "-q", *args])
+        assert result.exit_code == 0, result.output
+    assert [(c["steps"], c["warmup_steps"]) for c in calls] == [(5, 2), (20, 5), (7, 5)]

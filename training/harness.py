@@ -7,7 +7,8 @@ benchmarks/train_throughput.py and dali-quantize's latency), so that their figur
   taken side by side.
 - An arm that fails (set-up or a timed repeat) keeps its one-line error and the others go on.
 - Each arm's figures are summarized as median, min and max over its repeats (`Stats`); what is not finite becomes
-  None, since JSON has no inf or nan.
+  None, since JSON has no inf or nan. A row whose repeats spread more than `SPREAD_LIMIT` (max / min) is warned
+  about (`spread_warnings`): on a shared machine its median, and every ratio built on it, may not repeat.
 - Reports are JSON (training.atomic's `to_json` refuses nan rather than writing invalid JSON), rewritten atomically
   (training.atomic), with the machine
   they ran on (`training.machine.machine_info`), and printed as aligned tables (`table`).
@@ -26,6 +27,8 @@ from typing import Any, Generic, TypeVar
 from .atomic import to_json  # noqa: F401 - benchmarks/augment_throughput.py imports it from here (edited in parallel)
 
 T = TypeVar("T")
+
+SPREAD_LIMIT = 1.5  # max / min of a row's repeats above which its median is warned about
 
 
 def one_line(error: BaseException, limit: int = 300) -> str:
@@ -65,6 +68,25 @@ class Stats:
                    [finite(v) for v in values])
 
 
+def spread(lo: float | None, hi: float | None) -> float | None:
+    """max / min of a row's repeats (1.0: every repeat the same), or None where either is missing or min is 0."""
+    return ratio(hi, lo)
+
+
+def spread_warnings(rows: Iterable[dict[str, Any]], label: Callable[[dict[str, Any]], str],
+                    limit: float = SPREAD_LIMIT) -> list[str]:
+    """Sets each row's ``spread`` (max / min of its repeats, from its ``min`` and ``max``) and ``spread_warning``
+    (spread > `limit`); returns one line per warned row, named by `label(row)`."""
+    lines = []
+    for row in rows:
+        row["spread"] = spread(row.get("min"), row.get("max"))
+        row["spread_warning"] = row["spread"] is not None and row["spread"] > limit
+        if row["spread_warning"]:
+            lines.append(f"warning: {label(row)}: repeats spread {row['spread']:.2f}x (max/min > {limit}): the "
+                         "machine was busy or the row is unstable; its median and ratios may not repeat")
+    return lines
+
+
 @dataclass
 class Arm(Generic[T]):
     """One thing measured: its name, what describes it (`spec`, the caller's), what it measures with while alive
@@ -91,7 +113,7 @@ def set_up(arms: Sequence[Arm], setup: Callable[[Arm], Any], *,
     for arm in arms:
         try:
             arm.state = setup(arm)
-        except Exception as e:  # noqa: BLE001 - one arm's failure is that arm's result
+        except Exception as e:
             if not keep_going:
                 raise
             arm.fail(e)
@@ -111,7 +133,7 @@ def interleaved(arms: Sequence[Arm[T]], repeats: int, measure: Callable[[Arm[T],
             arm = live[(r + k) % len(live)]  # no arm always runs first or last
             try:
                 figure = measure(arm, r)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if not keep_going:
                     raise
                 arm.fail(e)
