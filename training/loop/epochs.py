@@ -18,10 +18,10 @@ import torch
 from dali_pipes import DataError
 
 from .. import distributed
-from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ProgressDisplay, \
-    ResourceMonitor, divergence, epoch_line, epoch_totals, open_event_log, plot_curves, read_metrics, reduced, \
-    write_rows, write_summary
-from ..recipe import evaluate, evaluate_ema, train_one_epoch
+from ..outputs import FIRST_BATCH, MAX_TILES, EventLog, FirstBatch, ProgressDisplay, ResourceMonitor, divergence, \
+    epoch_line, epoch_totals, metric_fields, open_event_log, plot_curves, read_metrics, reduced, write_rows, \
+    write_summary
+from ..recipe import TOP_K, evaluate, evaluate_ema, train_one_epoch
 from .checkpoint import chosen_weights, load_checkpoint
 from .signals import Diverged, Interrupted, StopSignal
 from .state import Run
@@ -119,7 +119,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         del figures["train_steps"]
         # the epoch's peak LR (a pure function of the step): its last step in a warmup, its first after it
         lr = max((run.ctx.lr_at(s) for s in range(first_step, state.step)), default=run.ctx.lr_at(first_step))
-        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
+        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "correct5", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
         if run.ctx.ema is not None:
             row.update(evaluate_ema(run.ctx.ema, run.val_loader, world=run.world, device=run.device,
@@ -149,8 +149,8 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
 
 
 def _metric_fields(run: Run) -> tuple[str, ...]:
-    """metrics.csv's columns: the EMA's last when the run keeps one."""
-    return METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ())
+    """metrics.csv's columns: top-5 accuracy's for more than 5 classes, the EMA's last when the run keeps one."""
+    return metric_fields(top5=len(run.train_loader.classes) > TOP_K, ema=run.ctx.ema is not None)
 
 
 def _reconcile_metrics(run: Run, log) -> None:
@@ -190,9 +190,10 @@ def finish(run: Run, log=print) -> dict:
     run.model.load_state_dict(best)
     val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                    channels_last=run.cfg.channels_last)
-    loss_sum, correct, seen = distributed.all_sum([val["val_loss"] * val["val_images"],
-                                                   val["val_acc"] * val["val_images"], val["val_images"]],
-                                                  run.world, run.device)
+    n = val["val_images"]
+    loss_sum, correct, seen, correct5 = distributed.all_sum(
+        [val["val_loss"] * n, val["val_acc"] * n, n, val.get("val_acc5", 0.0) * n], run.world, run.device)
+    top5 = {"best_reloaded_val_acc5": correct5 / max(seen, 1)} if "val_acc5" in val else {}
     val = {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1)}
     rows = run.history
     # One number per rank that any difference in weights would change: data-parallel ranks must agree exactly.
@@ -207,6 +208,7 @@ def finish(run: Run, log=print) -> dict:
         "best_epoch": run.state.best_epoch,
         "best_weights": run.state.best_weights,  # "ema": the EMA weights scored best_val_acc and were reloaded
         "best_reloaded_val_acc": val["val_acc"],
+        **top5,  # more than 5 classes only
         "best_reloaded_val_loss": val["val_loss"],
         "world_size": run.world.size,
         "weights_identical_across_ranks": len(set(checksums)) == 1,
