@@ -10,11 +10,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import write_image_folder
+from helpers import signals
 from test_step import _device_batches, _small_context
 
 from training import loop
 from training.cli import eval_main
 from training.config import TrainConfig
+from training.loop import folder
+from training.loop.checkpoint import load_checkpoint
 from training.outputs import read_metrics
 from training.recipe import dominant_labels, evaluate, train_one_epoch
 
@@ -86,3 +89,85 @@ def test_two_classes_have_no_top5_anywhere(tmp_path) -> None:
     assert "train_acc5" not in (out / "metrics.csv").read_text() and "best_reloaded_val_acc5" not in summary
     result = CliRunner().invoke(eval_main, ["--checkpoint", str(out), "--num-threads", "1"])
     assert result.exit_code == 0 and "val_acc5" not in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------------- --keep-best
+
+
+def test_the_best_epochs_rank_by_the_better_weights_and_ties_keep_the_earlier_epoch() -> None:
+    from training.loop.checkpoint import best_epochs, epoch_score
+
+    history = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.7}, {"epoch": 3, "val_acc": 0.6,
+                                                                           "ema_val_acc": 0.8},
+               {"epoch": 4, "val_acc": 0.7}, {"epoch": 5, "val_acc": 0.2}]
+    assert best_epochs(history, 3) == [3, 2, 4] and best_epochs(history, 1) == [3]
+    assert epoch_score(history[2]) == (0.8, "ema") and epoch_score(history[1]) == (0.7, "model")
+
+
+def _kept(run_dir: Path) -> set[str]:
+    return {p.name for p in run_dir.iterdir() if p.name.startswith("best")}
+
+
+def _expected(run_dir: Path, k: int) -> list[str]:
+    """The K best epochs' files by metrics.csv, best first (ties: the earlier epoch)."""
+    rows = sorted(read_metrics(run_dir / "metrics.csv"), key=lambda r: (-r["val_acc"], r["epoch"]))
+    return [f"best-epoch{int(r['epoch']):03d}.pth" for r in rows[:k]]
+
+
+def test_keep_best_keeps_the_k_best_epochs_and_best_pth_is_the_best_of_them(tmp_path) -> None:
+    out = tmp_path / "run"
+    summary = loop.fit(tiny(out, epochs=5, keep_best=2), log=quiet)
+    expected = _expected(out, 2)
+    assert _kept(out) == {"best.pth", *expected} and summary["best_checkpoints"] == expected
+    assert (out / "best.pth").samefile(out / expected[0])  # a link, not a second copy
+    for name in expected:
+        assert load_checkpoint(out / name)["epoch"] == int(name[len("best-epoch"):-len(".pth")])
+    assert folder.classify(out) == folder.RUN
+    (out / "last.pth").unlink()
+    assert folder.classify(out) == folder.RESULTS_ONLY  # results, never restarted over
+
+
+def test_keep_best_one_is_best_pth_alone(tmp_path) -> None:
+    out = tmp_path / "run"
+    summary = loop.fit(tiny(out, epochs=2), log=quiet)
+    assert _kept(out) == {"best.pth"} and "best_checkpoints" not in summary
+
+
+def test_a_resumed_run_keeps_the_same_best_checkpoints_as_the_uninterrupted_one(tmp_path) -> None:
+    """Stopped twice (mid-epoch and between epochs, with a stale file of a killed process lying there), resumed:
+    the files kept are those of the straight run, none lost, none left over."""
+    straight = tmp_path / "straight"
+    loop.fit(tiny(straight, epochs=5, keep_best=3), log=quiet)
+    out = tmp_path / "run"
+    with pytest.raises(loop.Interrupted):
+        loop.fit(tiny(out, epochs=5, keep_best=3), log=quiet, build=signals(train=[(1, 2)]))
+    with pytest.raises(loop.Interrupted):
+        loop.resume(out, log=quiet, build=signals(val=[(1, 0)]))  # after epoch 3 (its 2nd validation)
+    # what a process killed after writing epoch 4's file, before its last.pth, leaves behind
+    (out / "best-epoch004.pth").write_bytes((out / "last.pth").read_bytes())
+    loop.resume(out, log=quiet)
+    assert _kept(out) == _kept(straight) == {"best.pth", *_expected(straight, 3)}
+    assert (out / "best.pth").samefile(out / _expected(out, 3)[0])
+    for name in _kept(out):
+        a, b = load_checkpoint(out / name), load_checkpoint(straight / name)
+        assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_keep_best_is_checked_and_does_not_make_another_run() -> None:
+    from dali_pipes import ConfigError
+    from training.loop.rundir import differences
+
+    with pytest.raises(ConfigError, match="--keep-best"):
+        TrainConfig(keep_best=0)
+    assert differences(TrainConfig(keep_best=3), TrainConfig()) == []
+
+
+def test_a_kept_epochs_file_is_evaluated_with_the_weights_that_ranked_it() -> None:
+    from training.loop.checkpoint import chosen_weights
+
+    state = {"epoch": 2, "batch": 0, "best_epoch": 3, "best_weights": "model", "model": {}, "ema": {},
+             "history": [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.6, "ema_val_acc": 0.7}]}
+    assert chosen_weights(state, Path("run/best-epoch002.pth")) == "ema"
+    assert chosen_weights(state, Path("run/last.pth")) == "model"  # not a best checkpoint: the trained weights
+    assert chosen_weights({**state, "best_epoch": 2, "best_weights": "ema"}, Path("run/best.pth")) == "ema"
+    assert chosen_weights(state, Path("run/best-epoch002.pth"), "model") == "model"

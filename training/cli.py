@@ -141,8 +141,8 @@ def _checkpoint_path(checkpoint: str) -> Path:
 @click.option("--device", type=click.Choice(DEVICES), default="auto")
 @click.option("--tta/--no-tta", default=False, help="Average predictions over the image and its mirror.")
 @click.option("--weights", type=click.Choice(["model", "ema"]), default=None,
-              show_default="best.pth: whichever scored the best accuracy (summary.json's best_weights); other "
-                           "checkpoints: model",
+              show_default="best.pth: whichever scored the best accuracy (summary.json's best_weights), "
+                           "best-epochNNN.pth: whichever scored its epoch; other checkpoints: model",
               help="The trained weights or their EMA (a run with --ema-decay).")
 def eval_main(checkpoint: str, device: str, tta: bool, weights: str | None, **data: Any) -> None:
     """Report validation accuracy and loss of a dali-train checkpoint."""

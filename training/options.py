@@ -112,6 +112,9 @@ def train_options(f: Callable) -> Callable:
                help="Run directory."),
         option(RUN, "--epochs", type=int, default=_D.epochs),
         option(RUN, "--patience", type=int, default=_D.patience, help="Early stopping; 0 disables it."),
+        option(RUN, "--keep-best", type=int, default=_D.keep_best, metavar="K",
+               help="Keep the checkpoints of the K best epochs (by val accuracy): best.pth, and for K > 1 also "
+                    "best-epochNNN.pth of each (best.pth then links the best one's file)."),
         option(RUN, "--seed", type=int, default=_D.seed),
         option(RUN, "--device", type=click.Choice(DEVICES), default=_D.device),
         option(RUN, "--tensorboard/--no-tensorboard", default=_D.tensorboard,

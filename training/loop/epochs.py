@@ -22,7 +22,7 @@ from ..outputs import FIRST_BATCH, MAX_TILES, EventLog, FirstBatch, ProgressDisp
     epoch_line, epoch_totals, metric_fields, open_event_log, plot_curves, read_metrics, reduced, write_rows, \
     write_summary
 from ..recipe import TOP_K, evaluate, evaluate_ema, train_one_epoch
-from .checkpoint import chosen_weights, load_checkpoint
+from .checkpoint import best_epoch_name, best_epochs, chosen_weights, keep_best, load_checkpoint
 from .signals import Diverged, Interrupted, StopSignal
 from .state import Run
 
@@ -137,8 +137,8 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
             write_rows(metrics_path, rows, _metric_fields(run))
             plot_curves(rows, run.run_dir / "curves.png", title=curves_title(run))
             events.epoch(state.step, row)
-        if improved:
-            run.save("best.pth", checkpoint)
+        if main:  # best.pth, and with --keep-best K > 1 the K best epochs' files
+            keep_best(run.run_dir, checkpoint, rows, keep=cfg.keep_best, improved=improved, save=run.save)
         run.save("last.pth", checkpoint)
         if state.stopped_early:
             log(f"early stopping: val accuracy has not improved for {cfg.patience} epochs "
@@ -207,6 +207,8 @@ def finish(run: Run, log=print) -> dict:
         "best_val_acc": run.state.best_acc,
         "best_epoch": run.state.best_epoch,
         "best_weights": run.state.best_weights,  # "ema": the EMA weights scored best_val_acc and were reloaded
+        **({"best_checkpoints": [best_epoch_name(e) for e in best_epochs(rows, run.cfg.keep_best)]}
+           if run.cfg.keep_best > 1 else {}),  # --keep-best: the K best epochs' files, best first
         "best_reloaded_val_acc": val["val_acc"],
         **top5,  # more than 5 classes only
         "best_reloaded_val_loss": val["val_loss"],
