@@ -171,3 +171,38 @@ def test_a_kept_epochs_file_is_evaluated_with_the_weights_that_ranked_it() -> No
     assert chosen_weights(state, Path("run/last.pth")) == "model"  # not a best checkpoint: the trained weights
     assert chosen_weights({**state, "best_epoch": 2, "best_weights": "ema"}, Path("run/best.pth")) == "ema"
     assert chosen_weights(state, Path("run/best-epoch002.pth"), "model") == "model"
+
+
+# ------------------------------------------------------------------------------------------------- dali-quantize
+
+
+def test_dali_quantize_reports_the_float_accuracy_dali_eval_reports_and_names_float32s(tmp_path) -> None:
+    """Reproduced on a 3-epoch ResNet-20 (1,000 val images): dali-eval and summary.json 95.00% under the run's
+    bfloat16 autocast, dali-quantize 94.90% in float32 — one image; channels-last and the batch size move only the
+    loss's 7th digit. quantize.json now holds both, the float32 figure being the one int8 is compared with."""
+    from training.cli import quantize_main
+
+    out = tmp_path / "run"
+    summary = loop.fit(tiny(out), log=quiet)
+    data = ["--num-threads", "1", "-b", "32"]
+    evaluated = CliRunner().invoke(eval_main, ["--checkpoint", str(out), *data])
+    assert evaluated.exit_code == 0, evaluated.output
+    ev = json.loads(evaluated.output.strip().splitlines()[-1])
+    quantized = CliRunner().invoke(quantize_main, ["--checkpoint", str(out), "--output", str(tmp_path / "q"),
+                                                   "--no-latency", "--calibration-batches", "2", *data])
+    assert quantized.exit_code == 0, quantized.output
+    q = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert ev["amp_dtype"] == q["autocast_dtype"] == "bfloat16" and ev["val_images"] == q["val_images"]
+    assert q["float_acc_autocast"] == ev["val_acc"] == summary["best_reloaded_val_acc"]
+    assert q["float_loss_autocast"] == pytest.approx(ev["val_loss"], rel=1e-6)
+    assert q["float_loss"] != q["float_loss_autocast"]  # float32 is another measurement of the same weights
+    assert "bfloat16 autocast" in quantized.output and "as dali-eval measures it" in quantized.output
+
+
+def test_the_note_names_the_precision_when_the_two_accuracies_differ() -> None:
+    from training.tools.quantize import precision_note
+
+    note = precision_note({"float_acc": 0.949, "float_acc_autocast": 0.95, "autocast_dtype": "bfloat16",
+                           "val_images": 1000})
+    assert note.startswith("note: the float model scores 94.90% in float32") and "95.00% under the run's bfloat16" \
+        in note and "a net 1 of the 1,000 validation images" in note, note
