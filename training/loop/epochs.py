@@ -236,5 +236,5 @@ def curves_title(run) -> str:
     from dali_pipes.config import describe_augment
 
     cfg = run.cfg
-    return (f"{cfg.model} on {cfg.dataset}, augment {describe_augment(cfg.augment)}, {cfg.opt} peak lr {cfg.lr:g}, "
+    return (f"{cfg.model} on {cfg.dataset}, augment {describe_augment(cfg.augment, run.train_loader.cfg)}, {cfg.opt} peak lr {cfg.lr:g}, "
             f"{cfg.epochs} epochs — {run.run_dir.name}")
