@@ -81,7 +81,7 @@ def test_a_folders_crop_is_named_and_drawn_as_the_random_resized_crop_it_runs(tm
     ops = single_operations(resolve_augment("weak+autoaugment"), folder=True)
     assert [name for name, _ in ops] == ["random-resized crop", "flip", "autoaugment"]
     assert [recipe.crop for _, recipe in ops] == ["resized", "centre", "centre"]  # one random operation per row
-    assert [name for name, _ in single_operations(resolve_augment("weak"))][0] == "pad-crop"  # arrays pad-crop
+    assert single_operations(resolve_augment("weak"))[0][0] == "pad-crop"  # arrays pad-crop
     rows = preview(dataset="folder", data_dir=str(tmp_path / "ds"), augment="weak", output=tmp_path / "ops.png",
                    num_images=2, draws=1, ops=True, image_size=16, backend="torchvision")
     assert [r.label for r in rows] == ["original", "random-resized crop: torchvision #1", "flip: torchvision #1"]
