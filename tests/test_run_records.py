@@ -67,6 +67,7 @@ def test_train_top5_counts_the_dominant_label_of_a_mixed_target_as_top1_does() -
     assert stats["correct5"] == int(in_top5.sum()) and stats["correct5"] > stats["correct"]
 
 
+@pytest.mark.slow  # trains
 def test_top5_is_in_metrics_summary_and_dali_eval_where_there_are_more_than_five_classes(tmp_path) -> None:
     out = tmp_path / "run"
     summary = loop.fit(tiny(out), log=quiet)
@@ -81,6 +82,7 @@ def test_top5_is_in_metrics_summary_and_dali_eval_where_there_are_more_than_five
     assert evaluated["val_acc5"] == pytest.approx(summary["best_reloaded_val_acc5"])
 
 
+@pytest.mark.slow  # trains
 def test_two_classes_have_no_top5_anywhere(tmp_path) -> None:
     write_image_folder(tmp_path / "ds", classes=("a", "b"), per_class=4, shape=(20, 24), ext="png")
     out = tmp_path / "run"
@@ -114,6 +116,7 @@ def _expected(run_dir: Path, k: int) -> list[str]:
     return [f"best-epoch{int(r['epoch']):03d}.pth" for r in rows[:k]]
 
 
+@pytest.mark.slow  # trains
 def test_keep_best_keeps_the_k_best_epochs_and_best_pth_is_the_best_of_them(tmp_path) -> None:
     out = tmp_path / "run"
     summary = loop.fit(tiny(out, epochs=5, keep_best=2), log=quiet)
@@ -127,12 +130,14 @@ def test_keep_best_keeps_the_k_best_epochs_and_best_pth_is_the_best_of_them(tmp_
     assert folder.classify(out) == folder.RESULTS_ONLY  # results, never restarted over
 
 
+@pytest.mark.slow  # trains
 def test_keep_best_one_is_best_pth_alone(tmp_path) -> None:
     out = tmp_path / "run"
     summary = loop.fit(tiny(out, epochs=2), log=quiet)
     assert _kept(out) == {"best.pth"} and "best_checkpoints" not in summary
 
 
+@pytest.mark.slow  # trains
 def test_a_resumed_run_keeps_the_same_best_checkpoints_as_the_uninterrupted_one(tmp_path) -> None:
     """Stopped twice (mid-epoch and between epochs, with a stale file of a killed process lying there), resumed:
     the files kept are those of the straight run, none lost, none left over."""
@@ -176,6 +181,7 @@ def test_a_kept_epochs_file_is_evaluated_with_the_weights_that_ranked_it() -> No
 # ------------------------------------------------------------------------------------------------- dali-quantize
 
 
+@pytest.mark.slow  # trains
 def test_dali_quantize_reports_the_float_accuracy_dali_eval_reports_and_names_float32s(tmp_path) -> None:
     """Reproduced on a 3-epoch ResNet-20 (1,000 val images): dali-eval and summary.json 95.00% under the run's
     bfloat16 autocast, dali-quantize 94.90% in float32 — one image; channels-last and the batch size move only the
