@@ -64,7 +64,7 @@ def test_output_shows_one_default() -> None:
 
 
 @pytest.mark.parametrize("command, batch, threads", [
-    (eval_main, "default: (256", "default: (0)"),
+    (eval_main, "default: 256", "default: 0"),
     (prune_main, "default: (the checkpoint's)", "default: (the checkpoint's)"),
     (quantize_main, "default: (the checkpoint's)", "default: (the checkpoint's)"),
 ])

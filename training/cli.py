@@ -107,17 +107,20 @@ def main(click_ctx: click.Context, config_file: str | None, resume: str | None, 
     _run_guarded(work)
 
 
-def _data_options(*, batch_size: str = "the checkpoint's", num_threads: str = "the checkpoint's") -> Callable:
+def _data_options(*, batch_size: int | None = None, num_threads: int | None = None) -> Callable:
     """Where the data of a tool that starts from a checkpoint comes from; each option defaults to the checkpoint's
-    run, or to what `batch_size` and `num_threads` say (the defaults --help shows)."""
+    run, --batch-size and --num-threads to `batch_size` and `num_threads` where given (dali-eval's)."""
+    checkpoints = "the checkpoint's"
     opts = [
-        click.option("--dataset", type=click.Choice(DATASETS), default=None, show_default="the checkpoint's"),
-        click.option("--data-dir", default=None, show_default="the checkpoint's"),
-        click.option("--backend", type=click.Choice(BACKENDS), default=None, show_default="the checkpoint's"),
-        click.option("-b", "--batch-size", type=int, default=None, show_default=batch_size),
-        click.option("--num-samples", type=int, default=None, show_default="the checkpoint's",
+        click.option("--dataset", type=click.Choice(DATASETS), default=None, show_default=checkpoints),
+        click.option("--data-dir", default=None, show_default=checkpoints),
+        click.option("--backend", type=click.Choice(BACKENDS), default=None, show_default=checkpoints),
+        click.option("-b", "--batch-size", type=int, default=batch_size, show_default=batch_size or checkpoints,
+                     help="No gradients to hold: larger than training's." if batch_size else None),
+        click.option("--num-samples", type=int, default=None, show_default=checkpoints,
                      help="Synthetic train size (val is a fifth)."),
-        click.option("-j", "--num-threads", type=int, default=None, show_default=num_threads,
+        click.option("-j", "--num-threads", type=int, default=num_threads,
+                     show_default=checkpoints if num_threads is None else True,
                      help="DALI threads / DataLoader workers (0: the available cores, shared among torchrun's "
                           "processes on the node)."),
     ]
@@ -137,7 +140,7 @@ def _checkpoint_path(checkpoint: str) -> Path:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--checkpoint", required=True, help="A last.pth/best.pth, or a run directory (its best.pth).")
-@_data_options(batch_size="256 (no gradients to hold)", num_threads="0")
+@_data_options(batch_size=256, num_threads=0)
 @click.option("--device", type=click.Choice(DEVICES), default="auto")
 @click.option("--tta/--no-tta", default=False, help="Average predictions over the image and its mirror.")
 @click.option("--weights", type=click.Choice(["model", "ema"]), default=None,
@@ -150,8 +153,7 @@ def eval_main(checkpoint: str, device: str, tta: bool, weights: str | None, **da
     def work() -> dict:
         from .tools import evaluate_checkpoint
 
-        return evaluate_checkpoint(_checkpoint_path(checkpoint), device=device, tta=tta, weights=weights,
-                                   **{**data, "batch_size": 256 if data["batch_size"] is None else data["batch_size"]})
+        return evaluate_checkpoint(_checkpoint_path(checkpoint), device=device, tta=tta, weights=weights, **data)
 
     result = _run_guarded(work)
     click.echo(json.dumps(result))
