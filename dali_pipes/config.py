@@ -252,13 +252,33 @@ def recipe_fields(augment: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in full.items() if k not in ("mean", "std") or k in augment}
 
 
-def describe_augment(augment: str | Mapping[str, Any]) -> str:
-    """A one-line name for a recipe: the preset string, or the fields that differ from `none`."""
+CROP_FIELDS = ("crop", "crop_padding", "pad_mode", "rrc_scale", "rrc_ratio", "crop_ratio")  # what describe_crop says
+
+
+def describe_augment(augment: str | Mapping[str, Any], resolved: AugmentConfig | None = None) -> str:
+    """A one-line name for a recipe: the preset string, or the fields that differ from `none`. With `resolved`
+    (the recipe as a loader resolved it for its dataset, :func:`resolve_crop`), the crop that runs is named instead
+    of the crop fields asked for: a folder's random-resized crop, not the preset's ``crop_padding=4``."""
     if isinstance(augment, str):
-        return augment
-    base = AugmentConfig().to_dict()
-    changed = [f"{k}={v}" for k, v in recipe_fields(augment).items() if base.get(k) != v]
-    return "{" + ", ".join(changed) + "}" if changed else "none"
+        name = augment
+    else:
+        base = AugmentConfig().to_dict()
+        changed = [f"{k}={v}" for k, v in recipe_fields(augment).items()
+                   if base.get(k) != v and (resolved is None or k not in CROP_FIELDS)]
+        name = "{" + ", ".join(changed) + "}" if changed else "none"
+    return name if resolved is None else f"{name} ({describe_crop(resolved)})"
+
+
+def describe_crop(cfg: AugmentConfig) -> str:
+    """The crop of a recipe resolved for its dataset (:func:`resolve_crop`), in words."""
+    if cfg.crop == "resized":
+        (a0, a1), (r0, r1) = cfg.rrc_scale, cfg.rrc_ratio
+        return f"random-resized crop, area {a0:g}-{a1:g}, ratio {r0:.2f}-{r1:.2f}"
+    if cfg.crop == "centre":
+        return f"resize and centre crop, ratio {cfg.crop_ratio:g}"
+    if cfg.crop_padding > 0:
+        return f"pad-crop {cfg.crop_padding} px, {cfg.pad_mode}"
+    return "no crop"
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -210,3 +210,13 @@ def test_a_run_saved_on_cuda_continued_without_one_says_so_without_advising_an_o
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     code, text = invoke_main(["--resume", str(out)])
     assert code == 2 and text.startswith(f"error: {out}: its run uses a CUDA device") and "--device" not in text, text
+
+
+def test_the_header_prints_the_crop_a_folder_runs_not_the_presets_padding(tmp_path) -> None:
+    write_image_folder(tmp_path / "ds", classes=("a", "b"), per_class=2, shape=(20, 24), ext="png")
+    args = [a for a in FOLDER if a not in ("--augment", "none")]
+    code, text = invoke_main([*args, "--augment", "standard", "--aug", "erase_p=0.25", "--data-dir",
+                              str(tmp_path / "ds"), "--output", str(tmp_path / "run"), "--no-tensorboard"])
+    assert code == 0, text
+    (header,) = [line for line in text.splitlines() if line.startswith("dali-train:")]
+    assert "crop_padding" not in header and "(random-resized crop, area 0.08-1, ratio 0.75-1.33)" in header, header

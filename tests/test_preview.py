@@ -72,3 +72,30 @@ def test_shards_preview_the_same_images_as_the_folder_they_were_packed_from(tmp_
                                             "--image-size", "32", "--num-images", "3", "--draws", "1",
                                             "--output", str(tmp_path / "cli.png")])
     assert result.exit_code == 0 and "wrote" in result.output, result.output
+
+
+def test_a_folders_crop_is_named_and_drawn_as_the_random_resized_crop_it_runs(tmp_path) -> None:
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "ds", classes=("a", "b"), per_class=2, shape=(20, 24), ext="png")
+    ops = single_operations(resolve_augment("weak+autoaugment"), folder=True)
+    assert [name for name, _ in ops] == ["random-resized crop", "flip", "autoaugment"]
+    assert [recipe.crop for _, recipe in ops] == ["resized", "centre", "centre"]  # one random operation per row
+    assert single_operations(resolve_augment("weak"))[0][0] == "pad-crop"  # arrays pad-crop
+    rows = preview(dataset="folder", data_dir=str(tmp_path / "ds"), augment="weak", output=tmp_path / "ops.png",
+                   num_images=2, draws=1, ops=True, image_size=16, backend="torchvision")
+    assert [r.label for r in rows] == ["original", "random-resized crop: torchvision #1", "flip: torchvision #1"]
+
+
+def test_the_recipes_name_says_the_crop_that_runs() -> None:
+    from dali_pipes.config import AugmentConfig, describe_augment, resolve_crop
+
+    recipe = {"preset": "standard", "erase_p": 0.25}
+    folder, arrays = (resolve_crop(resolve_augment(recipe), folder=f) for f in (True, False))
+    named = describe_augment(recipe, folder)
+    assert "crop_padding" not in named and named.endswith("(random-resized crop, area 0.08-1, ratio 0.75-1.33)")
+    assert "erase_p=0.25" in named
+    assert describe_augment("weak", resolve_crop(resolve_augment("weak"), folder=False)) == \
+        "weak (pad-crop 4 px, constant)"
+    assert describe_augment(recipe, arrays).endswith("(pad-crop 4 px, constant)")
+    assert describe_augment("none", resolve_crop(AugmentConfig(), folder=True)).startswith("none (resize and centre")

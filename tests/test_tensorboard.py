@@ -15,7 +15,7 @@ from helpers import StopAfter
 
 from dali_pipes import ConfigError
 from training import loop as run_mod
-from training.outputs import METRIC_FIELDS, read_metrics
+from training.outputs import METRIC_FIELDS, TOP5_FIELDS, read_metrics
 from training.loop import folder
 from training.loop.checkpoint import load_checkpoint
 from training.cli import main
@@ -72,13 +72,15 @@ def test_events_hold_metrics_csv_per_epoch_and_the_loss_every_few_steps(on_and_o
     rows = read_metrics(on.run_dir / "metrics.csv")
     assert len(event_files(on.run_dir)) == 1
     acc = events(on.run_dir)
-    columns = [c for c in METRIC_FIELDS if not np.isnan(rows[0][c])]  # the CPU has no CUDA figures
+    # the CPU has no CUDA figures; 10 classes have top-5 accuracy
+    columns = [c for c in METRIC_FIELDS + TOP5_FIELDS if not np.isnan(rows[0][c])]
     assert set(acc.Tags()["scalars"]) == {tag(c) for c in columns} | {STEP_LOSS}
     assert tag("val_acc") == "accuracy/val_acc" and tag("host_rss_peak_mib") == "resources/host_rss_peak_mib"
-    for column in columns:  # one point per epoch, at the step it ended on, holding metrics.csv's number
+    for column in columns:  # one point per epoch, at the step it ended on, holding metrics.csv's number (% there)
         got = points(acc, tag(column))
+        percent = 100 if tag(column).startswith("accuracy/") else 1
         assert [step for step, _ in got] == [4, 8], column
-        assert [value for _, value in got] == pytest.approx([r[column] for r in rows], rel=1e-6), column
+        assert [value for _, value in got] == pytest.approx([percent * r[column] for r in rows], rel=1e-6), column
     steps = points(acc, STEP_LOSS)
     assert [step for step, _ in steps] == [2, 4, 6, 8]
     # equal windows of 2 full batches: their mean over an epoch is the epoch's training loss
@@ -136,7 +138,8 @@ def test_a_run_resumed_mid_epoch_reads_as_one_run(on_and_off, tmp_path) -> None:
         assert steps == sorted(set(steps)), name
         assert 99.0 not in [v for _, v in points(acc, name)], name
     rows = read_metrics(tmp_path / "metrics.csv")
-    assert points(acc, tag("val_acc")) == [(s, pytest.approx(r["val_acc"], rel=1e-6)) for s, r in zip((4, 8), rows)]
+    assert points(acc, tag("val_acc")) == [(s, pytest.approx(100 * r["val_acc"], rel=1e-6))
+                                           for s, r in zip((4, 8), rows)]
     # the interrupt fell on a point, so every window is the straight run's
     assert points(acc, STEP_LOSS) == [(s, pytest.approx(v, rel=1e-4)) for s, v in points(events(on.run_dir),
                                                                                           STEP_LOSS)]
@@ -163,6 +166,17 @@ def test_the_step_loss_is_the_mean_since_the_previous_point_and_the_bar_still_up
     hook(4, {"loss": 2.0, "acc": 0.2, "images": 256})  # the last 128 images averaged 1.0
     assert writer.scalars == [(STEP_LOSS, 3.0, 102), (STEP_LOSS, 1.0, 104)] and bar == [2, 3, 4]
     assert EventLog().progress(0, None) is None  # off: the engine reads nothing it would not read anyway
+
+
+def test_accuracy_is_in_percent_like_the_console_and_curves_png() -> None:
+    writer = Recorder()
+    writer.flush = lambda: None
+    TensorBoardLog(writer).epoch(8, {"epoch": 2, "lr": 0.05, "train_acc": 0.25, "val_acc": 0.5, "val_acc5": 0.875,
+                                     "ema_val_acc": 0.625, "val_loss": 1.5})
+    assert sorted(writer.scalars) == sorted([
+        ("schedule/epoch", 2, 8), ("schedule/lr", 0.05, 8), ("accuracy/train_acc", 25.0, 8),
+        ("accuracy/val_acc", 50.0, 8), ("accuracy/val_acc5", 87.5, 8), ("accuracy/ema_val_acc", 62.5, 8),
+        ("loss/val_loss", 1.5, 8)])
 
 
 def test_without_the_tensorboard_package_a_run_says_so_once_and_goes_on(tmp_path, monkeypatch) -> None:

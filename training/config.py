@@ -87,6 +87,9 @@ class TrainConfig:
     backend: str = "dali"
     device: str = "auto"
     patience: int = 20  # epochs without a better val accuracy before stopping; 0 disables early stopping
+    # Checkpoints of the best epochs kept in the run directory (by val accuracy, the better of the raw and EMA
+    # weights): 1, best.pth only; K > 1, also best-epochNNN.pth of each of the K best (best.pth links the best one).
+    keep_best: int = 1
     output: str = ""  # run directory; empty: runs/<YYYYmmdd-HHMMSS>-<model>-<dataset>
     seed: int = 0
     num_samples: int = 0  # synthetic dataset: training split size (0: CIFAR-10's 50,000; val is a fifth)
@@ -183,6 +186,7 @@ def _validate(c: TrainConfig) -> None:
     integer("epochs", 1)
     integer("batch_size", 1)
     integer("patience", 0)
+    integer("keep_best", 1)
     integer("seed", 0, SEED_MAX, "(torch's seeds are unsigned 64-bit)")
     integer("num_samples", 0)
     integer("num_threads", 0)

@@ -24,8 +24,9 @@ import click
 
 from dali_pipes import ConfigError
 
-from ..cli import _options, _run_guarded, with_overrides
+from ..cli import _run_guarded, with_overrides
 from ..config import TrainConfig
+from ..options import GroupedCommand, option, train_options
 from .report import write_plots, write_results, write_summary
 from .runner import check_existing, run_study
 from .studies import STUDIES, arm_configs, load_study
@@ -33,12 +34,12 @@ from .studies import STUDIES, arm_configs, load_study
 _STUDY_HELP = "; ".join(f"{name}: {text}" for name, (_, text) in STUDIES.items())
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+@click.command(cls=GroupedCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
                epilog="Built-in studies — " + _STUDY_HELP + ". A custom study is a YAML file: arms: {name: {option: "
                       "value, ...}, ...}, the first arm being the baseline.")
-@click.option("--study", default=None, help="A built-in study name or a YAML file of arms.")
-@click.option("--seeds", type=int, default=1, help="Runs per arm; run k uses seed --seed + k.")
-@_options
+@option("Study", "--study", default=None, help="A built-in study name or a YAML file of arms.")
+@option("Study", "--seeds", type=int, default=1, help="Runs per arm; run k uses seed --seed + k.")
+@train_options
 @click.pass_context
 def main(click_ctx: click.Context, study: str | None, seeds: int, **options: Any) -> None:
     """Run every arm of an ablation study over several seeds (resumable) and report the differences.
@@ -99,5 +100,6 @@ for _param in main.params:  # the shared dali-train options, with the meaning th
     if _param.name == "output":
         _param.help = ("The study directory (required): <output>/<arm>/seed<seed>/ per run, results.csv, "
                        "summary.md, curves.png, final_acc.png. Rerun with the same one to resume.")
+        _param.show_default = False
     elif _param.name == "seed":
         _param.help = "Base seed: run k of every arm uses seed + k."

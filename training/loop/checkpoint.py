@@ -1,5 +1,6 @@
 """Checkpoints: a plain dict written atomically, read with ``torch.load(weights_only=True)``; the config and the
-model a checkpoint holds (what dali-eval, dali-quantize and dali-prune start from).
+model a checkpoint holds (what dali-eval, dali-quantize and dali-prune start from); which of a run's epochs keep a
+checkpoint of their own (--keep-best).
 
 Checkpoint files are untrusted input: ``weights_only`` lets only tensors and plain containers through, so loading
 one never runs code, and anything that is not one of ours is refused with a one-line error naming the file.
@@ -8,8 +9,10 @@ one never runs code, and anything that is not one of ours is refused with a one-
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from .progress import TrainState
 
 FORMAT = "dali-train/1"
 REQUIRED = ("format", "config", "model", "epoch")
+BEST_EPOCH = re.compile(r"^best-epoch(\d+)\.pth$")  # --keep-best K > 1: the checkpoint of each of the K best epochs
 
 
 class _Counter:
@@ -121,12 +125,18 @@ def checkpoint_config(state: dict[str, Any], path: Path, **overrides: Any) -> Tr
 
 def chosen_weights(state: dict[str, Any], path: Path, weights: str | None = None) -> str:
     """Which weights of a checkpoint to use: `weights` ("model" or "ema") when given, else the ones that scored
-    the run's best accuracy if the checkpoint was written at the end of that epoch (best.pth), else "model".
+    the run's best accuracy if the checkpoint was written at the end of that epoch (best.pth), those that scored its
+    epoch for a best-epochNNN.pth (--keep-best), else "model".
     "ema" asked of a checkpoint without an EMA is a ConfigError."""
     if weights is None:
         progress = TrainState.from_dict(state)
-        at_best = progress.epoch == progress.best_epoch and not progress.batch
-        return "ema" if at_best and progress.best_weights == "ema" and "ema" in state else "model"
+        if progress.batch or "ema" not in state:
+            return "model"
+        if progress.epoch == progress.best_epoch:
+            return progress.best_weights
+        # a best-epochNNN.pth (--keep-best): the weights that scored its epoch, as they were ranked
+        history = state.get("history") or [{}]
+        return "ema" if BEST_EPOCH.match(path.name) and epoch_score(history[-1])[1] == "ema" else "model"
     if weights == "ema" and "ema" not in state:
         raise ConfigError(f"--weights ema: {path} holds no EMA weights (its run trained without --ema-decay); "
                           "use --weights model")
@@ -171,3 +181,61 @@ def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path, wh
     except RuntimeError as e:
         raise DataError(f"{path}: weights do not fit {what} ({str(e).splitlines()[0][:160]}); use a checkpoint of "
                         "that architecture trained on this dataset") from None
+
+
+def epoch_score(row: dict) -> tuple[float, str]:
+    """What ranks a finished epoch (a metrics.csv row) among the best: its validation accuracy, from the EMA weights
+    where they scored better than the raw ones (best.pth keeps whichever), and which weights those are."""
+    ema = row.get("ema_val_acc", -1.0)
+    return (ema, "ema") if ema > row.get("val_acc", -1.0) else (row.get("val_acc", -1.0), "model")
+
+
+def best_epochs(history: list[dict], k: int) -> list[int]:
+    """The `k` best epochs of `history` (metrics.csv's rows), best first; of equal scores the earlier epoch ranks
+    first, as best.pth keeps the first epoch that reached its score."""
+    ranked = sorted(history, key=lambda row: (-epoch_score(row)[0], row["epoch"]))
+    return [int(row["epoch"]) for row in ranked[:k]]
+
+
+def best_epoch_name(epoch: int) -> str:
+    return f"best-epoch{epoch:03d}.pth"
+
+
+def keep_best(run_dir: Path, checkpoint: dict[str, Any], history: list[dict], *, keep: int, improved: bool,
+              save: Callable[[str, dict[str, Any]], None]) -> list[str]:
+    """Write the checkpoint of the epoch just finished (`history`'s last row) where it belongs: best.pth when it
+    `improved` on the run's best, and with `keep` > 1 best-epochNNN.pth when it ranks among the `keep` best epochs,
+    whose other files are then removed (timm's CheckpointSaver max_history). best.pth is then a hard link to its
+    epoch's file (a copy where the file system has no links). Returns the files kept, best first.
+
+    The files follow from the history alone, which the checkpoint carries: a resumed run keeps exactly the files the
+    uninterrupted run would, and a file written by a process killed before its last.pth is replaced or removed."""
+    if keep <= 1:
+        if improved:
+            save("best.pth", checkpoint)
+        return ["best.pth"]
+    kept = best_epochs(history, keep)
+    epoch = int(history[-1]["epoch"])
+    name = best_epoch_name(epoch)
+    if epoch in kept:
+        save(name, checkpoint)
+    if improved:
+        _link_or_save(run_dir, name, "best.pth", checkpoint, save)
+    names = {best_epoch_name(e) for e in kept}
+    for path in run_dir.iterdir():
+        if BEST_EPOCH.match(path.name) and path.name not in names:
+            path.unlink(missing_ok=True)
+    return [best_epoch_name(e) for e in kept]
+
+
+def _link_or_save(run_dir: Path, source: str, name: str, checkpoint: dict[str, Any],
+                  save: Callable[[str, dict[str, Any]], None]) -> None:
+    """`name` replaced atomically by a hard link to `source` (no second copy on disk), else written by `save`."""
+    tmp = run_dir / f".{name}.{os.getpid()}.link.tmp"  # a temp name folder.py knows as a kill's leftover
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(run_dir / source, tmp)
+        os.replace(tmp, run_dir / name)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        save(name, checkpoint)

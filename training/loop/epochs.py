@@ -18,11 +18,11 @@ import torch
 from dali_pipes import DataError
 
 from .. import distributed
-from ..outputs import EMA_FIELDS, FIRST_BATCH, MAX_TILES, METRIC_FIELDS, EventLog, FirstBatch, ProgressDisplay, \
-    ResourceMonitor, divergence, epoch_line, epoch_totals, open_event_log, plot_curves, read_metrics, reduced, \
-    write_rows, write_summary
-from ..recipe import evaluate, evaluate_ema, train_one_epoch
-from .checkpoint import chosen_weights, load_checkpoint
+from ..outputs import FIRST_BATCH, MAX_TILES, EventLog, FirstBatch, ProgressDisplay, ResourceMonitor, divergence, \
+    epoch_line, epoch_totals, metric_fields, open_event_log, plot_curves, read_metrics, reduced, write_rows, \
+    write_summary
+from ..recipe import TOP_K, evaluate, evaluate_ema, train_one_epoch
+from .checkpoint import best_epoch_name, best_epochs, chosen_weights, keep_best, load_checkpoint
 from .signals import Diverged, Interrupted, StopSignal
 from .state import Run
 
@@ -119,7 +119,7 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
         del figures["train_steps"]
         # the epoch's peak LR (a pure function of the step): its last step in a warmup, its first after it
         lr = max((run.ctx.lr_at(s) for s in range(first_step, state.step)), default=run.ctx.lr_at(first_step))
-        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "steps")}
+        row = {k: v for k, v in totals.items() if k not in ("images", "loss_sum", "correct", "correct5", "steps")}
         row.update(val, epoch=epoch + 1, lr=lr, **figures)
         if run.ctx.ema is not None:
             row.update(evaluate_ema(run.ctx.ema, run.val_loader, world=run.world, device=run.device,
@@ -137,8 +137,8 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
             write_rows(metrics_path, rows, _metric_fields(run))
             plot_curves(rows, run.run_dir / "curves.png", title=curves_title(run))
             events.epoch(state.step, row)
-        if improved:
-            run.save("best.pth", checkpoint)
+        if main:  # best.pth, and with --keep-best K > 1 the K best epochs' files
+            keep_best(run.run_dir, checkpoint, rows, keep=cfg.keep_best, improved=improved, save=run.save)
         run.save("last.pth", checkpoint)
         if state.stopped_early:
             log(f"early stopping: val accuracy has not improved for {cfg.patience} epochs "
@@ -149,8 +149,8 @@ def _train_epochs(run: Run, stop: StopSignal, log, events: EventLog, *, log_ever
 
 
 def _metric_fields(run: Run) -> tuple[str, ...]:
-    """metrics.csv's columns: the EMA's last when the run keeps one."""
-    return METRIC_FIELDS + (EMA_FIELDS if run.ctx.ema is not None else ())
+    """metrics.csv's columns: top-5 accuracy's for more than 5 classes, the EMA's last when the run keeps one."""
+    return metric_fields(top5=len(run.train_loader.classes) > TOP_K, ema=run.ctx.ema is not None)
 
 
 def _reconcile_metrics(run: Run, log) -> None:
@@ -193,9 +193,10 @@ def finish(run: Run, log=print) -> dict:
     run.model.load_state_dict(best)
     val = evaluate(run.model, run.val_loader, device=run.device, amp_dtype=run.amp_dtype,
                    channels_last=run.cfg.channels_last)
-    loss_sum, correct, seen = distributed.all_sum([val["val_loss"] * val["val_images"],
-                                                   val["val_acc"] * val["val_images"], val["val_images"]],
-                                                  run.world, run.device)
+    n = val["val_images"]
+    loss_sum, correct, seen, correct5 = distributed.all_sum(
+        [val["val_loss"] * n, val["val_acc"] * n, n, val.get("val_acc5", 0.0) * n], run.world, run.device)
+    top5 = {"best_reloaded_val_acc5": correct5 / max(seen, 1)} if "val_acc5" in val else {}
     val = {"val_loss": loss_sum / max(seen, 1), "val_acc": correct / max(seen, 1)}
     rows = run.history
     # One number per rank that any difference in weights would change: data-parallel ranks must agree exactly.
@@ -209,7 +210,10 @@ def finish(run: Run, log=print) -> dict:
         "best_val_acc": run.state.best_acc,
         "best_epoch": run.state.best_epoch,
         "best_weights": run.state.best_weights,  # "ema": the EMA weights scored best_val_acc and were reloaded
+        **({"best_checkpoints": [best_epoch_name(e) for e in best_epochs(rows, run.cfg.keep_best)]}
+           if run.cfg.keep_best > 1 else {}),  # --keep-best: the K best epochs' files, best first
         "best_reloaded_val_acc": val["val_acc"],
+        **top5,  # more than 5 classes only
         "best_reloaded_val_loss": val["val_loss"],
         "world_size": run.world.size,
         "weights_identical_across_ranks": len(set(checksums)) == 1,
@@ -236,5 +240,5 @@ def curves_title(run) -> str:
     from dali_pipes.config import describe_augment
 
     cfg = run.cfg
-    return (f"{cfg.model} on {cfg.dataset}, augment {describe_augment(cfg.augment)}, {cfg.opt} peak lr {cfg.lr:g}, "
+    return (f"{cfg.model} on {cfg.dataset}, augment {describe_augment(cfg.augment, run.train_loader.cfg)}, {cfg.opt} peak lr {cfg.lr:g}, "
             f"{cfg.epochs} epochs — {run.run_dir.name}")

@@ -13,12 +13,14 @@ from pathlib import Path
 from dali_pipes import ConfigError, DaliTrainError
 
 from ..outputs import read_metrics
+from .checkpoint import BEST_EPOCH
 from .lock import LOCK_NAME
 
 # Files a run writes: its outputs, and the temp files of its atomic writes (a kill can leave those behind).
 OUTPUTS = ("config.yaml", "metrics.csv", "curves.png", "best.pth", "last.pth", "summary.json", "first_batch.png",
            "skipped.txt", "damaged.txt", "train.log")
-_TEMP = re.compile(r"^\.(metrics\.csv|last\.pth|best\.pth|config\.yaml|summary\.json|skipped\.txt|damaged\.txt)"
+_TEMP = re.compile(r"^\.(metrics\.csv|last\.pth|best\.pth|best-epoch\d+\.pth|config\.yaml|summary\.json|skipped\.txt"
+                   r"|damaged\.txt)"
                    r"\..+\.tmp$")
 # (the temp names of training.atomic)
 EVENTS = re.compile(r"^events\.out\.tfevents\..+$")  # TensorBoard's event files (tensorboard_log.py)
@@ -33,7 +35,7 @@ def _entries(path: Path) -> list[str]:
 
 
 def _ours(name: str) -> bool:
-    return name in OUTPUTS or bool(_TEMP.match(name) or EVENTS.match(name))
+    return name in OUTPUTS or bool(_TEMP.match(name) or EVENTS.match(name) or BEST_EPOCH.match(name))
 
 
 def classify(path: Path, option: str = "--output") -> str:
@@ -48,7 +50,7 @@ def classify(path: Path, option: str = "--output") -> str:
         return EMPTY
     if "last.pth" in names:
         return RUN
-    if any(n in RESULTS for n in names):
+    if any(n in RESULTS or BEST_EPOCH.match(n) for n in names):
         return RESULTS_ONLY
     if "config.yaml" in names:
         return UNSTARTED

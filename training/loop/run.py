@@ -208,7 +208,7 @@ def _announce(run: Run, log, *, asked: TrainConfig, resumed: bool = False) -> No
     lr_rule = (f"--lr-base {cfg.lr_base:g} per 128 images, {'linear' if cfg.opt == 'sgd' else 'square-root'} rule"
                if asked.lr is None else "as the run started" if resumed else "--lr as given")
     log(f"dali-train: {cfg.model} ({params / 1e6:.2f}M params) on {cfg.dataset}, {cfg.epochs} epochs, training on "
-        f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment)}, "
+        f"{where}, {amp}, backend {cfg.backend}, augment {describe_augment(cfg.augment, run.train_loader.cfg)}, "
         f"{world} process(es) x batch {cfg.batch_size} = global batch {world * cfg.batch_size}, peak lr {cfg.lr:g} "
         f"({lr_rule}), run directory {run.run_dir}"
         + (f", {len(run.skipped)} files skipped (listed in {SKIPPED_FILE})" if run.skipped else ""))

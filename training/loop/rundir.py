@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 # What a command may do with a folder (RunDir.verdict)
 NEW, RESTART, RESUME, FINISH, DONE, REFUSED = "new", "restart", "resume", "finish-only", "done", "refused"
-# Options that never make another run: where it is written, and how many threads feed it. `epochs` is the run's
-# own to extend (dali-train --resume --epochs, dali-ablate --epochs): asked as `epochs=`, checked against progress.
-NOT_COMPARED = ("output", "num_threads", "epochs")
+# Options that never make another run: where it is written, its threads, the best checkpoints it keeps. `epochs`
+# is the run's own to extend (--resume --epochs, dali-ablate --epochs): asked as `epochs=`, checked against progress.
+NOT_COMPARED = ("output", "num_threads", "keep_best", "epochs")
 
 
 @dataclass(frozen=True)

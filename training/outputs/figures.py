@@ -19,6 +19,7 @@ def epoch_totals(before: dict, stats: dict, resources: dict[str, float]) -> dict
     out["images"] = before.get("images", 0) + n
     out["loss_sum"] = before.get("loss_sum", 0.0) + stats["loss_sum"]
     out["correct"] = before.get("correct", 0) + stats["correct"]
+    out["correct5"] = before.get("correct5", 0) + stats["correct5"]
     out["steps"] = before.get("steps", 0) + stats["steps"]
     for key in ("nonfinite_losses", "nonfinite_images", "skipped_steps", "data_time_s", "epoch_time_s"):
         out[key] = before.get(key, 0) + stats[key]
@@ -35,15 +36,17 @@ def reduced(totals: dict, val: dict, world: World, device: torch.device) -> dict
     """Epoch figures summed over ranks: every training image and every validation sample counted once. The train
     loss is the mean over the samples of steps whose loss was finite (nan when none was); ``nonfinite_losses``
     says how many steps it leaves out, and ``train_steps`` (for :func:`divergence`, not a metrics column) of how
-    many."""
+    many. Top-5 accuracy (``train_acc5``, ``val_acc5``) where the validation measured it (more than 5 classes)."""
     n, vn = totals["images"], val["val_images"]
     sums = distributed.all_sum([totals["loss_sum"], totals["correct"], totals["nonfinite_losses"],
                                 totals["skipped_steps"], val["val_loss"] * vn, val["val_acc"] * vn, n, vn,
-                                totals["steps"], totals.get("nonfinite_images", 0)], world, device)
+                                totals["steps"], totals.get("nonfinite_images", 0), totals["correct5"],
+                                val.get("val_acc5", 0.0) * vn], world, device)
     total_n, total_vn, finite_n = max(sums[6], 1), max(sums[7], 1), sums[6] - sums[9]
+    top5 = {"train_acc5": sums[10] / total_n, "val_acc5": sums[11] / total_vn} if "val_acc5" in val else {}
     return {"train_loss": sums[0] / finite_n if finite_n > 0 else math.nan, "train_acc": sums[1] / total_n,
             "nonfinite_losses": int(sums[2]), "skipped_steps": int(sums[3]), "val_loss": sums[4] / total_vn,
-            "val_acc": sums[5] / total_vn, "train_images": int(sums[6]),
+            "val_acc": sums[5] / total_vn, **top5, "train_images": int(sums[6]),
             "images_per_s": sums[6] / totals["epoch_time_s"] if totals["epoch_time_s"] > 0 else math.nan,
             "train_steps": int(sums[8])}
 

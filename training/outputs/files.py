@@ -22,7 +22,17 @@ METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"
                  "epoch_time_s", "nonfinite_losses", "skipped_steps", "max_mem_allocated_mib",
                  "max_mem_reserved_mib", "gpu_util_mean_pct", "gpu_mem_used_max_mib", "gpu_mem_process_max_mib",
                  "host_rss_peak_mib")
+# Top-5 accuracy: only for data of more than 5 classes (with 5 or fewer it is 100% by definition), after the
+# columns every run has; for training, whether the dominant label of the (mixed) target is among the 5 largest logits.
+TOP5_FIELDS = ("train_acc5", "val_acc5")
 EMA_FIELDS = ("ema_val_loss", "ema_val_acc")  # metrics.csv's last columns in a run with --ema-decay
+EMA_TOP5_FIELDS = ("ema_val_acc5",)  # both
+
+
+def metric_fields(*, top5: bool, ema: bool) -> tuple[str, ...]:
+    """metrics.csv's columns for a run with more than 5 classes (`top5`) and with an EMA of its weights (`ema`)."""
+    return (METRIC_FIELDS + (TOP5_FIELDS if top5 else ()) + (EMA_FIELDS if ema else ())
+            + (EMA_TOP5_FIELDS if top5 and ema else ()))
 
 
 def write_error(path: Path, e: OSError) -> DaliTrainError:
@@ -86,7 +96,7 @@ def read_metrics(path: Path, key: str = "epoch") -> list[dict]:
 
 
 def curves_figure(rows: list[dict], title: str = ""):
-    """The run's curves: loss, accuracy (%) and the epoch's peak LR against whole epochs, titled with `title`."""
+    """The run's curves: loss, accuracy (%, top-5 dashed where measured) and the epoch's peak LR against whole epochs, titled with `title`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,6 +110,8 @@ def curves_figure(rows: list[dict], title: str = ""):
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], label="train (dominant label)")
     ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], label="val")
+    if all("val_acc5" in r for r in rows):  # more than 5 classes
+        ax_acc.plot(epochs, [100 * r["val_acc5"] for r in rows], linestyle="--", label="val top-5")
     if all("ema_val_acc" in r for r in rows):
         ax_loss.plot(epochs, [r["ema_val_loss"] for r in rows], label="val (EMA weights)")
         ax_acc.plot(epochs, [100 * r["ema_val_acc"] for r in rows], label="val (EMA weights)")
@@ -132,7 +144,8 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 def epoch_line(cfg: TrainConfig, row: dict) -> str:
     parts = [f"epoch {int(row['epoch'])}/{cfg.epochs}", f"lr {row['lr']:.4f}",
              f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% (dominant label)",
-             f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%",
+             f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%"
+             + (f" top-5 {100 * row['val_acc5']:.2f}%" if "val_acc5" in row else ""),
              *([f"EMA val loss {row['ema_val_loss']:.4f} acc {100 * row['ema_val_acc']:.2f}%"]
                if "ema_val_acc" in row else []),
              f"{row['images_per_s']:,.0f} img/s, data wait {row['data_time_s']:.1f}s, epoch {row['epoch_time_s']:.1f}s"]

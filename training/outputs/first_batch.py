@@ -58,7 +58,7 @@ class FirstBatch:
                   f"{cfg.mix_prob}" if cfg.mix_prob > 0 and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0)
                   else "no mixing")
         title = (f"{cfg.dataset}, first training batch as the model sees it: {self.images.shape[0]} of "
-                 f"{self.batch_size} images, augment {describe_augment(cfg.augment)}, {mixing}. Caption: the "
+                 f"{self.batch_size} images, augment {describe_augment(cfg.augment, loader.cfg)}, {mixing}. Caption: the "
                  "dominant label, with its weight in the target where the sample is mixed")
         try:
             write_grid(tile_rows(self.images, self.labels, self.weights, loader.cfg, loader.classes), path, title)

@@ -32,7 +32,19 @@ def to_uint8(images: torch.Tensor, cfg: AugmentConfig) -> np.ndarray:
 
 
 def write_grid(rows: list[Row], path: Path, title: str) -> None:
-    """One PNG: a row of tiles per Row, its label on the left; a row shorter than the first leaves blanks."""
+    """:func:`grid_figure` written to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = grid_figure(rows, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def grid_figure(rows: list[Row], title: str):
+    """One figure: a row of tiles per Row, its label on the left; a row shorter than the first leaves blanks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +53,8 @@ def write_grid(rows: list[Row], path: Path, title: str) -> None:
     n = rows[0].tiles.shape[0]
     captioned = any(row.captions for row in rows)
     height = 1.1 + (0.2 if captioned else 0.0)  # inches per row; captions need a line above each tile
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.8, height * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.8, height * len(rows) + 0.6), squeeze=False,
+                             layout="constrained")
     for r, row in enumerate(rows):
         for c in range(n):
             ax = axes[r][c]
@@ -54,7 +67,4 @@ def write_grid(rows: list[Row], path: Path, title: str) -> None:
                 ax.set_title(row.captions[c], fontsize=6, pad=2)
         axes[r][0].set_ylabel(row.label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(textwrap.fill(title, width=int(12 * n + 20)), fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

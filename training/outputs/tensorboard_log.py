@@ -1,5 +1,6 @@
 """TensorBoard event files in the run directory (``tensorboard --logdir runs``): every metrics.csv figure once per
-epoch, the training loss every `log_every` steps, and the first training batch's grid (first_batch.png).
+epoch (accuracy in percent, as the console and curves.png show it), the training loss every `log_every` steps, and
+the first training batch's grid (first_batch.png).
 
 Every point's x is the optimizer step: the number of steps taken when it was recorded (the grid: 0), so per-step
 and per-epoch curves share one axis. A resumed run opens its writer with ``purge_step`` one past its checkpoint's
@@ -15,13 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .files import METRIC_FIELDS
+from .files import metric_fields
 
 Progress = Callable[[int, dict[str, float]], None]
 
 # The TensorBoard section of each metrics.csv column (the part of the tag before the slash); the rest are resources.
-_GROUPS = {"epoch": "schedule", "lr": "schedule", "train_loss": "loss", "val_loss": "loss", "train_acc": "accuracy",
-           "val_acc": "accuracy", "train_images": "speed", "images_per_s": "speed", "data_time_s": "speed",
+_GROUPS = {"epoch": "schedule", "lr": "schedule", "train_loss": "loss", "val_loss": "loss", "ema_val_loss": "loss",
+           **{c: "accuracy" for c in ("train_acc", "val_acc", "train_acc5", "val_acc5", "ema_val_acc",
+                                      "ema_val_acc5")},
+           "train_images": "speed", "images_per_s": "speed", "data_time_s": "speed",
            "epoch_time_s": "speed", "nonfinite_losses": "stability", "skipped_steps": "stability"}
 STEP_LOSS = "loss/train_loss_steps"  # mean loss (mixed targets) over the steps since the previous point
 FIRST_BATCH = "first_batch"
@@ -77,10 +80,12 @@ class TensorBoardLog(EventLog):
         return hook
 
     def epoch(self, step: int, row: dict) -> None:
-        for column in METRIC_FIELDS:
+        for column in metric_fields(top5=True, ema=True):
             value = row.get(column)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(tag(column), value, step)
+                # accuracy in percent, as the console and curves.png show it (metrics.csv keeps fractions)
+                self.writer.add_scalar(tag(column), 100 * value if tag(column).startswith("accuracy/") else value,
+                                       step)
         self.writer.flush()  # the curves are current once an epoch's row is in metrics.csv
 
     def image(self, name: str, path: Path, step: int) -> None:

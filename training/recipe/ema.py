@@ -72,12 +72,16 @@ class ModelEma:
 
 def evaluate_ema(ema: ModelEma, batches: Any, *, world: World, device: torch.device,
                  amp_dtype: torch.dtype | None, channels_last: bool) -> dict[str, float]:
-    """`ema_val_loss` and `ema_val_acc` over every validation sample once (summed over data-parallel ranks).
+    """`ema_val_loss`, `ema_val_acc` (and `ema_val_acc5` for more than 5 classes) over every validation sample once
+    (summed over data-parallel ranks).
 
     Under DDP every rank's EMA weights are equal (they average equal weights); its BatchNorm statistics average
     each rank's own, so rank 0's are copied to every rank first, as for the raw model (distributed.sync_buffers)."""
     distributed.sync_buffers(ema.module, world)
     val = evaluate(ema.module, batches, device=device, amp_dtype=amp_dtype, channels_last=channels_last)
     n = val["val_images"]
-    loss_sum, correct, seen = distributed.all_sum([val["val_loss"] * n, val["val_acc"] * n, n], world, device)
-    return {"ema_val_loss": loss_sum / max(seen, 1), "ema_val_acc": correct / max(seen, 1)}
+    top5 = "val_acc5" in val
+    loss_sum, correct, seen, correct5 = distributed.all_sum(
+        [val["val_loss"] * n, val["val_acc"] * n, n, val.get("val_acc5", 0.0) * n], world, device)
+    return {"ema_val_loss": loss_sum / max(seen, 1), "ema_val_acc": correct / max(seen, 1),
+            **({"ema_val_acc5": correct5 / max(seen, 1)} if top5 else {})}

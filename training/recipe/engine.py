@@ -20,6 +20,13 @@ import torch.nn.functional as F
 from .losses import soft_target_cross_entropy
 from .mixing import Mixer, dominant_labels
 
+TOP_K = 5  # top-5 accuracy is measured where there are more classes than this (with fewer it is 100% by definition)
+
+
+def _in_top_k(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many of `labels` are among their row's TOP_K largest logits (a device tensor)."""
+    return (logits.topk(TOP_K, dim=1).indices == labels.unsqueeze(1)).any(1).sum()
+
 if TYPE_CHECKING:
     from .ema import ModelEma
 
@@ -101,7 +108,8 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     rest is left. A stop asked at the epoch's last batch lets the iteration end by itself: a loader records its
     end-of-epoch state (DALI's draws carry on into the next epoch) only when its iterator is exhausted, not when it
     is abandoned after its last batch.
-    Train accuracy counts the dominant label of each (possibly mixed) target. `on_progress(position, stats)` gets
+    Train accuracy counts the dominant label of each (possibly mixed) target, and so does ``correct5``, the samples
+    whose dominant label is among the 5 largest logits (0 for a model of 5 classes or fewer). `on_progress(position, stats)` gets
     the running means of this call every `log_every` batches, or at each position for which `report_due(position)`
     is true when it is given (``loss``, ``acc``, and ``images``, the count the loss is a mean over; one host read);
     `on_first_batch(images, labels, targets)` sees the first batch trained here as the model gets it (after
@@ -112,6 +120,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     dev = ctx.device
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
     correct = torch.zeros((), device=dev, dtype=torch.int64)
+    correct5 = torch.zeros((), device=dev, dtype=torch.int64)
     nonfinite = torch.zeros((), device=dev, dtype=torch.int64)
     nonfinite_images = torch.zeros((), device=dev, dtype=torch.int64)  # samples of the steps whose loss was inf/nan
     skipped_by_scaler = torch.zeros((), device=dev, dtype=torch.int64)  # read once, at the end of the epoch
@@ -148,7 +157,10 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
         nonfinite += bad
         nonfinite_images += bad * n
         loss_sum += torch.nan_to_num(detached.double(), nan=0.0, posinf=0.0, neginf=0.0) * n
-        correct += (logits.detach().argmax(1) == dominant_labels(labels, targets)).sum()
+        dominant, scores = dominant_labels(labels, targets), logits.detach()
+        correct += (scores.argmax(1) == dominant).sum()
+        if scores.shape[1] > TOP_K:
+            correct5 += _in_top_k(scores, dominant)
         if on_progress is not None and (report_due(position) if report_due is not None else
                                         position % log_every == 0):
             # one device-to-host copy for the three sums; the loss is a mean over the steps whose loss was finite
@@ -164,6 +176,7 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
     return {
         "loss_sum": float(loss_sum.item()),
         "correct": int(correct.item()),
+        "correct5": int(correct5.item()),
         "nonfinite_losses": int(nonfinite.item()),
         "nonfinite_images": int(nonfinite_images.item()),
         "skipped_steps": int(skipped_by_scaler.item()),
@@ -179,12 +192,14 @@ def train_one_epoch(ctx: StepContext, batches: Iterable[tuple[torch.Tensor, torc
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, device: torch.device,
              amp_dtype: torch.dtype | None, channels_last: bool, tta: bool = False,
              on_batch: Callable[[int], None] | None = None) -> dict:
-    """Accuracy and plain cross-entropy over every validation sample once; `tta` averages the flipped view.
-    `on_batch(done)` is told the batches done after each one (a count: no host read)."""
+    """Accuracy and plain cross-entropy over every validation sample once, and ``val_acc5`` (top-5 accuracy) where
+    the model has more than 5 classes; `tta` averages the flipped view. `on_batch(done)` is told the batches done
+    after each one (a count: no host read)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    correct5 = torch.zeros((), device=device, dtype=torch.int64)
+    seen, classes = 0, 0
     with torch.inference_mode(), _autocast(device, amp_dtype):
         for done, (images, labels) in enumerate(batches, 1):
             images = _prepare(images, channels_last)
@@ -193,8 +208,12 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
                 logits = (logits.softmax(1) + model(images.flip(3)).float().softmax(1)).log()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             correct += (logits.argmax(1) == labels).sum()
+            classes = logits.shape[1]
+            if classes > TOP_K:
+                correct5 += _in_top_k(logits, labels)
             seen += labels.shape[0]
             if on_batch is not None:
                 on_batch(done)
+    top5 = {"val_acc5": (correct5.double() / max(seen, 1)).item()} if classes > TOP_K else {}
     return {"val_loss": (loss_sum / max(seen, 1)).item(), "val_acc": (correct.double() / max(seen, 1)).item(),
-            "val_images": seen}
+            **top5, "val_images": seen}

@@ -17,6 +17,10 @@ def evaluate_checkpoint(path: Path, *, dataset: str | None = None, data_dir: str
                                  batch_size=batch_size, num_samples=num_samples,
                                  num_threads=num_threads if num_threads is not None else 0)
     weights = chosen_weights(state, path, weights)
-    result = ValModel.from_checkpoint(state, path, cfg, weights=weights).evaluate(tta=tta)
+    val = ValModel.from_checkpoint(state, path, cfg, weights=weights)
+    result = val.evaluate(tta=tta)
+    # the precision the figures are measured in (the run's autocast, as its summary.json): dali-quantize's float32
+    # figure for the same checkpoint may differ by a few images near a decision boundary
+    amp = str(val.amp_dtype).replace("torch.", "") if val.amp_dtype is not None else None
     return {"checkpoint": str(path), "epoch": TrainState.from_dict(state).epoch, "dataset": cfg.dataset, "tta": tta,
-            "weights": weights, **result}
+            "weights": weights, "amp_dtype": amp, **result}

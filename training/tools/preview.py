@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dali_pipes import BACKENDS, AugmentConfig, ConfigError, DaliTrainError, Loader, load_source
-from dali_pipes.config import eval_config, resolve_augment
+from dali_pipes.config import describe_augment, eval_config, resolve_augment, resolve_crop
 from dali_pipes.loader import FOLDER_IMAGE_SIZE, dataset_stats, resolve_device
 from dali_pipes.shards import ShardDataset, TarSamples
 from dali_pipes.sources import ArrayDataset, FolderDataset
@@ -90,11 +90,17 @@ def draw(data, cfg: AugmentConfig, *, backend: str, device: torch.device, size: 
     return to_uint8(images[torch.argsort(index.cpu())], cfg)
 
 
-def single_operations(cfg: AugmentConfig) -> list[tuple[str, AugmentConfig]]:
-    """Each operation of the recipe alone (always applied where it has a probability), in the recipe's order."""
-    plain = eval_config(cfg)
+def single_operations(cfg: AugmentConfig, *, folder: bool = False) -> list[tuple[str, AugmentConfig]]:
+    """Each operation of the recipe alone (always applied where it has a probability), in the recipe's order, with
+    the crop the recipe resolves to on this kind of dataset (`folder`: an image folder's random-resized crop, not
+    the pad-crop its preset names) and, in every other row, the evaluation crop."""
+    cfg = resolve_crop(cfg, folder=folder)
+    plain = resolve_crop(eval_config(cfg), folder=folder)  # the crop fixed: no policy row turns it random
     ops = []
-    if cfg.crop_padding > 0:
+    if cfg.crop == "resized":
+        ops.append(("random-resized crop", replace(plain, crop="resized", rrc_scale=cfg.rrc_scale,
+                                                   rrc_ratio=cfg.rrc_ratio)))
+    elif cfg.crop_padding > 0:
         ops.append(("pad-crop", replace(plain, crop_padding=cfg.crop_padding, pad_mode=cfg.pad_mode,
                                         pad_fill=cfg.pad_fill)))
     if cfg.flip_p > 0:
@@ -124,7 +130,7 @@ def preview_rows(data, cfg: AugmentConfig, *, backends: tuple[str, ...], device:
     """The grid's rows: the originals, then `draws` draws of the recipe per backend (or of each operation)."""
     rows = [Row("original", draw(data, eval_config(cfg), backend="torchvision", device=torch.device("cpu"),
                                  size=size, epoch=0))]
-    recipes = single_operations(cfg) if ops else [("recipe", cfg)]
+    recipes = single_operations(cfg, folder=isinstance(data, FolderDataset)) if ops else [("recipe", cfg)]
     for name, recipe in recipes:
         for backend in backends:
             label = "DALI " + ("GPU" if device.type == "cuda" else "CPU") if backend == "dali" else "torchvision"
@@ -150,9 +156,7 @@ def preview(*, dataset: str, data_dir: str, augment, output: Path, backend: str 
         size = (side, side) if isinstance(data, FolderDataset) else tuple(data.images.shape[1:3])
         backends = BACKENDS if backend == "both" else (backend,)
         rows = preview_rows(data, cfg, backends=backends, device=dev, size=size, draws=draws, ops=ops)
-    from dali_pipes.config import describe_augment
-
-    name = augment if isinstance(augment, str) else describe_augment(augment)
+    name = describe_augment(augment, resolve_crop(cfg, folder=isinstance(data, FolderDataset)))  # the crop that ran
     try:
         write_grid(rows, path, f"{dataset}: {name}" + (" — one operation per row" if ops else ""))
     except OSError as e:

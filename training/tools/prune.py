@@ -151,9 +151,9 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     _open_output(output, _settings(checkpoint, pcfg, {**data, "device": device}))
     # Each stage is a short dali-train run: the checkpoint's recipe and data, its own LR schedule, no warmup
     # (the weights are trained already), no early stopping, no compile (pruning hooks rewrite weights per call),
-    # no EMA (each stage's best.pth must hold its best weights under "model", the pruned ones).
+    # no EMA (each stage's best.pth must hold its best weights under "model", the pruned ones), best.pth alone.
     stage_cfg = base_cfg.replace(epochs=max(pcfg.finetune_epochs, 1), lr=pcfg.finetune_lr, warmup_epochs=0.0,
-                                 patience=0, compile=False, output="", ema_decay=0.0)
+                                 patience=0, compile=False, output="", ema_decay=0.0, keep_best=1)
     csv_path = output / "prune.csv"
     rows = read_metrics(csv_path, key="stage")
     method = pcfg.method

@@ -1,6 +1,10 @@
 """`dali-quantize`: post-training int8 quantization of a dali-train checkpoint, with its costs measured side by side:
 file size, validation accuracy (of the int8 model as the file holds it) and CPU latency, float against int8.
 
+The float model is evaluated in float32, the precision int8 is compared with; a run trained with autocast is also
+evaluated as dali-eval and summary.json evaluate it (its autocast dtype and memory format), and quantize.json and the
+console name both figures, since a few validation images near a decision boundary change sides between the two.
+
 Modes: `static` quantizes weights (per channel) and activations (per tensor, scales from calibration batches of
 training images through the evaluation pipeline); `dynamic` quantizes weights ahead of time and activations per batch
 at run time (no calibration, more work per call). The conversion and the int8 file: training/quantize_int8.py; the
@@ -95,6 +99,7 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
     with quiet():
         float_val = val.evaluate()
         int8_val = val.evaluate(Inference(reloaded))
+        as_run = _as_the_run_evaluates(state, checkpoint, cfg)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "model": cfg.model, "dataset": cfg.dataset, "image_size": size,
         "mode": qcfg.mode, "quant_backend": qcfg.quant_backend, "calibration_batches": n_calib,
@@ -104,6 +109,9 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
         "float_loss": float_val["val_loss"], "int8_loss": int8_val["val_loss"], "val_images": int8_val["val_images"],
         "accuracy_engine": "eager reference int8 graph (quantize/dequantize around float ops), from the saved file",
     }
+    if as_run is not None:  # the float model as dali-eval and summary.json measure it: another precision
+        result.update(autocast_dtype=as_run["dtype"], float_acc_autocast=as_run["val_acc"],
+                      float_loss_autocast=as_run["val_loss"])
     result["size_ratio"] = result["int8_bytes"] / result["float_bytes"]
     result["acc_drop_points"] = 100.0 * (result["float_acc"] - result["int8_acc"])
     if qcfg.latency:
@@ -120,7 +128,29 @@ def run_quantize(checkpoint: Path, output: Path, qcfg: QuantizeConfig, log=print
                    "machine": machine_info(), "wall_time_s": time.time() - started, "settings": asdict(qcfg)})
     write_json(output / "quantize.json", result)
     log(format_table(result))
+    if as_run is not None and result["float_acc_autocast"] != result["float_acc"]:
+        log(precision_note(result))
     return result
+
+
+def _as_the_run_evaluates(state: dict[str, Any], checkpoint: Path, cfg: Any) -> dict[str, Any] | None:
+    """The float model's validation figures as dali-eval and dali-train's final evaluation measure them here: under
+    the run's autocast (bfloat16 on the CPU) in its memory format. None for a run without autocast, whose figures
+    are float32's, the ones quantize.json compares int8 against."""
+    run_val = ValModel.from_checkpoint(state, checkpoint, cfg, weights=chosen_weights(state, checkpoint))
+    if run_val.amp_dtype is None:
+        return None
+    return {**run_val.evaluate(), "dtype": str(run_val.amp_dtype).replace("torch.", "")}
+
+
+def precision_note(r: dict[str, Any]) -> str:
+    """Why the float accuracy here is not the one dali-eval and summary.json report for the same checkpoint."""
+    moved = round(abs(r["float_acc"] - r["float_acc_autocast"]) * r["val_images"])
+    return (f"note: the float model scores {100 * r['float_acc']:.2f}% in float32 (what int8 is compared with) and "
+            f"{100 * r['float_acc_autocast']:.2f}% under the run's {r['autocast_dtype']} autocast, as dali-eval and "
+            f"summary.json measure it: the precision of the evaluation moves a net {moved} of the "
+            f"{r['val_images']:,} validation images across a decision boundary, not the weights "
+            "(quantize.json: float_acc, float_acc_autocast)")
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -130,6 +160,9 @@ def format_table(r: dict[str, Any]) -> str:
              f"{r['size_ratio']:.2f}x the size"),
             ("val accuracy", f"{100 * r['float_acc']:.2f}%", f"{100 * r['int8_acc']:.2f}%",
              f"{0.0 - r['acc_drop_points']:+.2f} points")]
+    if "float_acc_autocast" in r:  # what dali-eval reports for the same checkpoint
+        rows.append((f"  {r['autocast_dtype']} autocast", f"{100 * r['float_acc_autocast']:.2f}%", "",
+                     "(as dali-eval measures it)"))
     for b in LATENCY_BATCHES:
         f, q = r.get(f"float_latency_ms_b{b}"), r.get(f"int8_latency_ms_b{b}")
         if f is not None and q is not None:
