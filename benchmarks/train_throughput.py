@@ -93,6 +93,9 @@ def _label(precision: str, cl: bool, mix: bool, compile_: bool, feed: str) -> st
             + {"dali": ", DALI loader", "torchvision": ", torchvision loader"}.get(feed, ""))
 
 
+FEEDS = ("synthetic", "dali", "torchvision")  # what a row's batches come from
+
+
 def plan_rows(device: str, model: str, cuda: bool, compile_: bool, torchvision_workers: int | None = None
               ) -> tuple[list[dict], list[dict]]:
     """The rows of one (device, model) and the skipped ones with their reason. Each row names the row it is
@@ -379,11 +382,12 @@ def _compare(results: list[dict]) -> list[dict]:
 def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_size: int = 128, steps: int = 20,
             warmup_steps: int = 5, repeats: int = 3, num_samples: int = 4096, augment: str | None = None,
             compile: bool = False, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-            torchvision_workers: int | None = None, progress: Callable[[str], None] | None = None,
+            torchvision_workers: int | None = None, feeds: Sequence[str] = FEEDS, progress: Callable[[str], None] | None = None,
             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "ratios", "warnings",
     "skipped", "notes", "complete"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
     `torchvision_workers`: the torchvision-fed row's DataLoader workers (None: the DALI-fed row's threads).
+    `feeds`: which of the rows' feeds (synthetic, dali, torchvision) to measure; the others are listed as skipped.
 
     `overrides` maps a row label (e.g. ``"bf16 +cl"``) to ``TrainConfig`` fields that row is built with instead.
     A row that fails (build, warm-up or a timed repeat) is reported with ``status: "failed"`` and its one-line
@@ -399,6 +403,8 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
         check_int("--" + name.replace("_", "-"), value, lo)
     if torchvision_workers is not None:
         check_int("--torchvision-workers", torchvision_workers, 0)
+    for feed in feeds:
+        check_choice("feeds", feed, FEEDS)
     if models is not None:
         models = list(dict.fromkeys(models))
         bad = [m for m in models if m not in MODELS]
@@ -440,6 +446,9 @@ def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_s
                          "uses the bytes saved for backward")
         for model in per_device[dev]:
             specs, skip = plan_rows(dev, model, cuda, compile, torchvision_workers)
+            skip += [{"device": dev, "model": model, "row": s["row"], "reason": "its feed was not asked for "
+                      f"(feeds: {', '.join(feeds)})"} for s in specs if s["feed"] not in feeds]
+            specs = [s for s in specs if s["feed"] in feeds]
             report["skipped"] += skip
             if specs:
                 with kernel_settings(deterministic=False):  # what training runs with: cudnn.benchmark on

@@ -133,6 +133,16 @@ def test_train_bad_arguments_raise_before_measuring() -> None:
         tt.measure(device="cpu", augment="bogus")
     with pytest.raises(ConfigError, match="--steps"):
         tt.measure(device="cpu", steps=0)
+    with pytest.raises(ConfigError, match="feeds='files' is invalid"):
+        tt.measure(device="cpu", feeds=("synthetic", "files"))
+
+
+def test_train_rows_of_feeds_not_asked_for_are_skipped_with_the_reason() -> None:
+    # the GPU check leaves out the torchvision-fed row, whose workers' start alone overran its budget
+    report = tt.measure(device="cpu", **{**TINY_TRAIN, "feeds": ("synthetic",)})
+    assert {r["feed"] for r in report["results"]} == {"synthetic"}, report["results"]
+    skipped = [s for s in report["skipped"] if "feed was not asked for" in s["reason"]]
+    assert sorted(s["row"] for s in skipped) == ["bf16 +cl +mix, DALI loader", "bf16 +cl +mix, torchvision loader"]
 
 
 def test_train_cli_writes_json_and_plot(tmp_path, train_report) -> None:
