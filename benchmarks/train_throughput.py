@@ -382,7 +382,8 @@ def _compare(results: list[dict]) -> list[dict]:
 def measure(*, device: str = "all", models: Sequence[str] | None = None, batch_size: int = 128, steps: int = 20,
             warmup_steps: int = 5, repeats: int = 3, num_samples: int = 4096, augment: str | None = None,
             compile: bool = False, overrides: Mapping[str, Mapping[str, Any]] | None = None,
-            torchvision_workers: int | None = None, feeds: Sequence[str] = FEEDS, progress: Callable[[str], None] | None = None,
+            torchvision_workers: int | None = None, feeds: Sequence[str] = FEEDS,
+            progress: Callable[[str], None] | None = None,
             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report {"machine", "config", "results", "ratios", "warnings",
     "skipped", "notes", "complete"}. ``models=None``: resnet18 + resnet20 on CUDA, resnet20 on the CPU.
