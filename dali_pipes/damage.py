@@ -58,6 +58,20 @@ class _Watch:
 _current: _Watch | None = None  # fd 2 is the process's: one watch at a time
 
 
+_PREFIXES = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS parameters",
+             b"Inconsistent progression")
+
+
+def _pass_on(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd`; a terminal that went away (SIGHUP) drops it: the pump must go on draining,
+    or a writer would block on the full pipe."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
 def _pump(read_fd: int, out_fd: int, watch: _Watch, stop: threading.Event) -> None:
     pending = b""
     while True:
@@ -72,9 +86,12 @@ def _pump(read_fd: int, out_fd: int, watch: _Watch, stop: threading.Event) -> No
                 with watch.lock:
                     watch.warnings.append((time.monotonic(), line.decode(errors="replace").strip()))
             else:
-                os.write(out_fd, line + b"\n")
-    if pending:
-        os.write(out_fd, pending)
+                _pass_on(out_fd, line + b"\n")
+        # a line still open is passed on at once unless it may become a warning (a prompt, a "\r" progress line)
+        if pending and not any(p.startswith(pending[:len(p)]) for p in _PREFIXES):
+            _pass_on(out_fd, pending)
+            pending = b""
+    _pass_on(out_fd, pending)
 
 
 @contextmanager

@@ -610,6 +610,35 @@ def test_a_jpeg_whose_scan_data_is_damaged_is_named_and_listed_in_the_run_direct
     assert lines[0] in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_the_stderr_pump_drains_on_when_the_terminal_is_gone() -> None:
+    # SIGHUP from a closed ssh session: writes to the terminal fail; the pump must keep reading, or a C library
+    # writing to stderr would block on the full pipe
+    import os
+    import threading
+
+    from dali_pipes.damage import _pump, _Watch
+
+    source_r, source_w = os.pipe()
+    gone_r, gone_w = os.pipe()
+    os.close(gone_r)  # the terminal: writing to it fails (EPIPE)
+    watch, stop = _Watch(), threading.Event()
+    pump = threading.Thread(target=_pump, args=(source_r, gone_w, watch, stop), daemon=True)
+    pump.start()
+    def write() -> None:  # more than a pipe's buffer: blocks forever once the pump stops reading
+        os.write(source_w, b"x" * 200_000 + b"\nCorrupt JPEG data: premature end of data segment\n")
+        os.close(source_w)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(timeout=10)
+    assert not writer.is_alive(), "the writer blocked: the pump stopped reading"
+    pump.join(timeout=10)
+    assert not pump.is_alive()
+    assert [w for _, w in watch.warnings] == ["Corrupt JPEG data: premature end of data segment"]
+    os.close(source_r)
+    os.close(gone_w)
+
+
 def test_damage_the_decoders_report_outside_an_epoch_is_still_said(tmp_path, capfd) -> None:
     from dali_pipes.damage import decoder_warnings, find_damaged
     from dali_pipes.notices import skipped_to
