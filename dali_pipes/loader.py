@@ -386,7 +386,8 @@ def _worker_leaves_stops_to_the_trainer(worker_id: int) -> None:
 
 @contextlib.contextmanager
 def _stop_signals_after() -> Iterator[None]:
-    """Within the block, a stop signal is held and handed to the handler the process had when the block ends.
+    """Within the block, stop signals are held and handed, in order, to the handlers the process had when the
+    block ends.
 
     A DataLoader starts each worker by writing the worker's pickled state (the dataset with it: megabytes for
     array datasets) to a pipe the new process reads; a handler that raises (a second Ctrl-C or SIGTERM aborting the
@@ -407,7 +408,7 @@ def _stop_signals_after() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
+        for signum in held:  # each, in order: a second signal still aborts as the handler says
             signal.raise_signal(signum)
 
 

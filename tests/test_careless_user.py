@@ -471,6 +471,19 @@ def test_a_stop_signal_while_workers_start_is_handled_once_they_have_started(cap
     assert signal.getsignal(signal.SIGTERM) is previous
     images, labels = next(iter(loader))  # the workers are whole
     assert images.shape == (4, 3, 32, 32) and "Traceback" not in capfd.readouterr().err
+    # every held signal reaches the handler, in order: two SIGTERMs (one per worker started) are still two, so a
+    # second signal still aborts the run
+    counted = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: counted.append(
+        len(multiprocessing.active_children())))
+    try:
+        again = Loader(data, train=True, cfg=resolve_augment("none"), backend="torchvision",
+                       device=torch.device("cpu"), batch_size=4, seed=0, shard_id=0, num_shards=1, drop_last=False,
+                       return_index=False, num_threads=1, num_workers=2, size=(32, 32))
+        next(iter(again))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(counted) == 2 and min(counted) >= 2, counted
 
 
 def test_a_second_signal_says_what_last_pth_holds_and_how_to_continue(tmp_path, capsys) -> None:
