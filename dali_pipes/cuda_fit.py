@@ -138,16 +138,17 @@ def installed() -> dict[str, Any]:
 
 
 def check(*, usable: bool, read: Callable[[], dict[str, Any]] = installed,
-          driver_loaded: Callable[[], bool] = lambda: os.path.exists(DRIVER_FILE)) -> None:
+          driver_loaded: Callable[[], bool] = lambda: os.path.exists(DRIVER_FILE), cpu: str = "") -> None:
     """Raise :func:`misfit`'s line as a ConfigError. `usable`: torch sees a CUDA device (a run would use it); where
     it sees none, only a loaded driver is checked, and only against torch's CUDA (DALI then runs its CPU operators,
-    whatever its build)."""
+    whatever its build), and `cpu` (e.g. "--device cpu") is named as the way to run on the CPU as things are."""
     if not usable and not driver_loaded():
         return
     versions = read()
     line = misfit(**(versions if usable else {**versions, "dali": {}}))
     if line is not None:
-        raise ConfigError(f"CUDA builds that do not fit: {line}")
+        alternative = f"; or run on the CPU with {cpu}, which checks nothing" if cpu and not usable else ""
+        raise ConfigError(f"CUDA builds that do not fit: {line}{alternative}")
 
 
 def require_dali(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> None:

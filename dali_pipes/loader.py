@@ -100,7 +100,8 @@ def resolve_device(device: str | torch.device, *, option: str = "device") -> tor
     if device == "auto":
         if torch.cuda.is_available():
             return resolve_device("cuda", option=option)
-        cuda_fit.check(usable=False)  # a driver too old for torch's CUDA hides the GPUs: said, not run on the CPU
+        # a driver too old for torch's CUDA hides the GPUs: said, not run on the CPU unasked
+        cuda_fit.check(usable=False, cpu=f"{option} cpu" if flag else f"{option}='cpu'")
         return torch.device("cpu")
     try:
         dev = torch.device(device)

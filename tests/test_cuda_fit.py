@@ -95,9 +95,10 @@ def test_check_without_a_visible_device_weighs_only_torch_against_the_driver() -
     check(usable=False, read=lambda: dict(dali=DALI12, **TORCH13, driver="580.65.06", driver_cuda=13000),
           driver_loaded=lambda: True)
     with pytest.raises(ConfigError, match=r"^CUDA builds that do not fit: torch 2\.14\.1\+cu130 .* needs an NVIDIA "
-                                          r"driver >= 580 and this one \(550\.54\.15\)"):
+                                          r"driver >= 580 and this one \(550\.54\.15\).*; or run on the CPU with "
+                                          r"--device cpu, which checks nothing$"):
         check(usable=False, read=lambda: dict(dali=DALI13, **TORCH13, driver="550.54.15", driver_cuda=12040),
-              driver_loaded=lambda: True)
+              driver_loaded=lambda: True, cpu="--device cpu")
 
 
 def test_check_with_a_device_refuses_a_misfit() -> None:
