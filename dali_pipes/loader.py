@@ -111,7 +111,7 @@ def resolve_device(device: str | torch.device, *, option: str = "device") -> tor
         raise ConfigError(f"{shown} is invalid: use auto, cuda, cuda:N or cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            cuda_fit.check(usable=False)
+            cuda_fit.check(usable=False, cpu=f"{option} cpu" if flag else f"{option}='cpu'")
             fix = f"use {option} cpu (or auto)" if flag else f"use {option}='cpu' (or 'auto')"
             raise ConfigError(f"{shown} but no CUDA device is visible; {fix}")
         cuda_fit.check(usable=True)  # DALI's, torch's and the driver's CUDA builds (read once per process)
