@@ -70,9 +70,9 @@ def json_updater(json_path: str | None, to_json: Callable[[dict[str, Any]], str]
 
 
 def write_outputs(report: dict[str, Any], *, json_path: str | None, plot_path: str | None,
-                  to_json: Callable[[dict[str, Any]], str], plot: Callable[[dict[str, Any], str], None]) -> None:
-    """Write `report` as JSON with its rows as CSV beside it, and/or plot it; an unwritable path is a one-line
-    error and exit status 2."""
+                  to_json: Callable[[dict[str, Any]], str], figure: Callable[[dict[str, Any]], Any]) -> None:
+    """Write `report` as JSON with its rows as CSV beside it, and/or its `figure` (a matplotlib Figure) as a PNG;
+    an unwritable path is a one-line error and exit status 2."""
     import click
 
     try:
@@ -82,13 +82,22 @@ def write_outputs(report: dict[str, Any], *, json_path: str | None, plot_path: s
             click.echo(f"csv: {csv_path(json_path)}")
         if plot_path:
             if report["results"]:
-                plot(report, plot_path)
+                _save_png(figure(report), plot_path)
                 click.echo(f"plot: {plot_path}")
             else:
                 click.echo("plot: skipped (no rows measured)")
     except OSError as e:
         click.echo(f"error: cannot write output: {e}", err=True)
         sys.exit(2)
+
+
+def _save_png(fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _check_out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

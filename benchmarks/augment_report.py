@@ -4,11 +4,10 @@ from zero: a bar's length is its throughput)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from training.harness import machine_lines, table
 
-__all__ = ["format_header", "format_table", "plot", "plot_figure", "ratio_lines"]
+__all__ = ["format_header", "format_table", "plot_figure", "ratio_lines"]
 
 
 def format_header(report: dict) -> str:
@@ -161,11 +160,3 @@ def plot_figure(report: dict):
     fig.tight_layout()
     return fig
 
-
-def plot(report: dict, path: str | Path) -> None:
-    """:func:`plot_figure` saved as a PNG at `path`."""
-    import matplotlib.pyplot as plt
-
-    fig = plot_figure(report)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -82,7 +82,7 @@ import torch  # noqa: E402
 
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
 from benchmarks.augment_folder import format_decode, make_jpeg_folder, measure_folder  # noqa: E402
-from benchmarks.augment_report import format_header, format_table, plot, plot_figure  # noqa: E402
+from benchmarks.augment_report import format_header, format_table, plot_figure  # noqa: E402
 from dali_pipes import BACKENDS, ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.loader import cpu_count, create_loader, default_num_threads  # noqa: E402
 from dali_pipes.checks import check_choice  # noqa: E402
@@ -90,7 +90,7 @@ from training.harness import Arm, Stats, interleaved, ratio, set_up, spread_warn
 from training.machine import machine_info  # noqa: E402
 
 __all__ = ["NO_CUDA", "format_decode", "format_header", "format_table", "json_updater", "machine_info", "main",
-           "make_jpeg_folder", "measure", "measure_folder", "plot", "plot_figure", "to_json"]
+           "make_jpeg_folder", "measure", "measure_folder", "plot_figure", "to_json"]
 
 DEFAULT_PRESETS = ("none", "weak", "standard", "strong", "weak+autoaugment", "weak+randaugment",
                    "weak+trivialaugment")
@@ -547,7 +547,7 @@ def main(device: str, full: bool, presets: list[str] | None, batch_sizes: list[i
     click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
     if json_path or plot_path:
         click.echo("")
-    write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
+    write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, figure=plot_figure)
 
 
 if __name__ == "__main__":

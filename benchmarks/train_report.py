@@ -3,11 +3,10 @@ the DALI-fed and torchvision-fed rows), the spread warnings, and the plot (linea
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from training.harness import machine_lines, table
 
-__all__ = ["format_header", "format_table", "plot", "plot_figure"]
+__all__ = ["format_header", "format_table", "plot_figure"]
 
 
 def format_header(report: dict) -> str:
@@ -115,11 +114,3 @@ def plot_figure(report: dict):
     fig.tight_layout()
     return fig
 
-
-def plot(report: dict, path: str | Path) -> None:
-    """:func:`plot_figure` saved as a PNG at `path`."""
-    import matplotlib.pyplot as plt
-
-    fig = plot_figure(report)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

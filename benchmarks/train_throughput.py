@@ -59,7 +59,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
-from benchmarks.train_report import format_header, format_table, plot, plot_figure  # noqa: E402
+from benchmarks.train_report import format_header, format_table, plot_figure  # noqa: E402
 from benchmarks.augment_throughput import DEVICES, NO_CUDA  # noqa: E402
 from dali_pipes import ConfigError, DaliTrainError, resolve_augment  # noqa: E402
 from dali_pipes.checks import check_choice, check_int  # noqa: E402
@@ -74,7 +74,7 @@ from training.machine import machine_info  # noqa: E402
 from training.recipe.models import MODELS  # noqa: E402
 from training.outputs.monitor import MIB, ResourceMonitor  # noqa: E402
 
-__all__ = ["format_header", "format_table", "main", "measure", "plan_rows", "plot", "plot_figure", "to_json"]
+__all__ = ["format_header", "format_table", "main", "measure", "plan_rows", "plot_figure", "to_json"]
 
 DEFAULT_MODELS = {"cuda": ("resnet18", "resnet20"), "cpu": ("resnet20",)}
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -574,7 +574,7 @@ def command(measure_fn: Callable[..., dict] | None = None) -> click.Command:
         click.echo("")
         click.echo(format_table(report))
         click.echo(f"\nwall time {report['wall_time_s']:.0f} s")
-        write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, plot=plot)
+        write_outputs(report, json_path=json_path, plot_path=plot_path, to_json=to_json, figure=plot_figure)
 
 
     return main
