@@ -97,11 +97,12 @@ def resolve_device(device: str | torch.device, *, option: str = "device") -> tor
     (:mod:`dali_pipes.cuda_fit`: one line with the fix where they do not); "cpu" checks nothing."""
     flag = option.startswith("--")
     shown = f"{option}={device}" if flag else f"{option}={device!r}"
+    cpu = f"{option} cpu" if flag else f"{option}='cpu'"  # the way to the CPU, as the caller spells options
     if device == "auto":
         if torch.cuda.is_available():
             return resolve_device("cuda", option=option)
         # a driver too old for torch's CUDA hides the GPUs: said, not run on the CPU unasked
-        cuda_fit.check(usable=False, cpu=f"{option} cpu" if flag else f"{option}='cpu'")
+        cuda_fit.check(usable=False, cpu=cpu)
         return torch.device("cpu")
     try:
         dev = torch.device(device)
@@ -111,8 +112,8 @@ def resolve_device(device: str | torch.device, *, option: str = "device") -> tor
         raise ConfigError(f"{shown} is invalid: use auto, cuda, cuda:N or cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            cuda_fit.check(usable=False, cpu=f"{option} cpu" if flag else f"{option}='cpu'")
-            fix = f"use {option} cpu (or auto)" if flag else f"use {option}='cpu' (or 'auto')"
+            cuda_fit.check(usable=False, cpu=cpu)
+            fix = f"use {cpu} (or auto)" if flag else f"use {cpu} (or 'auto')"
             raise ConfigError(f"{shown} but no CUDA device is visible; {fix}")
         cuda_fit.check(usable=True)  # DALI's, torch's and the driver's CUDA builds (read once per process)
         dev = torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
