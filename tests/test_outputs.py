@@ -99,3 +99,18 @@ def test_curves_have_a_title_an_lr_panel_and_whole_epoch_ticks() -> None:
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
     finally:
         plt.close(fig)
+
+
+def test_skipped_and_damaged_files_are_kept_once_each_in_the_order_reported(tmp_path) -> None:
+    from dali_pipes.notices import Skipped
+    from training.outputs.skipped import SkippedData
+
+    said = []
+    kept = SkippedData(say=said.append)
+    kept(Skipped("train", "files", ("/d/a.txt", "/d/b.txt")))
+    kept(Skipped("val", "files", ("/d/b.txt", "/d/c.txt")))
+    kept(Skipped("train", "JPEG files", ("/d/b.txt",), action="decoded"))
+    assert kept.paths == ["/d/a.txt", "/d/b.txt", "/d/c.txt"] and kept.damaged == ["/d/b.txt"]
+    kept.keep_in(tmp_path, record=lambda line: None)
+    assert (tmp_path / "skipped.txt").read_text() == "/d/a.txt\n/d/b.txt\n/d/c.txt\n"
+    assert (tmp_path / "damaged.txt").read_text() == "/d/b.txt\n" and len(said) == 3

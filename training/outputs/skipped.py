@@ -35,13 +35,18 @@ class SkippedData:
         self.notices: list[Skipped] = []
         self.paths: list[str] = []
         self.damaged: list[str] = []
+        self._listed: set[tuple[bool, str]] = set()  # (damaged?, path) the lists hold: a listing may skip millions
         self._run_dir: Path | None = None
         self._record: Callable[[str], None] | None = None
 
     def __call__(self, notice: Skipped) -> None:
         self.notices.append(notice)
-        kept = self.damaged if notice.action == "decoded" else self.paths
-        kept.extend(p for p in notice.paths if p not in kept)
+        damaged = notice.action == "decoded"
+        kept = self.damaged if damaged else self.paths
+        for path in notice.paths:
+            if (damaged, path) not in self._listed:
+                self._listed.add((damaged, path))
+                kept.append(path)
         self._say(f"warning: {notice.message()}")
         if self._record is not None:
             self._record(f"warning: {notice.message()}")
