@@ -56,7 +56,6 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import click  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from benchmarks._outputs import json_updater, output_options, write_outputs  # noqa: E402
 from benchmarks.train_report import format_header, format_table, plot_figure  # noqa: E402
@@ -69,6 +68,7 @@ from training.recipe.engine import StepContext, train_one_epoch  # noqa: E402
 from training.recipe.factory import (build_model, data_loader, kernel_settings, loader_threads,  # noqa: E402
                               step_context)
 from training.atomic import to_json  # noqa: E402
+from training.loop import saved_bytes_per_image  # noqa: E402
 from training.harness import Arm, Stats, finite, interleaved, ratio, set_up, spread_warnings  # noqa: E402
 from training.machine import machine_info  # noqa: E402
 from training.recipe.models import MODELS  # noqa: E402
@@ -162,34 +162,14 @@ def _endless(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from loader
 
 
-def _saved_for_backward_mib(run, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """Bytes the forward pass + loss keep for backward (distinct storages, parameters excluded): the activation
-    memory of one step, independent of other rows and of the allocator. Measured on the eager model."""
-    model = run.model
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-        except (RuntimeError, NotImplementedError):
-            key, nbytes = id(t), t.numel() * t.element_size()
-        if key not in params:
-            saved[key] = nbytes
-        return t
-
-    images, labels = batch
-    if run.cfg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    dtype = run.amp_dtype
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast(run.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-    del loss, logits  # no backward: the graph and what it saved are freed here
-    return sum(saved.values()) / MIB
+def _saved_for_backward_mib(run, batch_size: int) -> float:
+    """MiB autograd saves in the forward pass of a `batch_size` step (parameters and per-batch terms excluded): the
+    activation memory of one step, independent of other rows and of the allocator. Measured on the eager model by
+    the probe dali-train's own memory check uses (training.loop.saved_bytes_per_image: the step's train mode,
+    autocast dtype and memory format; the model's buffers and the RNG left as they were)."""
+    side = run.train_loader.image_size
+    return batch_size * saved_bytes_per_image(run.model, image_size=tuple(side), device=run.device,
+                                              amp_dtype=run.amp_dtype, channels_last=run.cfg.channels_last) / MIB
 
 
 @dataclasses.dataclass
@@ -263,7 +243,7 @@ class _Row:
                                                           device=spec["device"], num_samples=num_samples,
                                                           num_workers=workers, seed=cfg.seed))
         self.train(warmup_steps)  # untimed
-        self.saved_mib = None if spec["compile"] else _saved_for_backward_mib(self.run, self.batch)
+        self.saved_mib = None if spec["compile"] else _saved_for_backward_mib(self.run, batch_size)
         _sync(self.device)
         # What this row keeps between steps (model, grads, optimizer state, its batch): to tell its own peak apart.
         self.resident = torch.cuda.memory_allocated(self.device) - before if cuda else 0
