@@ -711,3 +711,40 @@ def test_train_defaults_are_the_short_grid_and_full_the_long_one(train_report) -
         result = CliRunner().invoke(tt.command(measured), ["--device", "cpu", "-q", *args])
         assert result.exit_code == 0, result.output
     assert [(c["steps"], c["warmup_steps"]) for c in calls] == [(5, 2), (20, 5), (7, 5)]
+
+
+# ----------------------------------------------------------------------------------------------- stage cost
+def test_stage_cost_builds_standard_up_stage_by_stage_and_prices_each_stage(tmp_path) -> None:
+    from benchmarks import stage_cost
+    from dali_pipes import resolve_augment
+
+    recipes = stage_cost.stage_recipes()
+    assert resolve_augment(recipes[-1][1]) == resolve_augment("standard")  # the last stage is the preset itself
+    assert resolve_augment(recipes[0][1]) == resolve_augment("none")
+    out = tmp_path / "stages.json"
+    result = CliRunner().invoke(stage_cost.main, ["--num-samples", "64", "--batch-size", "32", "--repeats", "2",
+                                                  "--threads", "1", "-q", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["stage"], r["backend"]) for r in rows] == [(s, b) for s, _ in recipes for b in stage_cost.BACKENDS]
+    for backend in stage_cost.BACKENDS:
+        mine = [r for r in rows if r["backend"] == backend]
+        assert all(r["min"] <= r["median"] <= r["max"] and len(r["runs"]) == 2 for r in mine)
+        assert [r["us_per_image"] for r in mine] == pytest.approx([1e6 / r["max"] for r in mine])
+        # the stage costs add up to the whole recipe's time per image
+        assert sum(r["stage_us_per_image"] for r in mine) == pytest.approx(mine[-1]["us_per_image"])
+    for stage in {r["stage"] for r in rows}:
+        dali, peer = (next(r for r in rows if r["stage"] == stage and r["backend"] == b) for b in stage_cost.BACKENDS)
+        assert dali["vs_torch"] == pytest.approx(dali["max"] / peer["max"])
+    assert "+saturation,hue" in result.output and report["config"]["threads"] == 1
+    assert_csv_matches_json_rows(out)
+
+
+def test_stage_cost_bad_arguments_are_one_line_errors() -> None:
+    from benchmarks import stage_cost
+
+    with pytest.raises(ConfigError, match="--repeats"):
+        stage_cost.measure(repeats=0)
+    result = CliRunner().invoke(stage_cost.main, ["--device", "tpu"])
+    assert result.exit_code == 2 and "--device" in result.output
