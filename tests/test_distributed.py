@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -100,10 +101,14 @@ def test_ddp_leaves_the_buffers_to_sync_buffers(tmp_path) -> None:
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         model = create_model("resnet20", num_classes=10)
-        ctx = step_context(TrainConfig(dataset="synthetic", model="resnet20"), model, num_classes=10,
-                           steps_per_epoch=4, device=torch.device("cpu"), world=World(0, 2, 0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ctx = step_context(TrainConfig(dataset="synthetic", model="resnet20"), model, num_classes=10,
+                               steps_per_epoch=4, device=torch.device("cpu"), world=World(0, 2, 0))
         assert isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel)
         assert ctx.model.broadcast_buffers is False
+        # torch >= 2.14 deprecates the name: the option it asks for is used where it exists, so nothing warns
+        assert not [w for w in caught if "buffers" in str(w.message)], [str(w.message) for w in caught]
         assert ctx.model.module is model  # the statistics sync_buffers copies are the saved model's
     finally:
         dist.destroy_process_group()
@@ -134,3 +139,38 @@ def test_two_ranks_train_on_disjoint_tar_shards(tmp_path) -> None:
     left_out = "samples are left out" in proc.stderr
     train_images = int(float(metrics[1].split(",")[header.index("train_images")]))
     assert train_images == 20 or (left_out and train_images < 20), (train_images, proc.stderr[-2000:])
+
+
+def test_the_ranks_stop_vote_is_read_one_vote_later_without_waiting(tmp_path) -> None:
+    """Under DDP the per-step stop check votes every 10 steps and reads each vote at the next one (no step waits
+    for the device); a signal between two votes stops the ranks at the second vote after it. A one-process gloo
+    group poses as two ranks, as above."""
+    import types
+
+    import torch
+    import torch.distributed as dist
+
+    from training import distributed
+    from training.distributed import World
+    from training.loop.epochs import _stop_poll
+    from training.loop.signals import StopSignal
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        world, cpu = World(0, 2, 0), torch.device("cpu")
+        assert distributed.any_rank_later(True, world, cpu).result() is True
+        assert distributed.any_rank_later(False, world, cpu).result() is False
+        stop = StopSignal()
+        poll = _stop_poll(stop, types.SimpleNamespace(world=world, device=cpu), every=10)
+        answers = []
+        for call in range(1, 41):
+            if call == 15:
+                stop.signum = 15  # SIGTERM arrives between the votes of steps 10 and 20
+            answers.append(poll())
+        # the vote of step 20 sees it, and is read at step 30: every rank stops there, at the same step
+        assert [i + 1 for i, a in enumerate(answers) if a] == [30, 40]
+    finally:
+        dist.destroy_process_group()
+    # one process: the flag itself, at every step
+    single = _stop_poll(StopSignal(), types.SimpleNamespace(world=World(), device=torch.device("cpu")))
+    assert single() is False

@@ -92,6 +92,44 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(t.item())
 
 
+class Vote:
+    """The result of :func:`any_rank_later`: read with :meth:`result`, one poll later."""
+
+    def __init__(self, value: bool | None = None, work: Any = None, reduced: torch.Tensor | None = None,
+                 host: torch.Tensor | None = None, ready: Any = None) -> None:
+        self._value, self._work, self._reduced, self._host, self._ready = value, work, reduced, host, ready
+
+    def result(self) -> bool:
+        """Whether any rank's flag was set. On CUDA this waits only for the vote's own copy to the host (recorded
+        right after the all-reduce, long finished a poll later), not for the steps queued since."""
+        if self._value is None:
+            if self._ready is not None:
+                self._ready.synchronize()
+                self._value = bool(self._host.item())  # a pinned host tensor: no device read
+            else:
+                self._work.wait()  # gloo: the host did the reduction
+                self._value = bool(self._reduced.item())
+        return self._value
+
+
+def any_rank_later(flag: bool, world: World, device: torch.device) -> Vote:
+    """:func:`any_rank` without stalling the host: the all-reduce is queued now and read a poll later
+    (:meth:`Vote.result`), so the training loop's per-step stop check never waits for the device. Every rank must
+    start and read its votes at the same polls (they step in lockstep), so all read the same result."""
+    if not world.distributed:
+        return Vote(flag)
+    vote = torch.full((1,), int(flag), dtype=torch.int32, device=device)  # a fill kernel: no host-to-device copy
+    work = dist.all_reduce(vote, op=dist.ReduceOp.MAX, async_op=True)
+    if device.type != "cuda":
+        return Vote(work=work, reduced=vote)
+    work.wait()  # NCCL: the current stream waits for the reduction; the host does not
+    host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+    host.copy_(vote, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return Vote(host=host, ready=ready)
+
+
 def gather(obj: Any, world: World) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank (small objects: per-rank RNG and loader states)."""
     if not world.distributed:

@@ -29,15 +29,22 @@ from .state import Run
 
 def _stop_poll(stop: StopSignal, run: Run, every: int = 10):
     """The per-step "should we stop?" check. Under DDP the ranks must agree on the step they stop after, so they
-    vote every `every` steps (a tiny all-reduce) instead of each reading its own signal flag."""
+    vote every `every` steps (a tiny all-reduce) instead of each reading its own signal flag. A vote is read at the
+    next vote, `every` steps after it was cast (distributed.any_rank_later), so no step waits for the device to
+    drain: a stop is taken `every` to 2 * `every` steps after the signal, on every rank at the same step."""
     calls = 0
+    pending: distributed.Vote | None = None
 
     def poll() -> bool:
-        nonlocal calls
+        nonlocal calls, pending
         calls += 1
         if not run.world.distributed:
             return stop.is_set()
-        return calls % every == 0 and distributed.any_rank(stop.is_set(), run.world, run.device)
+        if calls % every:
+            return False
+        stopping = pending is not None and pending.result()
+        pending = distributed.any_rank_later(stop.is_set(), run.world, run.device)
+        return stopping
 
     return poll
 

@@ -8,6 +8,7 @@ rank 0 to download CIFAR; the LR is a pure function of the step.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -246,8 +247,12 @@ def step_context(cfg: TrainConfig, model: torch.nn.Module, *, num_classes: int, 
         # copied once per epoch instead (distributed.sync_buffers, before evaluation and checkpoints). Rank 0's
         # statistics follow the same path either way (it receives its own), and training normalises with batch
         # statistics, so the weights and what is saved are unchanged: one broadcast per step less.
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None, broadcast_buffers=False)
+        # torch >= 2.14 names the per-forward half of it forward_sync_buffers and warns on broadcast_buffers; its
+        # init sync of the buffers (from rank 0, like the weights) is what a run starts from anyway.
+        ddp = torch.nn.parallel.DistributedDataParallel
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                   else {"broadcast_buffers": False})
+        net = ddp(model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
     if cfg.compile:
         net = compile_model(net)
     ema = (ModelEma(model, decay=cfg.ema_decay, every=cfg.ema_every, warmup=cfg.ema_warmup) if cfg.ema_decay > 0
