@@ -174,3 +174,36 @@ def test_the_ranks_stop_vote_is_read_one_vote_later_without_waiting(tmp_path) ->
     # one process: the flag itself, at every step
     single = _stop_poll(StopSignal(), types.SimpleNamespace(world=World(), device=torch.device("cpu")))
     assert single() is False
+
+
+@pytest.mark.gpu
+def test_the_stop_vote_on_nccl_leaves_the_queued_steps_running(tmp_path) -> None:
+    """On CUDA the vote is an NCCL all-reduce copied to pinned memory: reading it waits for that copy alone, not
+    for the work queued after it, and makes no synchronising call. A one-rank NCCL group poses as two ranks."""
+    import torch
+    import torch.distributed as dist
+
+    from training.distributed import World, any_rank_later
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1,
+                            device_id=device)
+    try:
+        world = World(0, 2, 0)
+        x = torch.randn(4096, 4096, device=device)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            votes = [any_rank_later(flag, world, device) for flag in (True, False)]
+            for _ in range(20):  # tens of milliseconds of steps queued after the votes
+                x = (x @ x) * 1e-4
+            results = [v.result() for v in votes]
+            still_running = not torch.cuda.current_stream(device).query()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert results == [True, False]
+        assert still_running  # the read did not drain the stream
+        torch.cuda.synchronize()
+    finally:
+        dist.destroy_process_group()
