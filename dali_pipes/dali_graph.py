@@ -55,17 +55,27 @@ _RECIPE_INPUTS = ("crop", "flip", "rotate_matrix", "affine_matrix", "jitter_gain
                   "hue_degrees", "blur_apply", "blur_sigma", "erase_anchor", "erase_shape")
 
 
-def input_names(cfg: AugmentConfig, size: tuple[int, int]) -> list[str]:
-    """The per-sample parameters the graph of `cfg` reads, in the order :func:`draw_inputs` returns them."""
+def input_names(cfg: AugmentConfig, size: tuple[int, int], flipped: bool = False) -> list[str]:
+    """The per-sample parameters the graph of `cfg` reads, in the order :func:`draw_inputs` returns them.
+    `flipped`: the image source mirrors the samples itself (:func:`array_pipeline`), so ``flip`` is not read."""
     probe = _jitter_inputs(draws.draw(cfg, size, 0, 0, np.zeros(1, dtype=np.int64)))
-    return [k for k in _RECIPE_INPUTS if k in probe] + policy.input_names(cfg, size)
+    names = [k for k in _RECIPE_INPUTS if k in probe and not (flipped and k == "flip")]
+    return names + policy.input_names(cfg, size)
 
 
-def draw_inputs(cfg: AugmentConfig, size: tuple[int, int], seed: int, epoch: int,
-                index: np.ndarray) -> tuple[np.ndarray, ...]:
-    """One DALI batch of parameters for the samples `index`: the external source's outputs, in input_names order."""
+def draw_inputs(cfg: AugmentConfig, size: tuple[int, int], seed: int, epoch: int, index: np.ndarray,
+                flipped: bool = False) -> tuple[np.ndarray, ...]:
+    """One DALI batch of parameters for the samples `index`: the external source's outputs, in input_names order.
+
+    `flipped`: the source mirrored the samples the draws flip before the graph sees them. The pad-crop then takes
+    the mirrored window: with symmetric padding (constant or reflect), cropping the mirrored image at column
+    offset -x is the mirror of the crop at x, so the graph's output is the same image for image."""
     values = {**_jitter_inputs(draws.draw(cfg, size, seed, epoch, index)), **policy.draw(cfg, size, seed, epoch, index)}
-    return tuple(np.ascontiguousarray(values[k]) for k in input_names(cfg, size))
+    if flipped and "flip" in values and "crop" in values:
+        crop = values["crop"].copy()
+        crop[:, 1] = np.where(values["flip"] == 1, -crop[:, 1], crop[:, 1])
+        values["crop"] = crop
+    return tuple(np.ascontiguousarray(values[k]) for k in input_names(cfg, size, flipped))
 
 
 def _jitter_inputs(values: dict) -> dict:
@@ -84,21 +94,21 @@ def _jitter_inputs(values: dict) -> dict:
     return values
 
 
-def _definition_draws(cfg: AugmentConfig, size: tuple[int, int]) -> Callable:
+def _definition_draws(cfg: AugmentConfig, size: tuple[int, int], flipped: bool) -> Callable:
     """Parameters for a graph defined without a loader (tools that only define graphs): samples 0..B-1, epoch 0."""
     from nvidia.dali.pipeline import Pipeline
 
     batch = Pipeline.current().max_batch_size
-    return lambda: draw_inputs(cfg, size, 0, 0, np.arange(batch))
+    return lambda: draw_inputs(cfg, size, 0, 0, np.arange(batch), flipped)
 
 
-def _parameters(cfg: AugmentConfig, size: tuple[int, int], source: Callable | None) -> dict:
+def _parameters(cfg: AugmentConfig, size: tuple[int, int], source: Callable | None, flipped: bool = False) -> dict:
     """The drawn parameters as CPU DataNodes: one external source with one output per parameter (batch mode, so a
     short final batch is taken as is). DALI takes named arguments from the CPU only, which is where these are."""
-    names = input_names(cfg, size)
+    names = input_names(cfg, size, flipped)
     if not names:
         return {}
-    outputs = fn.external_source(source=source or _definition_draws(cfg, size), num_outputs=len(names),
+    outputs = fn.external_source(source=source or _definition_draws(cfg, size, flipped), num_outputs=len(names),
                                  batch=True, **({"batch_info": True} if source is not None else {}))
     return dict(zip(names, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
 
@@ -169,10 +179,12 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int], p: dict, device: 
         policy_ = "constant" if cfg.pad_mode == "constant" else "reflect_101"  # np.pad/torch "reflect": no edge
         images = fn.slice(images, start=p["crop"], shape=list(size), axes=[0, 1], out_of_bounds_policy=policy_,
                           fill_values=float(cfg.pad_fill))
-    # A flip commutes with everything up to the normalisation but the geometric steps (rotation, affine, the
-    # policies' shears and translations): without those it is crop_mirror_normalize's `mirror`, one operator less.
-    late_flip = cfg.flip_p > 0 and cfg.rotation == 0 and not cfg.has_affine and cfg.policy == "none"
-    if cfg.flip_p > 0 and not late_flip:
+    # Without a "flip" parameter the source mirrored the images already (array graphs: see array_pipeline). A flip
+    # commutes with everything up to the normalisation but the geometric steps (rotation, affine, the policies'
+    # shears and translations): without those it is crop_mirror_normalize's `mirror`, one operator less.
+    flip = "flip" in p
+    late_flip = flip and cfg.rotation == 0 and not cfg.has_affine and cfg.policy == "none"
+    if flip and not late_flip:
         images = fn.flip(images, horizontal=p["flip"])
     if cfg.rotation > 0:
         images = _warp(images, p["rotate_matrix"], cfg)
@@ -198,12 +210,16 @@ def augment(images, cfg: AugmentConfig, size: tuple[int, int], p: dict, device: 
 
 @pipeline_def(enable_conditionals=True)
 def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], device: str,
-                   source_device: str = "cpu", params: Callable | None = None):
+                   source_device: str = "cpu", params: Callable | None = None, flipped: bool = False):
     """Images from a batch callback: uint8 NHWC on the host (`source_device="cpu"`, moved over by ``.gpu()`` for a
     GPU graph) or already on the GPU (``"gpu"``: the dataset lives in GPU memory and the callback gathers there).
 
-    `params(batch_info)` returns the batch's drawn parameters (:func:`draw_inputs`); without it, the draws of
-    samples 0..B-1 (for tools that only define graphs).
+    `params(batch_info)` returns the batch's drawn parameters (:func:`draw_inputs`, with the same `flipped`);
+    without it, the draws of samples 0..B-1 (for tools that only define graphs). `flipped`: the callback mirrors
+    the samples whose draw flips them (dali_pipes.draws.flips) as it gathers them, and the graph has no flip. A
+    per-sample mirror in DALI's GPU operators (crop_mirror_normalize's `mirror`, fn.flip's `horizontal`) cost
+    about 5 us per 32x32 image on an H200 (a batch of 1024 fell from 440-520k to 100-180k img/s, 2026-12-04),
+    where a gather that mirrors is one batched torch or numpy operation.
     """
     # cuda_stream=None: for a torch tensor DALI 2.4 reads torch.cuda.current_stream() at each feed
     # (types._get_default_stream_for_array), in the thread that ran the callback, so its copy is queued after the
@@ -214,7 +230,7 @@ def array_pipeline(source: Callable, cfg: AugmentConfig, size: tuple[int, int], 
                                 **extra)
     if device == "gpu":
         images = images.gpu()
-    return augment(images, cfg, size, _parameters(cfg, size, params), device)
+    return augment(images, cfg, size, _parameters(cfg, size, params, flipped), device)
 
 
 def _decode_cropped(encoded, cfg: AugmentConfig, size: tuple[int, int], device: str,

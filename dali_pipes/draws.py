@@ -109,6 +109,11 @@ def inverse_affine(size: tuple[int, int], angle: np.ndarray, translate: np.ndarr
     return np.concatenate([inv, offset[:, :, None]], -1).astype(np.float32)
 
 
+def flips(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
+    """bool per sample: mirrored left-right (the ``flip`` of :func:`draw`, drawn alone for sources that flip)."""
+    return Stream(seed, epoch).uniform("flip", np.asarray(index, dtype=np.int64)) < cfg.flip_p
+
+
 def draw(cfg: AugmentConfig, size: tuple[int, int], seed: int, epoch: int, index: np.ndarray) -> dict[str, np.ndarray]:
     """Every per-sample parameter of the recipe for the samples `index` (dataset indices) of `epoch`.
 
@@ -134,7 +139,7 @@ def draw(cfg: AugmentConfig, size: tuple[int, int], seed: int, epoch: int, index
         # RandomCrop on the padded image: the corner uniform over the 2p+1 positions per axis
         out["crop"] = s.integers("crop", index, -p, p, count=2).astype(np.int32)
     if cfg.flip_p > 0:
-        out["flip"] = (s.uniform("flip", index) < cfg.flip_p).astype(np.int32)
+        out["flip"] = flips(cfg, seed, epoch, index).astype(np.int32)
     if cfg.rotation > 0:
         angle = s.uniform("rotate", index, -cfg.rotation, cfg.rotation)
         out["rotate"] = angle.astype(np.float32)

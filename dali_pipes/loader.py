@@ -22,7 +22,7 @@ import torch
 
 from .config import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD,
                      AugmentConfig, eval_config, resolve_augment, resolve_crop)
-from . import cuda_fit, damage
+from . import cuda_fit, damage, draws
 from .checks import check_choice, check_int
 from .choices import BACKENDS, DATASETS, SPLITS
 from .errors import ConfigError
@@ -167,34 +167,56 @@ class _DaliBackend:
         self._device_images = (torch.from_numpy(data.images).to(device)
                                if not self._folder and device.type == "cuda" else None)
         self._chunks: list[np.ndarray] = []
-        self._device_chunks: list[torch.Tensor] = []  # _chunks as slices of one device tensor (arrays on the GPU)
+        # _chunks as slices of one device tensor (arrays on the GPU), each with its samples' flips (or None)
+        self._device_chunks: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._plan_ready = None  # CUDA event: the epoch's index plan has reached the device
         self.hw_decoder_load: float | None = None  # folder graphs on the GPU; None: dali_graph.HW_DECODER_LOAD
         self._epoch = 0  # the epoch whose parameters _params draws
         self._pipe = None
         self._checkpoint: str | None = None  # DALI state at the last epoch boundary (None: a fresh pipeline)
 
+    @property
+    def _flips_at_source(self) -> bool:
+        """Array graphs gather their images in a callback, which mirrors the flipped samples as it gathers them
+        (dali_graph.array_pipeline's `flipped`); file graphs flip in the graph."""
+        return not self._folder and self.cfg.flip_p > 0
+
     def _source(self, info):
         # Batch mode: DALI takes a short final batch as is (per-sample mode would drop it silently).
         if info.iteration >= len(self._chunks):
             raise StopIteration
+        chunk = self._chunks[info.iteration]
         if self._device_images is None:
-            return self.data.images[self._chunks[info.iteration]]
+            images = self.data.images[chunk]  # a copy (fancy indexing): mirrored in place below
+            if self._flips_at_source:
+                flipped = draws.flips(self.cfg, self.seed, self._epoch, chunk)
+                images[flipped] = images[flipped, :, ::-1]
+            return images
         if self._plan_ready is not None:  # the gather may run on another stream than the plan's copy did
             torch.cuda.current_stream(self.device).wait_event(self._plan_ready)
-        return self._device_images[self._device_chunks[info.iteration]]
+        index, flipped = self._device_chunks[info.iteration]
+        images = self._device_images[index]
+        if flipped is not None:
+            images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(2), images)
+        return images
 
-    def _plan_on_device(self, chunks: list[np.ndarray]) -> list[torch.Tensor]:
-        """The epoch's DALI batches of indices as slices of one device tensor: one host-to-device copy per epoch
-        (from pinned memory on CUDA, so it is asynchronous) instead of one pageable copy per batch."""
-        plan = torch.from_numpy(np.concatenate(chunks))
+    def _plan_on_device(self, chunks: list[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The epoch's DALI batches of indices, and which of their samples are mirrored (None: no flips), as slices
+        of one device tensor: one host-to-device copy per epoch (from pinned memory on CUDA, so it is
+        asynchronous) instead of one pageable copy per batch."""
+        order = np.concatenate(chunks)
+        flips = (draws.flips(self.cfg, self.seed, self._epoch, order) if self._flips_at_source
+                 else np.zeros(len(order), dtype=bool))
+        plan = torch.from_numpy(np.stack([order.astype(np.int64), flips.astype(np.int64)]))
         if self.device.type == "cuda":
             plan = plan.pin_memory()  # torch's pinned allocator keeps it alive until the copy has run
         on_device = plan.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             self._plan_ready = torch.cuda.Event()
             self._plan_ready.record(torch.cuda.current_stream(self.device))
-        return list(on_device.split([len(c) for c in chunks]))
+        sizes = [len(c) for c in chunks]
+        return [(index, flipped.bool() if self._flips_at_source else None)
+                for index, flipped in zip(on_device[0].split(sizes), on_device[1].split(sizes))]
 
     def _params(self, info):
         """The drawn parameters of DALI batch `info.iteration`: functions of (seed, epoch, dataset index) only.
@@ -210,7 +232,7 @@ class _DaliBackend:
         index = self._chunks[info.iteration % max(1, len(self._chunks))] if self._chunks else np.zeros(1, np.int64)
         if self._folder and len(index) < self.dali_batch_size:
             index = np.concatenate([index, np.repeat(index[-1:], self.dali_batch_size - len(index))])
-        return draw_inputs(self.cfg, self.size, self.seed, self._epoch, index)
+        return draw_inputs(self.cfg, self.size, self.seed, self._epoch, index, self._flips_at_source)
 
     def define(self, dali_device: str, device_id: int | None, chunks: list[np.ndarray]):
         """The graph this backend runs for `dali_device` over DALI batches `chunks`, defined but not built."""
@@ -231,7 +253,7 @@ class _DaliBackend:
                                                              is None else self.hw_decoder_load))
         on_gpu = dali_device == "gpu"
         return dali_graph.array_pipeline(source=self._source, source_device="gpu" if on_gpu else "cpu",
-                                         params=self._params, **common)
+                                         params=self._params, flipped=self._flips_at_source, **common)
 
     def _shard_reads(self, chunks: list[np.ndarray]) -> dict:
         """The reader's tar paths and index files for the epoch plan `chunks`: consecutive samples of one tar shard
@@ -284,9 +306,9 @@ class _DaliBackend:
         per_chunk = max(1, self.dali_batch_size // self.batch_size)
         groups = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         self._chunks = [np.concatenate(g) for g in groups]
+        self._epoch = epoch
         if self._device_images is not None:
             self._device_chunks = self._plan_on_device(self._chunks)
-        self._epoch = epoch
         if self._pipe is None or self._folder:
             self._pipe = None  # release the previous epoch's pipeline (and its decoder memory) before building
             pipe = self.define(self.dali_device, self.device_id, self._chunks)

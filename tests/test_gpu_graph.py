@@ -300,3 +300,42 @@ def test_the_placement_checker_reads_internals_of_the_installed_dali() -> None:
     version = ".".join(nvidia.dali.__version__.split(".")[:2])
     assert version in placement.DALI_READ, f"DALI {nvidia.dali.__version__}: re-check tests/placement.py"
     assert callable(getattr(Pipeline, "_build_graph", None))
+
+
+# ------------------------------------------------------------------------------ flips at the array source
+def _mirror_operators(pipe) -> list[str]:
+    """The graph's per-sample mirrors: fn.flip nodes and crop_mirror_normalize with a tensor argument (the graph
+    passes it one only as `mirror`)."""
+    return [n.schema for n in graph_nodes(pipe)
+            if n.schema == "Flip" or (n.schema == "CropMirrorNormalize" and n.argument_inputs)]
+
+
+@pytest.mark.parametrize("augment", ["weak", "standard", "weak+autoaugment", "strong"])
+def test_array_graphs_take_their_flips_from_the_gather_and_file_graphs_keep_theirs(augment: str, folder) -> None:
+    # A per-sample mirror in DALI's GPU operators cost ~5 us per 32x32 image on an H200 (2026-12-04): the array
+    # source mirrors the flipped samples as it gathers them, and the graph has no mirror left.
+    for device in ("gpu", "cpu"):
+        assert _mirror_operators(defined(loader_for("synthetic", "train", augment, folder), device)) == []
+        assert _mirror_operators(defined(loader_for("folder", "train", augment, folder), device)) != []
+
+
+def test_the_device_gather_mirrors_as_the_host_gather_does(folder) -> None:
+    # The GPU graph's source gathers from the dataset in device memory with the epoch's flips sent over once; the
+    # same torch code runs here on CPU tensors and must give the host gather's images, mirrored where the draws say.
+    from dali_pipes import draws
+
+    loader = loader_for("synthetic", "train", "weak", folder, batch_size=8)
+    backend = loader._backend
+    backend._chunks = [np.arange(40)[::-1].copy(), np.array([3, 1, 4, 1, 5])]
+    backend._epoch = 2
+    info = [type("Info", (), {"iteration": k})() for k in range(2)]
+    host = [backend._source(i) for i in info]
+    backend._device_images = torch.from_numpy(backend.data.images.copy())
+    backend._device_chunks = backend._plan_on_device(backend._chunks)
+    device = [backend._source(i).numpy() for i in info]
+    for chunk, h, d in zip(backend._chunks, host, device):
+        np.testing.assert_array_equal(h, d)
+        flipped = draws.flips(backend.cfg, backend.seed, 2, chunk)
+        assert 0 < flipped.sum() < len(chunk) or len(chunk) < 8
+        np.testing.assert_array_equal(h[flipped], backend.data.images[chunk][flipped][:, :, ::-1])
+        np.testing.assert_array_equal(h[~flipped], backend.data.images[chunk][~flipped])
