@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dali_pipes import ConfigError, DataError, Loader, create_loader
+from dali_pipes import ConfigError, DataError, Loader, create_loader, draws
 from dali_pipes.cifar import write_cifar
 from dali_pipes.config import resolve_augment
 from dali_pipes.sources import ArrayDataset
@@ -285,10 +285,13 @@ def test_the_epoch_plan_reaches_the_device_once_per_epoch_and_each_batch_gathers
     for epoch in (0, 1):
         assert torch.equal(run_epoch(on_device, epoch)[0], run_epoch(plain, epoch)[0])
         assert len(copies) == epoch + 1  # one copy per epoch, not one per DALI batch
-        plan = copies[-1]
+        plan = [index for index, _ in copies[-1]]  # each DALI batch's indices, with its samples' flips
         assert [len(s) for s in plan] == [20, 20, 10]
         assert len({s.untyped_storage().data_ptr() for s in plan}) == 1  # slices of one tensor
         assert torch.equal(torch.cat(plan), torch.from_numpy(on_device.epoch_indices()))
+        flips = torch.cat([f for _, f in copies[-1]]).numpy()  # drawn as the graph's flips are, sent with them
+        assert np.array_equal(flips, draws.flips(backend.cfg, backend.seed, epoch, on_device.epoch_indices()))
+        assert 0 < flips.sum() < len(flips)
     assert len(gathered) == 6 and all(any(g is s for s in copies[0] + copies[1]) for g in gathered)
 
 

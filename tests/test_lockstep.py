@@ -100,6 +100,9 @@ def noise(n: int, seed: int = 0) -> ArrayDataset:
 EXACT = {
     "crop": dict(crop_padding=4),
     "crop-reflect": dict(crop_padding=4, pad_mode="reflect"),
+    # array graphs mirror at the source and crop the mirrored window: exact for either padding
+    "weak-reflect": dict(crop_padding=4, pad_mode="reflect", flip_p=0.5),
+    "weak-fill": dict(crop_padding=4, pad_fill=37, flip_p=0.5),
     "flip": dict(flip_p=0.5),
     "erase": dict(erase_p=0.5),
     "weak": dict(crop_padding=4, flip_p=0.5),
