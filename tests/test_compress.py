@@ -130,6 +130,10 @@ def test_gradual_pruning_fine_tunes_each_stage_and_writes_a_plain_pruned_checkpo
     assert rows[2]["nonzero_params"] < rows[1]["nonzero_params"] < rows[0]["nonzero_params"] == \
         rows[0]["total_params"]
     assert (out / "prune.png").stat().st_size > 0
+    # prune.log keeps what the console showed: the header, each stage's epoch lines, the rows, the last line
+    logged = (out / "prune.log").read_text()
+    assert logged.startswith("dali-prune: ") and "stage 1 (0.2): epoch 1/1" in logged
+    assert "stage 2 (0.4): epoch 1/1" in logged and logged.splitlines()[-1].startswith("done in ")
     # each stage trained (one epoch over every training image) through dali-train's loop
     for stage in ("stage1-0.2", "stage2-0.4"):
         metrics = (out / stage / "metrics.csv").read_text().splitlines()

@@ -32,7 +32,7 @@ from ..atomic import write_json
 from dali_pipes.checks import check_choice, check_int, check_number
 from ..loop import Interrupted, StopSignal, TrainState, build_run, chosen_weights, load_checkpoint, load_weights, \
     save_checkpoint, train_epochs
-from ..outputs import read_metrics, write_rows
+from ..outputs import RunLog, read_metrics, write_rows
 from ..recipe import evaluate
 from .checkpoint_tools import ValModel, finite_weights, is_occupied, read_checkpoint, refuse_distributed
 from .prune_masks import METHODS, add_masks, make_permanent, nonzero_params, prunable, prune_to, sparsity
@@ -100,6 +100,9 @@ def plot(rows: list[dict], path: Path, method: str) -> None:
     plt.close(fig)
 
 
+LOG_FILE_NAME = "prune.log"
+
+
 def _settings(checkpoint: Path, pcfg: PruneConfig, data: dict[str, Any]) -> dict[str, Any]:
     return {"checkpoint": str(checkpoint.resolve()), **asdict(pcfg), "amounts": list(pcfg.amounts),
             "data": {k: v for k, v in sorted(data.items())}}
@@ -149,6 +152,8 @@ def run_prune(checkpoint: Path, output: Path, pcfg: PruneConfig, *, device: str 
     state, base_cfg = read_checkpoint(checkpoint, device=device, **data)
     finite_weights(state, checkpoint, chosen_weights(state, checkpoint))  # before --output is made
     _open_output(output, _settings(checkpoint, pcfg, {**data, "device": device}))
+    # prune.log: the lines shown here (each stage's epochs included), appended to by a continued run, as train.log
+    log = RunLog(output / LOG_FILE_NAME, log)
     # Each stage is a short dali-train run: the checkpoint's recipe and data, its own LR schedule, no warmup
     # (the weights are trained already), no early stopping, no compile (pruning hooks rewrite weights per call),
     # no EMA (each stage's best.pth must hold its best weights under "model", the pruned ones), best.pth alone.
