@@ -1,8 +1,9 @@
 """The DALI graph: one definition, the device ("gpu" | "cpu") a parameter.
 
 Graph functions only build graphs; the loader decides what runs when. Every per-sample random parameter is drawn on
-the host (dali_pipes.draws, dali_pipes.policy) and arrives through one CPU external source; the graph keeps only
-operators that touch pixels. The torchvision reference applies the same parameters: crop, flip and erasing agree
+the host (dali_pipes.draws, dali_pipes.policy) and arrives through one CPU external source, but the flips of array
+graphs, which their image source applies as it gathers (:func:`array_pipeline`); the graph keeps only operators
+that touch pixels. The torchvision reference applies the same parameters: crop, flip and erasing agree
 image for image; kept differences (tested in tests/test_lockstep.py):
 
 - colour jitter runs in a fixed order (contrast, brightness, saturation, hue) where torchvision draws a random order
