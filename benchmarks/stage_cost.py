@@ -8,8 +8,8 @@ and the same number of threads: the DALI loader (``dali-<device>``, training's l
 batched-torch peer (``torch-batched-<device>``, benchmarks/batched_torch.py). Every row runs in interleaved repeats
 (training.harness), one untimed epoch first; the table gives each row's median images/s, its time per image, what
 the stage added to that time (the stage's own cost: time per image minus the previous stage's; both times of the
-best repeat, the least disturbed on a shared machine), and DALI / torch for the stage. It answers which operators decide the comparison of benchmarks/augment_throughput.py, whose
-``standard`` row is the last stage here.
+best repeat, the least disturbed on a shared machine), and DALI / torch for the stage. It answers which operators
+decide the comparison of benchmarks/augment_throughput.py, whose ``standard`` row is the last stage here.
 
 Defaults (batch 1024, 16,384 images, 5 repeats) take about a minute on 2 cores.
 """
@@ -17,7 +17,7 @@ Defaults (batch 1024, 16,384 images, 5 repeats) take about a minute on 2 cores.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,9 @@ def _num(x: float | None, fmt: str) -> str:
 def format_report(report: dict[str, Any]) -> str:
     c = report["config"]
     head = ["stage cost benchmark (cumulative stages of 'standard')", *machine_lines(report["machine"]),
-            f"  config      synthetic train split, {c['num_samples']} samples, batch {c['batch_size']}, "
-            f"{c['repeats']} repeat(s) after 1 warm-up epoch, device {c['device']}, {c['threads']} threads "
-            "(DALI threads; torch intra-op threads for the peer)", ""]
+            (f"  config      synthetic train split, {c['num_samples']} samples, batch {c['batch_size']}, "
+             f"{c['repeats']} repeat(s) after 1 warm-up epoch, device {c['device']}, {c['threads']} threads "
+             "(DALI threads; torch intra-op threads for the peer)"), ""]
     body = [[r["stage"], r["backend"], _num(r["median"], ",.0f"),
              f"{_num(r['min'], ',.0f')}..{_num(r['max'], ',.0f')}", _num(r["us_per_image"], ".2f"),
              _num(r["stage_us_per_image"], "+.2f"), _num(r.get("vs_torch"), ".2f") + ("x" if r.get("vs_torch") else ""),

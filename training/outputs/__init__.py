@@ -12,7 +12,7 @@ from .progress_display import ProgressDisplay
 from .run_log import LOG_FILE, RunLog
 from .tensorboard_log import FIRST_BATCH, EventLog, open_event_log
 
-__all__ = ["EMA_FIELDS", "FIRST_BATCH", "LOG_FILE", "MAX_TILES", "METRIC_FIELDS", "TOP5_FIELDS", "EventLog", "FirstBatch",
-           "ProgressDisplay", "ResourceMonitor", "Row", "RunLog", "divergence", "epoch_line", "epoch_totals", "metric_fields",
-           "open_event_log", "plot_curves", "read_metrics", "reduced", "to_uint8", "write_grid", "write_rows",
-           "write_summary", "write_text"]
+__all__ = ["EMA_FIELDS", "FIRST_BATCH", "LOG_FILE", "MAX_TILES", "METRIC_FIELDS", "TOP5_FIELDS", "EventLog",
+           "FirstBatch", "ProgressDisplay", "ResourceMonitor", "Row", "RunLog", "divergence", "epoch_line",
+           "epoch_totals", "metric_fields", "open_event_log", "plot_curves", "read_metrics", "reduced", "to_uint8",
+           "write_grid", "write_rows", "write_summary", "write_text"]
