@@ -17,7 +17,7 @@ Defaults (batch 1024, 16,384 images, 5 repeats) take about a minute on 2 cores.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,7 @@ import click  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._outputs import _check_out_path, write_outputs  # noqa: E402
-from benchmarks.augment_throughput import _run_epochs  # noqa: E402
-from benchmarks.batched_torch import BatchedTorchLoader  # noqa: E402
+from benchmarks.augment_throughput import PEER, _build, _run_epochs  # noqa: E402
 from dali_pipes import DaliTrainError, create_loader  # noqa: E402
 from dali_pipes.checks import check_choice, check_int  # noqa: E402
 from dali_pipes.loader import default_num_threads  # noqa: E402
@@ -46,7 +45,7 @@ STAGES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("+saturation,hue", {"saturation": 0.2, "hue": 0.1}),
     ("+erasing", {"erase_p": 0.5}),
 )
-BACKENDS = ("dali", "torch-batched")
+BACKENDS = ("dali", PEER)  # the DALI loader, and the batched-torch peer (benchmarks/batched_torch.py)
 
 
 def stage_recipes() -> list[tuple[str, dict[str, Any]]]:
@@ -56,15 +55,6 @@ def stage_recipes() -> list[tuple[str, dict[str, Any]]]:
         fields = {**fields, **added}
         out.append((name, {"preset": "none", **fields}))
     return out
-
-
-def _build(backend: str, recipe: Mapping[str, Any], *, device: str, batch_size: int, num_samples: int,
-           threads: int):
-    if backend == "dali":
-        return create_loader("synthetic", split="train", batch_size=batch_size, backend="dali", device=device,
-                             augment=dict(recipe), num_samples=num_samples, num_threads=threads)
-    return BatchedTorchLoader(augment=dict(recipe), batch_size=batch_size, device=device, num_samples=num_samples,
-                              num_threads=threads)
 
 
 def measure(*, device: str = "cpu", batch_size: int = 1024, num_samples: int = 16384, repeats: int = 5,
@@ -87,8 +77,9 @@ def measure(*, device: str = "cpu", batch_size: int = 1024, num_samples: int = 1
 
     def setup(arm: Arm):
         say(f"{arm.name}: build + warm-up epoch")
-        loader = _build(arm.spec["backend"], arm.spec["recipe"], device=device, batch_size=batch_size,
-                        num_samples=num_samples, threads=threads)
+        # built as augment_throughput builds its rows of the same backends
+        row = {"backend": arm.spec["backend"], "device": device, "workers_or_threads": threads}
+        loader = _build(row, arm.spec["recipe"], batch_size, num_samples, {}, create_loader)
         _run_epochs(loader, [0], cuda)
         return loader
 
@@ -124,7 +115,7 @@ def _stage_costs(results: list[dict]) -> None:
         previous[r["backend"]] = us
         by_stage.setdefault(r["stage"], {})[r["backend"]] = r
     for rows in by_stage.values():
-        dali, peer = rows.get("dali"), rows.get("torch-batched")
+        dali, peer = rows.get("dali"), rows.get(PEER)
         if dali and peer:
             dali["vs_torch"] = ratio(dali["max"], peer["max"])
             dali["stage_vs_torch"] = ratio(dali["stage_us_per_image"], peer["stage_us_per_image"])
