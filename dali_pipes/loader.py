@@ -205,9 +205,8 @@ class _DaliBackend:
         of one device tensor: one host-to-device copy per epoch (from pinned memory on CUDA, so it is
         asynchronous) instead of one pageable copy per batch."""
         order = np.concatenate(chunks)
-        flips = (draws.flips(self.cfg, self.seed, self._epoch, order) if self._flips_at_source
-                 else np.zeros(len(order), dtype=bool))
-        plan = torch.from_numpy(np.stack([order.astype(np.int64), flips.astype(np.int64)]))
+        rows = [order] + ([draws.flips(self.cfg, self.seed, self._epoch, order)] if self._flips_at_source else [])
+        plan = torch.from_numpy(np.stack(rows).astype(np.int64))
         if self.device.type == "cuda":
             plan = plan.pin_memory()  # torch's pinned allocator keeps it alive until the copy has run
         on_device = plan.to(self.device, non_blocking=True)
@@ -215,8 +214,8 @@ class _DaliBackend:
             self._plan_ready = torch.cuda.Event()
             self._plan_ready.record(torch.cuda.current_stream(self.device))
         sizes = [len(c) for c in chunks]
-        return [(index, flipped.bool() if self._flips_at_source else None)
-                for index, flipped in zip(on_device[0].split(sizes), on_device[1].split(sizes))]
+        flips = on_device[1].bool().split(sizes) if self._flips_at_source else [None] * len(chunks)
+        return list(zip(on_device[0].split(sizes), flips))
 
     def _params(self, info):
         """The drawn parameters of DALI batch `info.iteration`: functions of (seed, epoch, dataset index) only.
