@@ -34,9 +34,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-# libjpeg's warning messages (jerror.h, JWRN_*) about the data itself, as its default output_message prints them.
-_LIBJPEG_WARNING = re.compile(rb"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters for "
-                              rb"sequential JPEG|Inconsistent progression sequence)")
+# libjpeg's warning messages (jerror.h, JWRN_*) about the data itself, as its default output_message prints them:
+# a line starting with one of these is a warning.
+_MESSAGES = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS parameters for sequential JPEG",
+             b"Inconsistent progression sequence")
+_LIBJPEG_WARNING = re.compile(b"^(" + b"|".join(re.escape(m) for m in _MESSAGES) + b")")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _MARK = "\0dali-train-file "
 
@@ -56,10 +58,6 @@ class _Watch:
 
 
 _current: _Watch | None = None  # fd 2 is the process's: one watch at a time
-
-
-_PREFIXES = (b"Corrupt JPEG data", b"Premature end of JPEG file", b"Invalid SOS parameters",
-             b"Inconsistent progression")
 
 
 def _pass_on(fd: int, data: bytes) -> None:
@@ -88,7 +86,7 @@ def _pump(read_fd: int, out_fd: int, watch: _Watch, stop: threading.Event) -> No
             else:
                 _pass_on(out_fd, line + b"\n")
         # a line still open is passed on at once unless it may become a warning (a prompt, a "\r" progress line)
-        if pending and not any(p.startswith(pending[:len(p)]) for p in _PREFIXES):
+        if pending and not any(m.startswith(pending[:len(m)]) for m in _MESSAGES):
             _pass_on(out_fd, pending)
             pending = b""
     _pass_on(out_fd, pending)
